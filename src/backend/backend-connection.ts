@@ -1,0 +1,194 @@
+import { connect, type Socket } from 'node:net';
+import { Fifo } from '../io/fifo';
+import { scheduleFlush, type Flushable } from '../io/flush-scheduler';
+import { OutputBuffer } from '../io/output-buffer';
+import { ReplyScanner, type ReplyFrameSink } from '../resp/reply-scanner';
+import { encodeCommand, encodeError } from '../resp/resp-writer';
+import { nodeKey, type NodeAddress } from '../topology/topology';
+import type { ReplySink } from './reply-sink';
+
+export type ConnectionState = 'idle' | 'connecting' | 'ready' | 'down' | 'closed';
+
+export interface BackendConnectionOptions {
+  readonly address: NodeAddress;
+  /** Shard name, for error messages. */
+  readonly shardName: string;
+  /** @default 1000 */
+  readonly connectTimeoutMs: number;
+  /** Sent with AUTH right after connecting; never logged. */
+  readonly password: string | null;
+}
+
+const MIN_BACKOFF_MS = 100;
+const MAX_BACKOFF_MS = 5000;
+
+/** Swallows the reply to the proxy's own AUTH; a refused AUTH closes the connection. */
+class AuthSink implements ReplySink {
+  readonly #connection: BackendConnection;
+  constructor(connection: BackendConnection) {
+    this.#connection = connection;
+  }
+  onReply(frame: Buffer): void {
+    if (frame[0] === 45) this.#connection.destroy(`AUTH refused: ${frame.toString('utf8', 1, frame.length - 2)}`);
+  }
+  onFailure(): void {}
+}
+
+/**
+ * One pipelined socket to one backend node, shared by many clients. Requests are written in
+ * the order sent and Redis answers in order, so the head of the in-flight FIFO owns the next
+ * reply. Writes are coalesced into one per event-loop turn.
+ */
+export class BackendConnection implements ReplyFrameSink, Flushable {
+  readonly #options: BackendConnectionOptions;
+  readonly #scanner: ReplyScanner;
+  /** Requests written (or queued to be) whose replies have not arrived, in order. */
+  readonly #inFlight = new Fifo<ReplySink>(64);
+  readonly #out = new OutputBuffer();
+  #socket: Socket | null = null;
+  #state: ConnectionState = 'idle';
+  /** Why the connection last went down, for error replies. */
+  #lastError = '';
+  #backoffMs = MIN_BACKOFF_MS;
+  /** While down, sends before this time fail at once instead of reconnecting. */
+  #retryAt = 0;
+  isFlushScheduled = false;
+
+  constructor(options: BackendConnectionOptions) {
+    this.#options = options;
+    this.#scanner = new ReplyScanner(this);
+  }
+
+  get state(): ConnectionState {
+    return this.#state;
+  }
+
+  get inFlightCount(): number {
+    return this.#inFlight.length;
+  }
+
+  /** Queues a request (one buffer or several, written back to back) for this turn's flush. */
+  send(request: Buffer, sink: ReplySink): void {
+    if (!this.#isUsable()) {
+      sink.onFailure(this.#unavailableReply());
+      return;
+    }
+    this.#out.push(request);
+    this.#inFlight.push(sink);
+    scheduleFlush(this);
+  }
+
+  sendParts(parts: readonly Buffer[], sink: ReplySink): void {
+    if (!this.#isUsable()) {
+      sink.onFailure(this.#unavailableReply());
+      return;
+    }
+    for (const part of parts) this.#out.push(part);
+    this.#inFlight.push(sink);
+    scheduleFlush(this);
+  }
+
+  flush(): void {
+    if (this.#state === 'ready' && this.#socket !== null) this.#out.writeTo(this.#socket);
+  }
+
+  onReplyFrame(buf: Buffer, start: number, end: number): void {
+    // Pop before the callback: the callback may close this connection and fail the rest.
+    const sink = this.#inFlight.shift();
+    if (sink === undefined) {
+      this.destroy('reply with no request waiting for it');
+      return;
+    }
+    sink.onReply(buf.subarray(start, end));
+  }
+
+  /** Closes the socket; in-flight requests fail. The next send reconnects (after backoff). */
+  destroy(reason: string): void {
+    this.#lastError = reason;
+    this.#socket?.destroy();
+  }
+
+  /** Closes for good. */
+  close(): void {
+    this.#setState('closed');
+    this.#socket?.destroy();
+    this.#failAll('connection closed by the proxy');
+  }
+
+  #isUsable(): boolean {
+    switch (this.#state) {
+      case 'ready':
+      case 'connecting':
+        return true;
+      case 'idle':
+        this.#connect();
+        return true;
+      case 'down':
+        if (Date.now() < this.#retryAt) return false;
+        this.#connect();
+        return true;
+      case 'closed':
+        return false;
+    }
+  }
+
+  #connect(): void {
+    const { address, connectTimeoutMs, password } = this.#options;
+    this.#setState('connecting');
+    const socket = connect({ host: address.host, port: address.port, noDelay: true });
+    this.#socket = socket;
+    socket.setTimeout(connectTimeoutMs);
+    socket.on('connect', () => {
+      socket.setTimeout(0);
+      socket.setKeepAlive(true, 10_000);
+      this.#backoffMs = MIN_BACKOFF_MS;
+      this.#setState('ready');
+      this.flush();
+    });
+    socket.on('timeout', () => {
+      socket.destroy(new Error(`connect timeout after ${connectTimeoutMs} ms`));
+    });
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        this.#scanner.feed(chunk);
+      } catch (err) {
+        this.destroy(`bad reply from ${nodeKey(address)}: ${(err as Error).message}`);
+      }
+    });
+    socket.on('error', (err: Error) => {
+      this.#lastError = err.message;
+    });
+    socket.on('close', () => {
+      if (this.#socket !== socket) return;
+      this.#socket = null;
+      this.#scanner.reset();
+      this.#out.clear();
+      if (this.#state !== 'closed') {
+        this.#setState('down');
+        this.#retryAt = Date.now() + this.#backoffMs;
+        this.#backoffMs = Math.min(this.#backoffMs * 2, MAX_BACKOFF_MS);
+      }
+      this.#failAll(this.#lastError || 'connection lost');
+    });
+    if (password !== null) {
+      this.#out.push(encodeCommand(['AUTH', password]));
+      this.#inFlight.push(new AuthSink(this));
+    }
+  }
+
+  #failAll(reason: string): void {
+    if (this.#inFlight.length === 0) return;
+    const error = encodeError(`ERR shard ${this.#options.shardName} unavailable: ${reason}`);
+    for (let sink = this.#inFlight.shift(); sink !== undefined; sink = this.#inFlight.shift()) {
+      sink.onFailure(error);
+    }
+  }
+
+  #unavailableReply(): Buffer {
+    return encodeError(`ERR shard ${this.#options.shardName} unavailable: ${this.#lastError || this.#state}`);
+  }
+
+  #setState(state: ConnectionState): void {
+    this.#state = state;
+  }
+}

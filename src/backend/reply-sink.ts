@@ -1,0 +1,13 @@
+/**
+ * What a backend connection calls back when a request completes. Declared here, by the callee;
+ * reply slots and fan-out pieces implement it, so backend/ never imports them.
+ */
+export interface ReplySink {
+  /** The complete reply frame, a view of the bytes read from the backend. */
+  onReply(frame: Buffer): void;
+  /**
+   * The request got no reply (connection lost, shard unavailable). `error` is an encoded RESP
+   * error; the command may or may not have run.
+   */
+  onFailure(error: Buffer): void;
+}

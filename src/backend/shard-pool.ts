@@ -1,0 +1,69 @@
+import { nodeKey, type NodeAddress, type ShardInfo, type Topology } from '../topology/topology';
+import { NodePool } from './node-pool';
+
+/** The connections of one shard: its primary's, and its replicas' for replica reads. */
+export interface ShardPool {
+  readonly info: ShardInfo;
+  readonly primary: NodePool;
+  readonly replicas: readonly NodePool[];
+}
+
+export interface BackendPoolOptions {
+  /** Pipelined connections per node. */
+  readonly connectionsPerNode: number;
+  readonly connectTimeoutMs: number;
+  readonly password: string | null;
+}
+
+/**
+ * Node pools for every node of the current topology, kept across snapshots: a new snapshot
+ * reuses the pools of nodes it still names and closes the others.
+ */
+export class BackendPools {
+  readonly #options: BackendPoolOptions;
+  readonly #nodes = new Map<string, NodePool>();
+
+  constructor(options: BackendPoolOptions) {
+    this.#options = options;
+  }
+
+  /** Shard pools for `topology`, in shard order. */
+  update(topology: Topology): ShardPool[] {
+    const used = new Set<string>();
+    const pools = topology.shards.map((info) => ({
+      info,
+      primary: this.#node(info.primary, info.name, used),
+      replicas: info.replicas.map((replica) => this.#node(replica, info.name, used)),
+    }));
+    for (const [key, pool] of this.#nodes) {
+      if (!used.has(key)) {
+        pool.close();
+        this.#nodes.delete(key);
+      }
+    }
+    return pools;
+  }
+
+  get nodes(): ReadonlyMap<string, NodePool> {
+    return this.#nodes;
+  }
+
+  close(): void {
+    for (const pool of this.#nodes.values()) pool.close();
+    this.#nodes.clear();
+  }
+
+  #node(address: NodeAddress, shardName: string, used: Set<string>): NodePool {
+    const key = nodeKey(address);
+    used.add(key);
+    let pool = this.#nodes.get(key);
+    if (pool === undefined) {
+      pool = new NodePool(
+        { address, shardName, connectTimeoutMs: this.#options.connectTimeoutMs, password: this.#options.password },
+        this.#options.connectionsPerNode,
+      );
+      this.#nodes.set(key, pool);
+    }
+    return pool;
+  }
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env node
+import { ConfigError, loadConfigFile } from './config/load-config';
+import { runStart } from './cli/start';
+import { VERSION } from './cli/version';
+
+const USAGE = `slotproxy ${VERSION}: one RESP endpoint over Redis shards split by hash slot
+
+Usage:
+  slotproxy start --config FILE    serve the topology in FILE
+  slotproxy demo [--port 7000]     start 3 primaries + 3 replicas locally and serve them
+  slotproxy --version
+`;
+
+/** Reads `--name value` from argv. */
+export function option(args: readonly string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+}
+
+async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...args] = argv;
+  switch (command) {
+    case 'start': {
+      const file = option(args, '--config');
+      if (file === undefined) {
+        process.stderr.write('slotproxy start: --config FILE is required\n');
+        return 2;
+      }
+      await runStart(loadConfigFile(file));
+      return -1;
+    }
+    case 'demo': {
+      const { runDemo } = await import('./cli/demo');
+      await runDemo(args);
+      return -1;
+    }
+    case '--version':
+    case 'version':
+      process.stdout.write(`${VERSION}\n`);
+      return 0;
+    case undefined:
+    case '--help':
+    case 'help':
+      process.stdout.write(USAGE);
+      return command === undefined ? 2 : 0;
+    default:
+      process.stderr.write(`slotproxy: unknown command '${command}'\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exit(code);
+  },
+  (err: unknown) => {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`slotproxy: ${err.message}\n`);
+      process.exit(78);
+    }
+    process.stderr.write(`slotproxy: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

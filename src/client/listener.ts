@@ -1,0 +1,60 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Dispatcher } from '../dispatch/dispatcher';
+import { ClientSession, DEFAULT_SESSION_LIMITS, type SessionLimits } from './client-session';
+
+export interface ListenerOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly limits?: SessionLimits;
+  /** Ids start here; workers use disjoint ranges so CLIENT ID stays unique per proxy. */
+  readonly firstClientId?: number;
+}
+
+/** The one RESP endpoint: a net.Server with one ClientSession per socket. */
+export class Listener {
+  readonly #server: Server;
+  readonly #dispatcher: Dispatcher;
+  readonly #options: ListenerOptions;
+  readonly #sessions = new Set<ClientSession>();
+  #nextId: number;
+
+  constructor(dispatcher: Dispatcher, options: ListenerOptions) {
+    this.#dispatcher = dispatcher;
+    this.#options = options;
+    this.#nextId = options.firstClientId ?? 1;
+    this.#server = createServer((socket) => this.#accept(socket));
+  }
+
+  get clientCount(): number {
+    return this.#sessions.size;
+  }
+
+  listen(): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen({ host: this.#options.host, port: this.#options.port, backlog: 4096 }, () => {
+        this.#server.off('error', reject);
+        const address = this.#server.address();
+        if (address === null || typeof address === 'string') throw new Error('unexpected listen address');
+        resolve({ host: address.address, port: address.port });
+      });
+    });
+  }
+
+  /** Stops accepting and closes every client. */
+  close(): Promise<void> {
+    for (const session of this.#sessions) session.destroy();
+    return new Promise((resolve) => this.#server.close(() => resolve()));
+  }
+
+  #accept(socket: Socket): void {
+    const session = new ClientSession(
+      this.#nextId++,
+      socket,
+      this.#dispatcher,
+      this.#options.limits ?? DEFAULT_SESSION_LIMITS,
+      (closed) => this.#sessions.delete(closed),
+    );
+    this.#sessions.add(session);
+  }
+}

@@ -1,0 +1,54 @@
+/**
+ * How the proxy carries out a command: the vocabulary of the command table, after Redis's own
+ * command tips (request_policy / response_policy).
+ */
+export type Handling =
+  /** All keys in one slot: forwarded as is to the shard owning it; CROSSSLOT otherwise. */
+  | 'single'
+  /** Keys grouped per shard into one sub-command each, sent in parallel, replies merged. */
+  | 'split'
+  /** Sent to every shard's primary, replies merged. */
+  | 'broadcast'
+  /** Keyless, any one shard answers. */
+  | 'any-shard'
+  /** Answered by the proxy itself. */
+  | 'local'
+  /** Refused with `-ERR command 'x' is not allowed through slotproxy`. */
+  | 'refused';
+
+/** How the replies of a split or broadcast command become one reply (Redis's response_policy). */
+export type Merge =
+  /** MGET: array items put back in key order. */
+  | 'mget'
+  /** Integer replies added (DEL, EXISTS, DBSIZE: agg_sum). */
+  | 'sum'
+  /** +OK when every piece answered +OK (all_succeeded). */
+  | 'all-ok'
+  /** Every piece succeeded; the first piece's reply is the reply (SCRIPT LOAD's sha). */
+  | 'first'
+  /** Arrays concatenated (KEYS). */
+  | 'union';
+
+export interface CommandSpec {
+  /** Lowercase command name; `name|sub` for a subcommand. */
+  readonly name: string;
+  readonly handling: Handling;
+  /** For split and broadcast. */
+  readonly merge: Merge | null;
+  /** Argument index of the first key; 0 when keyless. */
+  readonly firstKey: number;
+  /** Index of the last key; negative counts from the end (-1 = last argument). */
+  readonly lastKey: number;
+  /** Distance between keys (2 for MSET's key value pairs). */
+  readonly keyStep: number;
+  /** Keys found by parsing arguments (EVAL numkeys, XREAD STREAMS...). */
+  readonly hasMovableKeys: boolean;
+  readonly isReadonly: boolean;
+  readonly isWrite: boolean;
+  /** Redis's arity: exact when positive, a minimum when negative. */
+  readonly arity: number;
+  /** Why it is refused, for docs/commands.md. */
+  readonly note: string;
+  /** Per-subcommand specs, keyed by lowercase subcommand name. */
+  readonly subcommands: ReadonlyMap<string, CommandSpec> | null;
+}

@@ -1,0 +1,49 @@
+/** A parsed `host:port` (IPv6 hosts without brackets). */
+export interface Address {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Where replica-safe (readonly) commands are sent. */
+export type ReadFrom = 'primary' | 'preferReplica' | 'replica';
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+/** One shard of the YAML topology. */
+export interface ShardConfig {
+  /** Unique shard name, used in logs, metrics and errors. */
+  readonly name: string;
+  readonly primary: Address;
+  readonly replicas: readonly Address[];
+  /** Inclusive slot ranges `[from, to]` this shard owns (filled in when the YAML leaves them out). */
+  readonly slots: readonly (readonly [number, number])[];
+}
+
+/** The validated YAML topology and proxy settings. */
+export interface ProxyConfig {
+  /** The one RESP endpoint apps use. @default 127.0.0.1:7000 */
+  readonly listen: Address;
+  /** HTTP address for /metrics and /healthz; null disables it. @default null */
+  readonly metrics: Address | null;
+  /** A node that fails to answer for this long is failed, like cluster-node-timeout. @default 5000 */
+  readonly nodeTimeoutMs: number;
+  /** Runtime topology the proxy rewrites (like nodes.conf), resolved against the YAML's folder. */
+  readonly stateFile: string | null;
+  /** Pipelined connections shared by all clients, per backend node. @default 2 */
+  readonly connectionsPerNode: number;
+  /** Backend connect timeout; a shard not reachable within it answers an error. @default 1000 */
+  readonly connectTimeoutMs: number;
+  /** A backend reply that takes longer fails the command and the connection. 0 = none. @default 0 */
+  readonly commandTimeoutMs: number;
+  /** Commands for a shard in failover wait this long for the new primary. @default 5000 */
+  readonly failoverWaitMs: number;
+  /** @default primary */
+  readonly readFrom: ReadFrom;
+  /** Processes sharing the listening port. @default 1 */
+  readonly workers: number;
+  /** Password for the backends (AUTH), never logged. @default null */
+  readonly backendPassword: string | null;
+  /** @default info */
+  readonly logLevel: LogLevel;
+  readonly shards: readonly ShardConfig[];
+}

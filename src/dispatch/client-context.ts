@@ -1,0 +1,28 @@
+import type { ReplySlot } from '../reply/reply-slot';
+
+/**
+ * What the dispatcher needs of a client connection. Declared here, by the callee, so dispatch/
+ * never imports client/.
+ */
+export interface ClientContext {
+  /** Unique per proxy process; also picks the client's connection in each node pool. */
+  readonly id: number;
+  /** Name set with CLIENT SETNAME / HELLO SETNAME. */
+  name: string;
+  /** `host:port` of the client. */
+  readonly remoteAddress: string;
+  /** The proxy address the client connected to (what cluster clients are told to use). */
+  readonly localHost: string;
+  readonly localPort: number;
+  /** Milliseconds since the epoch when the client connected. */
+  readonly connectedAt: number;
+  /** Library name and version from CLIENT SETINFO. */
+  libName: string;
+  libVersion: string;
+  /** Appends an awaited reply slot to the client's FIFO. */
+  awaitReply(): ReplySlot;
+  /** Appends a reply the proxy already has. */
+  reply(bytes: Buffer): void;
+  /** Closes the connection once every reply queued so far is written (QUIT). */
+  closeAfterReplies(): void;
+}

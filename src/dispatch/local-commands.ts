@@ -1,0 +1,231 @@
+import type { CommandSpec } from '../commands/handling';
+import type { RequestFrame } from '../resp/request-parser';
+import { encodeBulk, encodeError, encodeInteger, encodeValue, NULL_BULK, OK, PONG, type RespValue } from '../resp/resp-writer';
+import { calculateSlot } from '../routing/key-slot';
+import type { ClientContext } from './client-context';
+
+/** Who the proxy says it is. */
+export interface ProxyIdentity {
+  readonly version: string;
+  /** 40 hex characters, stable for the process: CLUSTER MYID and the node id clients see. */
+  readonly nodeId: string;
+}
+
+const RESET = Buffer.from('+RESET\r\n');
+const AUTH_WITHOUT_PASSWORD = encodeError(
+  'ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?',
+);
+const NOPROTO = encodeError('NOPROTO unsupported protocol version');
+
+export function wrongArity(name: string): Buffer {
+  return encodeError(`ERR wrong number of arguments for '${name}' command`);
+}
+
+export function notAllowed(name: string, why: string): Buffer {
+  return encodeError(`ERR command '${name}' is not allowed through slotproxy${why ? ` (${why})` : ''}`);
+}
+
+function encode(value: RespValue): Buffer {
+  const out: Buffer[] = [];
+  encodeValue(value, out);
+  return Buffer.concat(out);
+}
+
+const b = (text: string | number): Buffer => Buffer.from(String(text));
+
+/** The `name|sub` lowercase name the error messages use ("client|setname"). */
+function arityName(spec: CommandSpec): string {
+  return spec.name;
+}
+
+/**
+ * Replies the proxy makes itself: connection state that lives in the proxy (name, protocol,
+ * database) and the single-node cluster picture cluster-aware clients ask for.
+ */
+export class LocalCommands {
+  readonly #identity: ProxyIdentity;
+
+  constructor(identity: ProxyIdentity) {
+    this.#identity = identity;
+  }
+
+  handle(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    client.reply(this.#answer(frame, spec, client));
+  }
+
+  #answer(frame: RequestFrame, spec: CommandSpec, client: ClientContext): Buffer {
+    const argc = frame.argc;
+    switch (spec.name) {
+      case 'ping':
+        if (argc === 1) return PONG;
+        return argc === 2 ? encodeBulk(frame.arg(1)) : wrongArity('ping');
+      case 'echo':
+        return argc === 2 ? encodeBulk(frame.arg(1)) : wrongArity('echo');
+      case 'quit':
+        client.closeAfterReplies();
+        return OK;
+      case 'reset':
+        client.name = '';
+        return RESET;
+      case 'readonly':
+      case 'readwrite':
+      case 'asking':
+        return argc === 1 ? OK : wrongArity(spec.name);
+      case 'auth':
+        return argc === 2 || argc === 3 ? AUTH_WITHOUT_PASSWORD : wrongArity('auth');
+      case 'select': {
+        if (argc !== 2) return wrongArity('select');
+        const db = frame.argString(1);
+        if (!/^-?\d+$/.test(db)) return encodeError('ERR value is not an integer or out of range');
+        return Number(db) === 0 ? OK : notAllowed('select', 'only database 0 is served');
+      }
+      case 'hello':
+        return this.#hello(frame, client);
+      case 'client|setname': {
+        if (argc !== 3) return wrongArity('client|setname');
+        const name = frame.argString(2);
+        if (!isValidClientName(name)) {
+          return encodeError('ERR Client names cannot contain spaces, newlines or special characters.');
+        }
+        client.name = name;
+        return OK;
+      }
+      case 'client|getname':
+        return client.name === '' ? NULL_BULK : encodeBulk(client.name);
+      case 'client|id':
+        return encodeInteger(client.id);
+      case 'client|info':
+        return encodeBulk(`${clientInfoLine(client)}\n`);
+      case 'client|setinfo': {
+        if (argc !== 4) return wrongArity('client|setinfo');
+        const attribute = frame.argString(2).toLowerCase();
+        const value = frame.argString(3);
+        if (!isValidClientName(value) && value !== '') {
+          return encodeError(`ERR ${attribute} cannot contain spaces, newlines or special characters.`);
+        }
+        if (attribute === 'lib-name') client.libName = value;
+        else if (attribute === 'lib-ver') client.libVersion = value;
+        else return encodeError(`ERR Unrecognized option '${frame.argString(2)}'`);
+        return OK;
+      }
+      case 'client|no-evict':
+      case 'client|no-touch': {
+        if (argc !== 3) return wrongArity(spec.name);
+        const mode = frame.argString(2).toLowerCase();
+        return mode === 'on' || mode === 'off' ? OK : encodeError('ERR syntax error');
+      }
+      case 'cluster|keyslot':
+        return argc === 3 ? encodeInteger(calculateSlot(frame.arg(2) as unknown as string)) : wrongArity('cluster|keyslot');
+      case 'cluster|myid':
+        return encodeBulk(this.#identity.nodeId);
+      case 'cluster|myshardid':
+        return encodeBulk(this.#identity.nodeId);
+      case 'cluster|info':
+        return encodeBulk(this.#clusterInfo());
+      case 'cluster|slots':
+        return encode([[0, 16383, [b(client.localHost), client.localPort, b(this.#identity.nodeId), []]]]);
+      case 'cluster|shards':
+        return encode([
+          [
+            b('slots'),
+            [0, 16383],
+            b('nodes'),
+            [
+              [
+                b('id'), b(this.#identity.nodeId),
+                b('port'), client.localPort,
+                b('ip'), b(client.localHost),
+                b('endpoint'), b(client.localHost),
+                b('role'), b('master'),
+                b('replication-offset'), 0,
+                b('health'), b('online'),
+              ],
+            ],
+          ],
+        ]);
+      case 'cluster|nodes': {
+        const host = client.localHost.includes(':') ? `[${client.localHost}]` : client.localHost;
+        return encodeBulk(
+          `${this.#identity.nodeId} ${host}:${client.localPort}@${client.localPort + 10000} myself,master - 0 0 1 connected 0-16383\n`,
+        );
+      }
+      default:
+        return encodeError(`ERR slotproxy has no local handler for '${arityName(spec)}'`);
+    }
+  }
+
+  /** HELLO as a RESP2-only Redis 7.0 answers it: protocol 3 is refused so clients fall back. */
+  #hello(frame: RequestFrame, client: ClientContext): Buffer {
+    let i = 1;
+    if (frame.argc >= 2) {
+      const text = frame.argString(1);
+      if (!/^-?\d+$/.test(text)) return encodeError('ERR Protocol version is not an integer or out of range');
+      const version = Number(text);
+      if (version !== 2) return NOPROTO;
+      i = 2;
+    }
+    let name: string | null = null;
+    for (; i < frame.argc; i++) {
+      const option = frame.argString(i).toLowerCase();
+      const more = frame.argc - i - 1;
+      if (option === 'auth' && more >= 2) {
+        i += 2; // No password is configured on the proxy: the default user accepts any.
+      } else if (option === 'setname' && more >= 1) {
+        name = frame.argString(++i);
+        if (!isValidClientName(name)) {
+          return encodeError('ERR Client names cannot contain spaces, newlines or special characters.');
+        }
+      } else {
+        return encodeError(`ERR Syntax error in HELLO option '${frame.argString(i)}'`);
+      }
+    }
+    if (name !== null) client.name = name;
+    return encode([
+      b('server'), b('redis'),
+      b('version'), b(this.#identity.version),
+      b('proto'), 2,
+      b('id'), client.id,
+      b('mode'), b('standalone'),
+      b('role'), b('master'),
+      b('modules'), [],
+    ]);
+  }
+
+  #clusterInfo(): string {
+    return [
+      'cluster_enabled:1',
+      'cluster_state:ok',
+      'cluster_slots_assigned:16384',
+      'cluster_slots_ok:16384',
+      'cluster_slots_pfail:0',
+      'cluster_slots_fail:0',
+      'cluster_known_nodes:1',
+      'cluster_size:1',
+      'cluster_current_epoch:1',
+      'cluster_my_epoch:1',
+      'cluster_stats_messages_sent:0',
+      'cluster_stats_messages_received:0',
+      'total_cluster_links_buffer_limit_exceeded:0',
+      '',
+    ].join('\r\n');
+  }
+}
+
+/** Redis allows printable ASCII without spaces in client names. */
+function isValidClientName(name: string): boolean {
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c < 33 || c > 126) return false;
+  }
+  return true;
+}
+
+function clientInfoLine(client: ClientContext): string {
+  const age = Math.floor((Date.now() - client.connectedAt) / 1000);
+  const laddr = client.localHost.includes(':') ? `[${client.localHost}]:${client.localPort}` : `${client.localHost}:${client.localPort}`;
+  return (
+    `id=${client.id} addr=${client.remoteAddress} laddr=${laddr} fd=-1 name=${client.name} age=${age} idle=0 ` +
+    `flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 ` +
+    `tot-mem=0 events=r cmd=client|info user=default redir=-1 resp=2 lib-name=${client.libName} lib-ver=${client.libVersion}`
+  );
+}

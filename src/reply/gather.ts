@@ -1,0 +1,71 @@
+import type { ReplySink } from '../backend/reply-sink';
+import type { Merge } from '../commands/handling';
+import { firstErrorIndex, mergeAllOk, mergeFirst, mergeMget, mergeSum, mergeUnion } from './reducers';
+
+/** One piece's callback object: tells the gather which piece answered, without a closure. */
+class PieceSink implements ReplySink {
+  readonly #gather: Gather;
+  readonly #index: number;
+
+  constructor(gather: Gather, index: number) {
+    this.#gather = gather;
+    this.#index = index;
+  }
+
+  onReply(frame: Buffer): void {
+    this.#gather.onPiece(this.#index, frame);
+  }
+
+  onFailure(error: Buffer): void {
+    this.#gather.onPiece(this.#index, error);
+  }
+}
+
+/**
+ * The parent of a fan-out (Twemproxy's frag_owner): counts the pieces' replies and, once all are
+ * in, builds the one reply and hands it to the client's slot. One failed piece fails the whole
+ * command with its error.
+ */
+export class Gather {
+  readonly #target: ReplySink;
+  readonly #merge: Merge;
+  readonly #keyFragment: Int32Array | null;
+  /** Reply frame of each piece, by piece index. */
+  readonly #replies: Buffer[];
+  #received = 0;
+
+  constructor(target: ReplySink, merge: Merge, pieceCount: number, keyFragment: Int32Array | null) {
+    this.#target = target;
+    this.#merge = merge;
+    this.#keyFragment = keyFragment;
+    this.#replies = new Array<Buffer>(pieceCount);
+  }
+
+  piece(index: number): ReplySink {
+    return new PieceSink(this, index);
+  }
+
+  onPiece(index: number, frame: Buffer): void {
+    if (this.#replies[index] !== undefined) return;
+    this.#replies[index] = frame;
+    if (++this.#received === this.#replies.length) this.#target.onReply(this.#build());
+  }
+
+  #build(): Buffer {
+    const replies = this.#replies;
+    const failed = firstErrorIndex(replies);
+    if (failed >= 0) return replies[failed]!;
+    switch (this.#merge) {
+      case 'mget':
+        return mergeMget(replies, this.#keyFragment!);
+      case 'sum':
+        return mergeSum(replies);
+      case 'all-ok':
+        return mergeAllOk(replies);
+      case 'first':
+        return mergeFirst(replies);
+      case 'union':
+        return mergeUnion(replies);
+    }
+  }
+}

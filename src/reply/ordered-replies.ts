@@ -1,0 +1,65 @@
+import type { OutputBuffer } from '../io/output-buffer';
+import { ReplySlot, type SlotOwner } from './reply-slot';
+
+/**
+ * A client's FIFO of awaited replies. Slots fill in any order (different shards answer at
+ * different times) and leave strictly in request order.
+ */
+export class OrderedReplies {
+  #head: ReplySlot | null = null;
+  #tail: ReplySlot | null = null;
+  /** Slots in the FIFO, done or not. */
+  #length = 0;
+
+  get length(): number {
+    return this.#length;
+  }
+
+  get isHeadDone(): boolean {
+    return this.#head !== null && this.#head.reply !== null;
+  }
+
+  /** Appends a new awaited slot. */
+  add(owner: SlotOwner): ReplySlot {
+    const slot = new ReplySlot(owner);
+    this.#append(slot);
+    return slot;
+  }
+
+  /** Appends a reply that is already known (local commands, errors). */
+  addDone(owner: SlotOwner, reply: Buffer): void {
+    const slot = new ReplySlot(owner);
+    slot.reply = reply;
+    this.#append(slot);
+  }
+
+  /** Moves the done replies at the head into `out`; returns how many left. */
+  drainInto(out: OutputBuffer): number {
+    let count = 0;
+    let slot = this.#head;
+    while (slot !== null && slot.reply !== null) {
+      out.push(slot.reply);
+      slot = slot.next;
+      count++;
+    }
+    this.#head = slot;
+    if (slot === null) this.#tail = null;
+    this.#length -= count;
+    return count;
+  }
+
+  /** The client is gone: outstanding replies are swallowed when they arrive. */
+  cancelAll(): void {
+    for (let slot = this.#head; slot !== null; slot = slot.next) slot.cancel();
+    this.#head = null;
+    this.#tail = null;
+    this.#length = 0;
+  }
+
+  #append(slot: ReplySlot): void {
+    if (this.#tail === null) this.#head = slot;
+    else this.#tail.next = slot;
+    this.#tail = slot;
+    this.#length++;
+  }
+}

@@ -1,0 +1,89 @@
+import { decodeReply } from '../resp/reply-decoder';
+import { encodeArrayHeader, encodeInteger, encodeValue, OK, type RespValue } from '../resp/resp-writer';
+
+/**
+ * Pure merges of the pieces of a split or broadcast command into the reply one Redis would give.
+ * Every function takes the pieces' reply frames in fragment order and assumes none is an error
+ * (the caller fails the whole command on the first error, as Twemproxy does).
+ */
+
+/** Index of the first piece whose reply is an error, or -1. */
+export function firstErrorIndex(replies: readonly Buffer[]): number {
+  for (let i = 0; i < replies.length; i++) if (replies[i]![0] === 45) return i;
+  return -1;
+}
+
+function readInteger(frame: Buffer): number | null {
+  if (frame[0] !== 58) return null;
+  let n = 0;
+  let p = 1;
+  const negative = frame[1] === 45;
+  if (negative) p++;
+  for (; p < frame.length && frame[p] !== 13; p++) n = n * 10 + (frame[p]! - 48);
+  return negative ? -n : n;
+}
+
+/** DEL, UNLINK, EXISTS, TOUCH, DBSIZE: integer replies added up (agg_sum). */
+export function mergeSum(replies: readonly Buffer[]): Buffer {
+  let sum = 0;
+  for (const frame of replies) {
+    const n = readInteger(frame);
+    if (n === null) return unexpected(frame);
+    sum += n;
+  }
+  return encodeInteger(sum);
+}
+
+/** MSET, FLUSHALL, ...: +OK only when every piece said +OK (all_succeeded). */
+export function mergeAllOk(replies: readonly Buffer[]): Buffer {
+  for (const frame of replies) if (!frame.equals(OK)) return unexpected(frame);
+  return OK;
+}
+
+/** SCRIPT LOAD, FUNCTION LOAD: every piece succeeded, and they agree; the first one speaks. */
+export function mergeFirst(replies: readonly Buffer[]): Buffer {
+  const first = replies[0]!;
+  for (const frame of replies) if (!frame.equals(first)) return unexpected(frame);
+  return first;
+}
+
+/** KEYS: the arrays of every piece, concatenated. */
+export function mergeUnion(replies: readonly Buffer[]): Buffer {
+  const out: Buffer[] = [];
+  let count = 0;
+  for (const frame of replies) {
+    const value = decodeReply(frame);
+    if (!Array.isArray(value)) return unexpected(frame);
+    count += value.length;
+    for (const item of value as readonly RespValue[]) encodeValue(item, out);
+  }
+  out.unshift(encodeArrayHeader(count));
+  return Buffer.concat(out);
+}
+
+/**
+ * MGET: each piece answered the keys it was given, in request order; `keyFragment[k]` says
+ * which piece holds key k. The items are taken back in the request's key order.
+ */
+export function mergeMget(replies: readonly Buffer[], keyFragment: Int32Array): Buffer {
+  const items: (readonly RespValue[])[] = [];
+  for (const frame of replies) {
+    const value = decodeReply(frame);
+    if (!Array.isArray(value)) return unexpected(frame);
+    items.push(value as readonly RespValue[]);
+  }
+  const cursor = new Int32Array(replies.length);
+  const out: Buffer[] = [encodeArrayHeader(keyFragment.length)];
+  for (let k = 0; k < keyFragment.length; k++) {
+    const f = keyFragment[k]!;
+    const item = items[f]![cursor[f]!++];
+    if (item === undefined) return unexpected(replies[f]!);
+    encodeValue(item, out);
+  }
+  return Buffer.concat(out);
+}
+
+function unexpected(frame: Buffer): Buffer {
+  const text = frame.toString('latin1', 0, Math.min(frame.length, 40)).replace(/[\r\n]+/g, ' ');
+  return Buffer.from(`-ERR slotproxy could not merge a shard reply: ${text.trim()}\r\n`);
+}

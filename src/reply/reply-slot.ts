@@ -1,0 +1,38 @@
+import type { ReplySink } from '../backend/reply-sink';
+
+/** Told when a slot it owns gets its reply. */
+export interface SlotOwner {
+  onSlotDone(slot: ReplySlot): void;
+}
+
+/**
+ * One awaited reply in a client's FIFO (Envoy's PendingRequest, Twemproxy's msg in the client
+ * out-queue). It is its own callback object, so a send needs no closure; it is also the cancel
+ * handle: a cancelled slot drops the reply when it comes.
+ */
+export class ReplySlot implements ReplySink {
+  /** The next slot in the client's FIFO. */
+  next: ReplySlot | null = null;
+  /** The reply bytes once known (a view of a backend chunk, or built by the proxy). */
+  reply: Buffer | null = null;
+  isCanceled = false;
+  readonly #owner: SlotOwner;
+
+  constructor(owner: SlotOwner) {
+    this.#owner = owner;
+  }
+
+  onReply(frame: Buffer): void {
+    if (this.isCanceled || this.reply !== null) return;
+    this.reply = frame;
+    this.#owner.onSlotDone(this);
+  }
+
+  onFailure(error: Buffer): void {
+    this.onReply(error);
+  }
+
+  cancel(): void {
+    this.isCanceled = true;
+  }
+}

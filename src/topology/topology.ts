@@ -1,0 +1,73 @@
+/** A backend's address; structurally the config's Address, kept here so topology stays a leaf. */
+export interface NodeAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+export function nodeKey(address: NodeAddress): string {
+  return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
+}
+
+/** One shard of a snapshot. */
+export interface ShardInfo {
+  /** Position in `Topology.shards`; what the slot table holds. */
+  readonly index: number;
+  readonly name: string;
+  readonly primary: NodeAddress;
+  readonly replicas: readonly NodeAddress[];
+  /**
+   * True while the control plane is replacing a failed primary: commands wait for the next
+   * snapshot (bounded by failoverWaitMs) instead of failing.
+   */
+  readonly isFailingOver: boolean;
+}
+
+/** A slot moving between shards: keys are moved to `to` before a command touches them. */
+export interface SlotMigration {
+  readonly from: number;
+  readonly to: number;
+}
+
+export const SLOT_COUNT = 16384;
+
+/**
+ * An immutable picture of the deployment: shards, their nodes and which shard owns each slot.
+ * The control plane builds a new one and publishes it whole; the data path only reads it.
+ */
+export class Topology {
+  /** Increases with every published change. */
+  readonly epoch: number;
+  readonly shards: readonly ShardInfo[];
+  /** slot -> index in `shards` of its owner. */
+  readonly slotOwner: Uint16Array;
+  /** Slots being migrated, by slot. Empty almost always. */
+  readonly migrations: ReadonlyMap<number, SlotMigration>;
+
+  constructor(epoch: number, shards: readonly ShardInfo[], slotOwner: Uint16Array, migrations: ReadonlyMap<number, SlotMigration> = new Map()) {
+    if (slotOwner.length !== SLOT_COUNT) throw new RangeError(`slot table has ${slotOwner.length} entries, not ${SLOT_COUNT}`);
+    for (let i = 0; i < shards.length; i++) {
+      if (shards[i]!.index !== i) throw new RangeError(`shard ${shards[i]!.name} has index ${shards[i]!.index}, expected ${i}`);
+    }
+    for (let slot = 0; slot < SLOT_COUNT; slot++) {
+      if (slotOwner[slot]! >= shards.length) throw new RangeError(`slot ${slot} points at shard ${slotOwner[slot]}, which does not exist`);
+    }
+    this.epoch = epoch;
+    this.shards = Object.freeze([...shards]);
+    this.slotOwner = slotOwner;
+    this.migrations = migrations;
+    Object.freeze(this);
+  }
+
+  /** Inclusive slot ranges owned by each shard, in shard order. */
+  slotRanges(): [number, number][][] {
+    const ranges: [number, number][][] = this.shards.map(() => []);
+    let from = 0;
+    for (let slot = 1; slot <= SLOT_COUNT; slot++) {
+      if (slot === SLOT_COUNT || this.slotOwner[slot] !== this.slotOwner[from]) {
+        ranges[this.slotOwner[from]!]!.push([from, slot - 1]);
+        from = slot;
+      }
+    }
+    return ranges;
+  }
+}
