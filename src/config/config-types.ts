@@ -29,7 +29,7 @@ export interface ProxyConfig {
   readonly nodeTimeoutMs: number;
   /** Runtime topology the proxy rewrites (like nodes.conf), resolved against the YAML's folder. */
   readonly stateFile: string | null;
-  /** Pipelined connections shared by all clients, per backend node. @default 2 */
+  /** Pipelined connections shared by all clients, per backend node; one, like Twemproxy, keeps writes per turn few. @default 1 */
   readonly connectionsPerNode: number;
   /** Backend connect timeout; a shard not reachable within it answers an error. @default 1000 */
   readonly connectTimeoutMs: number;

@@ -19,7 +19,7 @@ export const DEFAULT_SETTINGS = {
   metrics: null,
   nodeTimeoutMs: 5000,
   stateFile: null,
-  connectionsPerNode: 2,
+  connectionsPerNode: 1,
   connectTimeoutMs: 1000,
   commandTimeoutMs: 0,
   failoverWaitMs: 5000,

@@ -176,7 +176,7 @@ describe('loadConfig: valid configs', () => {
       metrics: null,
       nodeTimeoutMs: 5000,
       stateFile: null,
-      connectionsPerNode: 2,
+      connectionsPerNode: 1,
       connectTimeoutMs: 1000,
       commandTimeoutMs: 0,
       failoverWaitMs: 5000,
