@@ -1,5 +1,7 @@
 #!/usr/bin/env node
+import cluster from 'node:cluster';
 import { ConfigError, loadConfigFile } from './config/load-config';
+import { runWorker } from './cli/workers';
 import { runStart } from './cli/start';
 import { VERSION } from './cli/version';
 
@@ -18,6 +20,11 @@ export function option(args: readonly string[], name: string): string | undefine
 }
 
 async function main(argv: readonly string[]): Promise<number> {
+  if (cluster.isWorker) {
+    // A worker of `workers: N`: its config and topology come from the primary.
+    runWorker();
+    return -1;
+  }
   const [command, ...args] = argv;
   switch (command) {
     case 'start': {

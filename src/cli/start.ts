@@ -1,12 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { BackendPools } from '../backend/shard-pool';
 import { Listener } from '../client/listener';
-import type { ProxyConfig } from '../config/config-types';
 import { formatAddress } from '../config/address';
-import { topologyFromConfig } from '../control/topology-builder';
+import type { ProxyConfig } from '../config/config-types';
+import { ControlPlane } from '../control/control-plane';
 import { Dispatcher } from '../dispatch/dispatcher';
+import type { ProxyIdentity } from '../dispatch/local-commands';
 import { log } from '../log/logger';
-import { TopologyStore } from '../topology/topology-store';
+import type { TopologyStore } from '../topology/topology-store';
 import { VERSION } from './version';
 
 export interface RunningProxy {
@@ -16,46 +17,82 @@ export interface RunningProxy {
   close(): Promise<void>;
 }
 
-/** Builds the pieces from a validated config and starts serving. */
-export async function startProxy(config: ProxyConfig): Promise<RunningProxy> {
-  log.setLevel(config.logLevel);
-  const store = new TopologyStore(topologyFromConfig(config));
+export function newIdentity(): ProxyIdentity {
+  return { version: VERSION, nodeId: randomBytes(20).toString('hex') };
+}
+
+/** One data path: listener, dispatcher and backend pools, reading snapshots from `store`. */
+export async function startDataPath(
+  config: ProxyConfig,
+  store: TopologyStore,
+  identity: ProxyIdentity,
+  firstClientId = 1,
+): Promise<RunningProxy> {
   const pools = new BackendPools({
     connectionsPerNode: config.connectionsPerNode,
     connectTimeoutMs: config.connectTimeoutMs,
     password: config.backendPassword,
   });
-  const dispatcher = new Dispatcher(store, pools, { version: VERSION, nodeId: randomBytes(20).toString('hex') });
-  const listener = new Listener(dispatcher, { host: config.listen.host, port: config.listen.port });
+  const dispatcher = new Dispatcher(store, pools, identity);
+  const listener = new Listener(dispatcher, { host: config.listen.host, port: config.listen.port, firstClientId });
   const address = await listener.listen();
-  log.info('listening', {
-    address: formatAddress(address),
-    shards: config.shards.map((s) => `${s.name}=${formatAddress(s.primary)}`),
-    version: VERSION,
-  });
   return {
     host: address.host,
     port: address.port,
     async close() {
       await listener.close();
       dispatcher.close();
+    },
+  };
+}
+
+/** A whole proxy in this process: control plane and one data path. */
+export async function startProxy(config: ProxyConfig): Promise<RunningProxy> {
+  log.setLevel(config.logLevel);
+  const control = new ControlPlane(config);
+  const data = await startDataPath(config, control.store, newIdentity());
+  log.info('listening', {
+    address: formatAddress(data),
+    shards: config.shards.map((s) => `${s.name}=${formatAddress(s.primary)}`),
+    workers: 1,
+    version: VERSION,
+  });
+  return {
+    host: data.host,
+    port: data.port,
+    async close() {
+      await data.close();
+      control.close();
       log.info('stopped');
     },
   };
 }
 
-/** `slotproxy start --config FILE`: serve until SIGINT/SIGTERM. */
-export async function runStart(config: ProxyConfig): Promise<void> {
-  const proxy = await startProxy(config);
+/** Runs `stop` once on SIGINT/SIGTERM, then exits. */
+export function exitOnSignals(stop: () => Promise<void>): void {
   let isStopping = false;
-  const stop = (): void => {
+  const onSignal = (): void => {
     if (isStopping) return;
     isStopping = true;
-    proxy.close().then(
+    stop().then(
       () => process.exit(0),
-      () => process.exit(1),
+      (err: unknown) => {
+        log.error('stop failed', { error: String(err) });
+        process.exit(1);
+      },
     );
   };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+}
+
+/** `slotproxy start --config FILE`: serve until SIGINT/SIGTERM. */
+export async function runStart(config: ProxyConfig): Promise<void> {
+  if (config.workers > 1) {
+    const { runPrimary } = await import('./workers');
+    await runPrimary(config);
+    return;
+  }
+  const proxy = await startProxy(config);
+  exitOnSignals(() => proxy.close());
 }

@@ -1,0 +1,106 @@
+import cluster, { type Worker } from 'node:cluster';
+import { formatAddress } from '../config/address';
+import type { ProxyConfig } from '../config/config-types';
+import { ControlPlane } from '../control/control-plane';
+import type { ProxyIdentity } from '../dispatch/local-commands';
+import { log } from '../log/logger';
+import { topologyFromJson, topologyToJson, type TopologyJson } from '../topology/topology-codec';
+import { TopologyStore } from '../topology/topology-store';
+import { exitOnSignals, newIdentity, startDataPath, type RunningProxy } from './start';
+import { VERSION } from './version';
+
+/** Client ids of worker i start at 1 + i * ID_SPAN, so CLIENT ID stays unique per proxy. */
+const ID_SPAN = 1e12;
+
+type ToWorker =
+  | { readonly type: 'start'; readonly config: ProxyConfig; readonly identity: ProxyIdentity; readonly index: number; readonly topology: TopologyJson }
+  | { readonly type: 'topology'; readonly topology: TopologyJson };
+
+type FromWorker = { readonly type: 'listening'; readonly host: string; readonly port: number } | { readonly type: 'failed'; readonly error: string };
+
+/**
+ * `workers: N`: N processes share the listening port (node:cluster hands accepted sockets to
+ * them), each a full data path. The control plane runs here, once, and every snapshot it
+ * publishes is sent to every worker.
+ */
+export async function runPrimary(config: ProxyConfig): Promise<void> {
+  log.setLevel(config.logLevel);
+  const control = new ControlPlane(config);
+  const identity = newIdentity();
+  const workers = new Map<Worker, number>();
+  let isStopping = false;
+
+  const fork = (index: number): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const worker = cluster.fork({ SLOTPROXY_WORKER: String(index) });
+      workers.set(worker, index);
+      worker.on('message', (message: FromWorker) => {
+        if (message.type === 'listening') resolve();
+        else reject(new Error(`worker ${index}: ${message.error}`));
+      });
+      worker.on('online', () => {
+        const start: ToWorker = { type: 'start', config, identity, index, topology: topologyToJson(control.store.current) };
+        worker.send(start);
+      });
+      worker.on('exit', (code, signal) => {
+        workers.delete(worker);
+        if (isStopping) return;
+        log.error('worker exited', { worker: index, code, signal });
+        void fork(index).catch((err: unknown) => log.error('worker restart failed', { worker: index, error: String(err) }));
+      });
+    });
+
+  control.store.on('change', (next) => {
+    const message: ToWorker = { type: 'topology', topology: topologyToJson(next) };
+    for (const worker of workers.keys()) worker.send(message);
+  });
+
+  await Promise.all(Array.from({ length: config.workers }, (_, i) => fork(i)));
+  log.info('listening', {
+    address: formatAddress(config.listen),
+    shards: config.shards.map((s) => `${s.name}=${formatAddress(s.primary)}`),
+    workers: config.workers,
+    version: VERSION,
+  });
+
+  exitOnSignals(async () => {
+    isStopping = true;
+    const exits = [...workers.keys()].map((worker) => new Promise<void>((resolve) => {
+      worker.once('exit', () => resolve());
+      worker.process.kill('SIGTERM');
+    }));
+    await Promise.all(exits);
+    control.close();
+    log.info('stopped');
+  });
+}
+
+/** A worker: waits for its config and first snapshot, then serves; follows later snapshots. */
+export function runWorker(): void {
+  let store: TopologyStore | null = null;
+  let proxy: RunningProxy | null = null;
+  process.on('message', (message: ToWorker) => {
+    if (message.type === 'start') {
+      log.setLevel(message.config.logLevel);
+      store = new TopologyStore(topologyFromJson(message.topology));
+      startDataPath(message.config, store, message.identity, 1 + message.index * ID_SPAN).then(
+        (running) => {
+          proxy = running;
+          process.send?.({ type: 'listening', host: running.host, port: running.port } satisfies FromWorker);
+        },
+        (err: unknown) => {
+          process.send?.({ type: 'failed', error: String(err) } satisfies FromWorker);
+          process.exit(1);
+        },
+      );
+    } else if (message.type === 'topology' && store !== null) {
+      const next = topologyFromJson(message.topology);
+      if (next.epoch > store.current.epoch) store.publish(next);
+    }
+  });
+  // The primary stops workers with SIGTERM; close the clients before exiting.
+  exitOnSignals(async () => {
+    await proxy?.close();
+  });
+  process.on('disconnect', () => process.exit(0));
+}
