@@ -17,6 +17,12 @@ export interface BackendConnectionOptions {
   readonly connectTimeoutMs: number;
   /** Sent with AUTH right after connecting; never logged. */
   readonly password: string | null;
+  /** Replicas that must confirm a durable write (WAIT) before it is answered; 0 = off. */
+  readonly minReplicaAcks: number;
+  /** WAIT's timeout. */
+  readonly replicaAckTimeoutMs: number;
+  /** A reply slower than this closes the connection and fails what is in flight; 0 = no limit. */
+  readonly commandTimeoutMs: number;
 }
 
 const MIN_BACKOFF_MS = 100;
@@ -35,6 +41,60 @@ class AuthSink implements ReplySink {
 }
 
 /**
+ * A write whose reply is held until the WAIT that follows it in the same turn says enough
+ * replicas have it.
+ */
+class DurableWrite implements ReplySink {
+  readonly target: ReplySink;
+  /** The write's own reply, held; null until it arrives or when it failed. */
+  reply: Buffer | null = null;
+  isFailed = false;
+
+  constructor(target: ReplySink) {
+    this.target = target;
+  }
+
+  onReply(frame: Buffer): void {
+    this.reply = frame;
+  }
+
+  onFailure(error: Buffer): void {
+    this.isFailed = true;
+    this.target.onFailure(error);
+  }
+}
+
+/** The WAIT after a turn's durable writes: releases their replies, or fails them. */
+class WaitSink implements ReplySink {
+  readonly #writes: DurableWrite[];
+  readonly #required: number;
+  readonly #notAcked: Buffer;
+
+  constructor(writes: DurableWrite[], required: number, timeoutMs: number) {
+    this.#writes = writes;
+    this.#required = required;
+    this.#notAcked = encodeError(
+      `NOREPLICAS the write reached the primary but not ${required} replica(s) within ${timeoutMs} ms; a failover may lose it`,
+    );
+  }
+
+  onReply(frame: Buffer): void {
+    let acks = 0;
+    if (frame[0] === 58) for (let p = 1; p < frame.length && frame[p] !== 13; p++) acks = acks * 10 + frame[p]! - 48;
+    const isAcked = acks >= this.#required;
+    for (const write of this.#writes) {
+      if (write.isFailed || write.reply === null) continue;
+      // An error reply means the write did not happen: nothing to confirm.
+      write.target.onReply(isAcked || write.reply[0] === 45 ? write.reply : this.#notAcked);
+    }
+  }
+
+  onFailure(error: Buffer): void {
+    for (const write of this.#writes) if (!write.isFailed) write.target.onFailure(error);
+  }
+}
+
+/**
  * One pipelined socket to one backend node, shared by many clients. Requests are written in
  * the order sent and Redis answers in order, so the head of the in-flight FIFO owns the next
  * reply. Writes are coalesced into one per event-loop turn.
@@ -45,6 +105,11 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   /** Requests written (or queued to be) whose replies have not arrived, in order. */
   readonly #inFlight = new Fifo<ReplySink>(64);
   readonly #out = new OutputBuffer();
+  /** When each in-flight request was queued (only kept when commandTimeoutMs > 0). */
+  readonly #queuedAt = new Fifo<number>(64);
+  #timeoutTimer: NodeJS.Timeout | null = null;
+  /** Durable writes queued this turn, confirmed by one WAIT appended at flush. */
+  #durableWrites: DurableWrite[] = [];
   #socket: Socket | null = null;
   #state: ConnectionState = 'idle';
   /** Why the connection last went down, for error replies. */
@@ -74,7 +139,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
       return;
     }
     this.#out.push(request);
-    this.#inFlight.push(sink);
+    this.#push(sink);
     scheduleFlush(this);
   }
 
@@ -84,17 +149,42 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
       return;
     }
     for (const part of parts) this.#out.push(part);
-    this.#inFlight.push(sink);
+    this.#push(sink);
+    scheduleFlush(this);
+  }
+
+  /**
+   * A write confirmed by `minReplicaAcks` replicas before it is answered. One WAIT per turn
+   * covers every write queued on this connection in that turn (WAIT counts all earlier writes
+   * of the connection), so the cost is one round trip to the replicas per batch, not per write.
+   */
+  sendDurable(request: Buffer | readonly Buffer[], sink: ReplySink): void {
+    if (!this.#isUsable()) {
+      sink.onFailure(this.#unavailableReply());
+      return;
+    }
+    if (Buffer.isBuffer(request)) this.#out.push(request);
+    else for (const part of request) this.#out.push(part);
+    const write = new DurableWrite(sink);
+    this.#durableWrites.push(write);
+    this.#push(write);
     scheduleFlush(this);
   }
 
   flush(): void {
+    if (this.#durableWrites.length > 0) {
+      const { minReplicaAcks, replicaAckTimeoutMs } = this.#options;
+      this.#out.push(encodeCommand(['WAIT', String(minReplicaAcks), String(replicaAckTimeoutMs)]));
+      this.#push(new WaitSink(this.#durableWrites, minReplicaAcks, replicaAckTimeoutMs));
+      this.#durableWrites = [];
+    }
     if (this.#state === 'ready' && this.#socket !== null) this.#out.writeTo(this.#socket);
   }
 
   onReplyFrame(buf: Buffer, start: number, end: number): void {
     // Pop before the callback: the callback may close this connection and fail the rest.
     const sink = this.#inFlight.shift();
+    if (this.#timeoutTimer !== null) this.#queuedAt.shift();
     if (sink === undefined) {
       this.destroy('reply with no request waiting for it');
       return;
@@ -111,6 +201,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   /** Closes for good. */
   close(): void {
     this.#setState('closed');
+    if (this.#timeoutTimer !== null) clearInterval(this.#timeoutTimer);
     this.#socket?.destroy();
     this.#failAll('connection closed by the proxy');
   }
@@ -163,6 +254,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
       this.#socket = null;
       this.#scanner.reset();
       this.#out.clear();
+      this.#durableWrites = [];
       if (this.#state !== 'closed') {
         this.#setState('down');
         this.#retryAt = Date.now() + this.#backoffMs;
@@ -172,11 +264,31 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     });
     if (password !== null) {
       this.#out.push(encodeCommand(['AUTH', password]));
-      this.#inFlight.push(new AuthSink(this));
+      this.#push(new AuthSink(this));
     }
   }
 
+  #push(sink: ReplySink): void {
+    this.#inFlight.push(sink);
+    if (this.#options.commandTimeoutMs > 0) {
+      this.#queuedAt.push(Date.now());
+      this.#timeoutTimer ??= this.#startTimeoutTimer();
+    }
+  }
+
+  /** Checks the oldest request a few times per timeout; one timer per connection, not per request. */
+  #startTimeoutTimer(): NodeJS.Timeout {
+    const limit = this.#options.commandTimeoutMs;
+    const timer = setInterval(() => {
+      const oldest = this.#queuedAt.peek();
+      if (oldest !== undefined && Date.now() - oldest > limit) this.destroy(`no reply within ${limit} ms (commandTimeoutMs)`);
+    }, Math.max(10, Math.floor(limit / 4)));
+    timer.unref();
+    return timer;
+  }
+
   #failAll(reason: string): void {
+    while (this.#queuedAt.shift() !== undefined);
     if (this.#inFlight.length === 0) return;
     const error = encodeError(`ERR shard ${this.#options.shardName} unavailable: ${reason}`);
     for (let sink = this.#inFlight.shift(); sink !== undefined; sink = this.#inFlight.shift()) {

@@ -1,23 +1,30 @@
 import { nodeKey, type NodeAddress, type ShardInfo, type Topology } from '../topology/topology';
 import { NodePool } from './node-pool';
 
-/** The connections of one shard: its primary's, and its replicas' for replica reads. */
+/** The connections of one shard: its primary's, and its readable replicas' for replica reads. */
 export interface ShardPool {
   readonly info: ShardInfo;
   readonly primary: NodePool;
   readonly replicas: readonly NodePool[];
 }
 
+type Role = 'primary' | 'replica';
+
 export interface BackendPoolOptions {
   /** Pipelined connections per node. */
   readonly connectionsPerNode: number;
   readonly connectTimeoutMs: number;
   readonly password: string | null;
+  readonly minReplicaAcks: number;
+  readonly replicaAckTimeoutMs: number;
+  readonly commandTimeoutMs: number;
 }
 
 /**
  * Node pools for every node of the current topology, kept across snapshots: a new snapshot
- * reuses the pools of nodes it still names and closes the others.
+ * reuses the pools of nodes it still names in the same role and closes the others. A primary
+ * that is demoted loses its pool at once, so requests in flight on it fail instead of waiting
+ * for a late reply from a node that no longer owns the shard's writes.
  */
 export class BackendPools {
   readonly #options: BackendPoolOptions;
@@ -32,8 +39,8 @@ export class BackendPools {
     const used = new Set<string>();
     const pools = topology.shards.map((info) => ({
       info,
-      primary: this.#node(info.primary, info.name, used),
-      replicas: info.replicas.map((replica) => this.#node(replica, info.name, used)),
+      primary: this.#node(info.primary, 'primary', info.name, used),
+      replicas: info.readReplicas.map((replica) => this.#node(replica, 'replica', info.name, used)),
     }));
     for (const [key, pool] of this.#nodes) {
       if (!used.has(key)) {
@@ -53,13 +60,13 @@ export class BackendPools {
     this.#nodes.clear();
   }
 
-  #node(address: NodeAddress, shardName: string, used: Set<string>): NodePool {
-    const key = nodeKey(address);
+  #node(address: NodeAddress, role: Role, shardName: string, used: Set<string>): NodePool {
+    const key = `${role} ${nodeKey(address)}`;
     used.add(key);
     let pool = this.#nodes.get(key);
     if (pool === undefined) {
       pool = new NodePool(
-        { address, shardName, connectTimeoutMs: this.#options.connectTimeoutMs, password: this.#options.password },
+        { ...this.#options, address, shardName },
         this.#options.connectionsPerNode,
       );
       this.#nodes.set(key, pool);

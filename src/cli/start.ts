@@ -32,8 +32,11 @@ export async function startDataPath(
     connectionsPerNode: config.connectionsPerNode,
     connectTimeoutMs: config.connectTimeoutMs,
     password: config.backendPassword,
+    minReplicaAcks: config.minReplicaAcks,
+    replicaAckTimeoutMs: config.replicaAckTimeoutMs,
+    commandTimeoutMs: config.commandTimeoutMs,
   });
-  const dispatcher = new Dispatcher(store, pools, identity);
+  const dispatcher = new Dispatcher(store, pools, identity, config);
   const listener = new Listener(dispatcher, { host: config.listen.host, port: config.listen.port, firstClientId });
   const address = await listener.listen();
   return {

@@ -7,6 +7,9 @@ export interface Address {
 /** Where replica-safe (readonly) commands are sent. */
 export type ReadFrom = 'primary' | 'preferReplica' | 'replica';
 
+/** What writes do when `minReplicaAcks` > 0 and the shard has no healthy replica left. */
+export type NoReplicaWrites = 'refuse' | 'accept';
+
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
 /** One shard of the YAML topology. */
@@ -37,8 +40,21 @@ export interface ProxyConfig {
   readonly commandTimeoutMs: number;
   /** Commands for a shard in failover wait this long for the new primary. @default 5000 */
   readonly failoverWaitMs: number;
-  /** @default primary */
+  /** Where readonly commands go; a failed replica is skipped. @default primary */
   readonly readFrom: ReadFrom;
+  /**
+   * Replicas that must confirm each write (WAIT) before the client gets its reply, so an
+   * acknowledged write survives the loss of its primary. 0 = Redis's behaviour. @default 0
+   */
+  readonly minReplicaAcks: number;
+  /** How long WAIT waits for those replicas; on timeout the client gets a NOREPLICAS error. @default 1000 */
+  readonly replicaAckTimeoutMs: number;
+  /**
+   * With minReplicaAcks > 0 and no healthy replica left: `refuse` writes with an error (they
+   * are not run), or `accept` them unconfirmed and count them in
+   * slotproxy_unconfirmed_writes_total. @default refuse
+   */
+  readonly noReplicaWrites: NoReplicaWrites;
   /** Processes sharing the listening port. @default 1 */
   readonly workers: number;
   /** Password for the backends (AUTH), never logged. @default null */

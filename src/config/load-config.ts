@@ -4,7 +4,7 @@ import * as nodePath from 'node:path';
 import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
 
 import { AddressError, addressKey, formatAddress, parseAddress } from './address';
-import type { Address, LogLevel, ProxyConfig, ReadFrom, ShardConfig } from './config-types';
+import type { Address, LogLevel, NoReplicaWrites, ProxyConfig, ReadFrom, ShardConfig } from './config-types';
 
 /** Redis Cluster's hash slot count; slots are 0..SLOT_COUNT-1. */
 const SLOT_COUNT = 16384;
@@ -24,11 +24,15 @@ export const DEFAULT_SETTINGS = {
   commandTimeoutMs: 0,
   failoverWaitMs: 5000,
   readFrom: 'primary',
+  minReplicaAcks: 0,
+  replicaAckTimeoutMs: 1000,
+  noReplicaWrites: 'refuse',
   workers: 1,
   backendPassword: null,
   logLevel: 'info',
 } as const satisfies Omit<ProxyConfig, 'shards'>;
 
+const NO_REPLICA_WRITES_VALUES = ['refuse', 'accept'] as const satisfies readonly NoReplicaWrites[];
 const READ_FROM_VALUES = ['primary', 'preferReplica', 'replica'] as const satisfies readonly ReadFrom[];
 const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const satisfies readonly LogLevel[];
 
@@ -42,6 +46,9 @@ const TOP_LEVEL_KEYS = [
   'commandTimeoutMs',
   'failoverWaitMs',
   'readFrom',
+  'minReplicaAcks',
+  'replicaAckTimeoutMs',
+  'noReplicaWrites',
   'workers',
   'backendPassword',
   'logLevel',
@@ -204,6 +211,9 @@ class ConfigReader {
       commandTimeoutMs: this.#optional(top, 'commandTimeoutMs', (f) => this.#integer(f, 0, MAX_TIMER_MS), DEFAULT_SETTINGS.commandTimeoutMs),
       failoverWaitMs: this.#optional(top, 'failoverWaitMs', (f) => this.#integer(f, 0, MAX_TIMER_MS), DEFAULT_SETTINGS.failoverWaitMs),
       readFrom: this.#optional(top, 'readFrom', (f) => this.#oneOf(f, READ_FROM_VALUES), DEFAULT_SETTINGS.readFrom),
+      minReplicaAcks: this.#optional(top, 'minReplicaAcks', (f) => this.#integer(f, 0, 16), DEFAULT_SETTINGS.minReplicaAcks),
+      replicaAckTimeoutMs: this.#optional(top, 'replicaAckTimeoutMs', (f) => this.#integer(f, 1, MAX_TIMER_MS), DEFAULT_SETTINGS.replicaAckTimeoutMs),
+      noReplicaWrites: this.#optional(top, 'noReplicaWrites', (f) => this.#oneOf(f, NO_REPLICA_WRITES_VALUES), DEFAULT_SETTINGS.noReplicaWrites),
       workers: this.#optional(top, 'workers', (f) => this.#integer(f, 1, 64), DEFAULT_SETTINGS.workers),
       backendPassword: this.#optional(top, 'backendPassword', (f) => this.#nullable(f, (g) => this.#password(g)), DEFAULT_SETTINGS.backendPassword),
       logLevel: this.#optional(top, 'logLevel', (f) => this.#oneOf(f, LOG_LEVELS), DEFAULT_SETTINGS.logLevel),

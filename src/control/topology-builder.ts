@@ -6,7 +6,7 @@ export function topologyFromConfig(config: ProxyConfig, epoch = 1): Topology {
   const slotOwner = new Uint16Array(SLOT_COUNT);
   const shards: ShardInfo[] = config.shards.map((shard, index) => {
     for (const [from, to] of shard.slots) slotOwner.fill(index, from, to + 1);
-    return { index, name: shard.name, primary: shard.primary, replicas: shard.replicas, isFailingOver: false };
+    return { index, name: shard.name, primary: shard.primary, replicas: shard.replicas, readReplicas: shard.replicas, isFailingOver: false };
   });
   return new Topology(epoch, shards, slotOwner);
 }

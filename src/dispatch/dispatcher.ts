@@ -1,3 +1,5 @@
+import type { ReplySink } from '../backend/reply-sink';
+import type { NodePool } from '../backend/node-pool';
 import type { ShardPool, BackendPools } from '../backend/shard-pool';
 import { lookupCommand } from '../commands/command-table';
 import type { CommandSpec } from '../commands/handling';
@@ -10,6 +12,15 @@ import type { Topology } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
 import type { ClientContext } from './client-context';
 import { LocalCommands, notAllowed, wrongArity, type ProxyIdentity } from './local-commands';
+import { ParkedRequests, type ParkedRequest } from './parked-requests';
+
+/** The settings the dispatcher acts on (a subset of ProxyConfig). */
+export interface DispatcherOptions {
+  readonly readFrom: 'primary' | 'preferReplica' | 'replica';
+  readonly failoverWaitMs: number;
+  readonly minReplicaAcks: number;
+  readonly noReplicaWrites: 'refuse' | 'accept';
+}
 
 /**
  * Carries out each request: looks the command up, asks routing where it goes, sends it to the
@@ -23,15 +34,25 @@ export class Dispatcher {
   #shards: ShardPool[];
   /** Rotates keyless commands over the shards. */
   #nextShard = 0;
+  readonly #options: DispatcherOptions;
+  /** Requests waiting for a shard's failover to finish. */
+  readonly #parked: ParkedRequests;
 
-  constructor(store: TopologyStore, pools: BackendPools, identity: ProxyIdentity) {
+  constructor(store: TopologyStore, pools: BackendPools, identity: ProxyIdentity, options: DispatcherOptions) {
     this.#pools = pools;
+    this.#options = options;
     this.#local = new LocalCommands(identity);
     this.#topology = store.current;
     this.#shards = pools.update(store.current);
+    this.#parked = new ParkedRequests((expired) => this.#failExpired(expired));
     store.on('change', (next) => {
       this.#topology = next;
       this.#shards = pools.update(next);
+      if (this.#parked.length > 0) {
+        for (const r of this.#parked.release((shard) => !this.#shards[shard]!.info.isFailingOver)) {
+          this.#send(r.shard, r.request, r.sink, r.clientId, r.isWrite, r.isReadonly);
+        }
+      }
     });
   }
 
@@ -69,7 +90,7 @@ export class Dispatcher {
         this.#broadcast(frame, spec, client);
         return;
       case 'any-shard':
-        this.#anyShard().primary.connection(client.id).send(frame.bytes(), client.awaitReply());
+        this.#send(this.#anyShard(), frame.bytes(), client.awaitReply(), client.id, spec.isWrite, spec.isReadonly);
         return;
       case 'local':
         this.#local.handle(frame, spec, client);
@@ -87,8 +108,8 @@ export class Dispatcher {
       client.reply(CROSSSLOT);
       return;
     }
-    const shard = slot === NO_KEYS ? this.#anyShard() : this.#shards[this.#topology.slotOwner[slot]!]!;
-    shard.primary.connection(client.id).send(frame.bytes(), client.awaitReply());
+    const shard = slot === NO_KEYS ? this.#anyShard() : this.#topology.slotOwner[slot]!;
+    this.#send(shard, frame.bytes(), client.awaitReply(), client.id, spec.isWrite, spec.isReadonly);
   }
 
   /** MGET, MSET, DEL, ...: one sub-command per shard, merged by the gather. */
@@ -101,33 +122,89 @@ export class Dispatcher {
     const { fragments, keyFragment } = fragment(frame, spec, this.#topology.slotOwner);
     if (fragments.length === 1) {
       // All keys on one shard: no merge needed, forward the request as it came.
-      this.#shards[fragments[0]!.shard]!.primary.connection(client.id).send(frame.bytes(), client.awaitReply());
+      this.#send(fragments[0]!.shard, frame.bytes(), client.awaitReply(), client.id, spec.isWrite, spec.isReadonly);
       return;
     }
     const gather = new Gather(client.awaitReply(), spec.merge!, fragments.length, keyFragment);
     for (let f = 0; f < fragments.length; f++) {
       const piece = fragments[f]!;
-      this.#shards[piece.shard]!.primary.connection(client.id).sendParts(piece.parts, gather.piece(f));
+      this.#send(piece.shard, piece.parts, gather.piece(f), client.id, spec.isWrite, spec.isReadonly);
     }
   }
 
   /** Keyless commands every shard must run (DBSIZE, FLUSHALL, SCRIPT LOAD, ...). */
   #broadcast(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
-    const shards = this.#shards;
+    const count = this.#shards.length;
     const bytes = frame.bytes();
-    const gather = new Gather(client.awaitReply(), spec.merge!, shards.length, null);
-    for (let s = 0; s < shards.length; s++) shards[s]!.primary.connection(client.id).send(bytes, gather.piece(s));
+    const gather = new Gather(client.awaitReply(), spec.merge!, count, null);
+    for (let s = 0; s < count; s++) this.#send(s, bytes, gather.piece(s), client.id, spec.isWrite, spec.isReadonly);
   }
 
-  #anyShard(): ShardPool {
-    const shards = this.#shards;
-    this.#nextShard = (this.#nextShard + 1) % shards.length;
-    return shards[this.#nextShard]!;
+  /**
+   * The one place requests leave for a shard: parks them while the shard fails over, sends
+   * readonly commands to a replica when readFrom says so, and confirms writes with WAIT when
+   * minReplicaAcks asks for it.
+   */
+  #send(shardIndex: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean): void {
+    const shard = this.#shards[shardIndex]!;
+    if (shard.info.isFailingOver) {
+      const deadline = Date.now() + this.#options.failoverWaitMs;
+      this.#parked.park({ shard: shardIndex, request, sink, clientId, isWrite, isReadonly, deadline });
+      return;
+    }
+    const options = this.#options;
+    let node: NodePool = shard.primary;
+    if (isReadonly && options.readFrom !== 'primary') {
+      const replica = readableReplica(shard, clientId);
+      if (replica !== null) node = replica;
+      else if (options.readFrom === 'replica') {
+        sink.onFailure(encodeError(`ERR shard ${shard.info.name} has no readable replica (readFrom: replica)`));
+        return;
+      }
+    }
+    const connection = node.connection(clientId);
+    if (isWrite && options.minReplicaAcks > 0) {
+      if (shard.info.readReplicas.length >= options.minReplicaAcks) {
+        connection.sendDurable(request, sink);
+        return;
+      }
+      if (options.noReplicaWrites === 'refuse') {
+        sink.onFailure(
+          encodeError(`NOREPLICAS shard ${shard.info.name} has fewer than ${options.minReplicaAcks} healthy replica(s); write refused`),
+        );
+        return;
+      }
+    }
+    if (Buffer.isBuffer(request)) connection.send(request, sink);
+    else connection.sendParts(request, sink);
+  }
+
+  #failExpired(expired: ParkedRequest[]): void {
+    for (const r of expired) {
+      const name = this.#shards[r.shard]?.info.name ?? String(r.shard);
+      r.sink.onFailure(encodeError(`TRYAGAIN shard ${name} is failing over; no new primary within ${this.#options.failoverWaitMs} ms`));
+    }
+  }
+
+  #anyShard(): number {
+    this.#nextShard = (this.#nextShard + 1) % this.#shards.length;
+    return this.#nextShard;
   }
 
   close(): void {
+    this.#parked.close();
     this.#pools.close();
   }
+}
+
+/** A replica of the shard whose connection is not down, preferring the client's own. */
+function readableReplica(shard: ShardPool, clientId: number): NodePool | null {
+  const replicas = shard.replicas;
+  for (let i = 0; i < replicas.length; i++) {
+    const replica = replicas[(clientId + i) % replicas.length]!;
+    if (replica.connection(clientId).state !== 'down') return replica;
+  }
+  return null;
 }
 
 /** redis-server's wording, with up to a few arguments quoted. */

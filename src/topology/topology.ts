@@ -14,7 +14,13 @@ export interface ShardInfo {
   readonly index: number;
   readonly name: string;
   readonly primary: NodeAddress;
+  /** Every replica the shard has, failed or demoted ones included (what the state file records). */
   readonly replicas: readonly NodeAddress[];
+  /**
+   * The replicas readonly commands may go to (readFrom): healthy and replicating from the
+   * current primary. The control plane fills it; a topology from config alone trusts them all.
+   */
+  readonly readReplicas: readonly NodeAddress[];
   /**
    * True while the control plane is replacing a failed primary: commands wait for the next
    * snapshot (bounded by failoverWaitMs) instead of failing.
