@@ -1,0 +1,70 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * Every metric of the proxy, declared once. Names follow Prometheus conventions: `slotproxy_`
+ * prefix, `_total` counters, `_seconds` histograms, base units; labels are bounded (shard, node,
+ * command name from the command table, outcome), never keys.
+ */
+export const registry = new Registry();
+
+export function enableProcessMetrics(): void {
+  collectDefaultMetrics({ register: registry, prefix: 'slotproxy_' });
+}
+
+// Control plane: health and failover.
+export const nodeUp = new Gauge({
+  name: 'slotproxy_node_up',
+  help: 'Whether the node answers health checks (1) or is failed (0).',
+  labelNames: ['shard', 'node'] as const,
+  registers: [registry],
+});
+
+export const nodeRole = new Gauge({
+  name: 'slotproxy_node_role',
+  help: 'The role the topology gives the node: 1 for the one matching the role label.',
+  labelNames: ['shard', 'node', 'role'] as const,
+  registers: [registry],
+});
+
+export const failoversTotal = new Counter({
+  name: 'slotproxy_failovers_total',
+  help: 'Replica promotions after a primary failed, by outcome (promoted, no_candidate, error).',
+  labelNames: ['shard', 'outcome'] as const,
+  registers: [registry],
+});
+
+export const nodeFailuresTotal = new Counter({
+  name: 'slotproxy_node_failures_total',
+  help: 'Times a node was marked failed by the health checker.',
+  labelNames: ['shard', 'node'] as const,
+  registers: [registry],
+});
+
+export const demotionsTotal = new Counter({
+  name: 'slotproxy_demotions_total',
+  help: 'Returning old primaries made replicas of the new primary.',
+  labelNames: ['shard'] as const,
+  registers: [registry],
+});
+
+export const replicaRepointsTotal = new Counter({
+  name: 'slotproxy_replica_repoints_total',
+  help: 'REPLICAOF commands sent to point replicas at a new primary.',
+  labelNames: ['shard'] as const,
+  registers: [registry],
+});
+
+export const failoverDurationSeconds = new Histogram({
+  name: 'slotproxy_failover_duration_seconds',
+  help: 'From the primary being marked failed to the promoted replica serving.',
+  labelNames: ['shard'] as const,
+  buckets: [0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
+  registers: [registry],
+});
+
+export const unconfirmedWritesTotal = new Counter({
+  name: 'slotproxy_unconfirmed_writes_total',
+  help: 'Writes accepted without replica confirmation because the shard had no healthy replica (noReplicaWrites: accept).',
+  labelNames: ['shard'] as const,
+  registers: [registry],
+});
