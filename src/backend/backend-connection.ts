@@ -1,5 +1,7 @@
 import { connect, type Socket } from 'node:net';
-import { Fifo } from '../io/fifo';
+import { Fifo, NumberFifo } from '../io/fifo';
+import { tick, turnTime } from '../io/turn-clock';
+import type { NodeStats } from '../metrics/data-path-stats';
 import { scheduleFlush, type Flushable } from '../io/flush-scheduler';
 import { OutputBuffer } from '../io/output-buffer';
 import { ReplyScanner, type ReplyFrameSink } from '../resp/reply-scanner';
@@ -23,6 +25,8 @@ export interface BackendConnectionOptions {
   readonly replicaAckTimeoutMs: number;
   /** A reply slower than this closes the connection and fails what is in flight; 0 = no limit. */
   readonly commandTimeoutMs: number;
+  /** Counters of this node, shared by its connections. */
+  readonly stats: NodeStats;
 }
 
 const MIN_BACKOFF_MS = 100;
@@ -105,8 +109,9 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   /** Requests written (or queued to be) whose replies have not arrived, in order. */
   readonly #inFlight = new Fifo<ReplySink>(64);
   readonly #out = new OutputBuffer();
-  /** When each in-flight request was queued (only kept when commandTimeoutMs > 0). */
-  readonly #queuedAt = new Fifo<number>(64);
+  /** When each in-flight request was queued (turn clock, seconds), parallel to #inFlight. */
+  readonly #queuedAt = new NumberFifo(64);
+  readonly #stats: NodeStats;
   #timeoutTimer: NodeJS.Timeout | null = null;
   /** Durable writes queued this turn, confirmed by one WAIT appended at flush. */
   #durableWrites: DurableWrite[] = [];
@@ -121,6 +126,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
 
   constructor(options: BackendConnectionOptions) {
     this.#options = options;
+    this.#stats = options.stats;
     this.#scanner = new ReplyScanner(this);
   }
 
@@ -178,17 +184,23 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
       this.#push(new WaitSink(this.#durableWrites, minReplicaAcks, replicaAckTimeoutMs));
       this.#durableWrites = [];
     }
-    if (this.#state === 'ready' && this.#socket !== null) this.#out.writeTo(this.#socket);
+    if (this.#state === 'ready' && this.#socket !== null) {
+      this.#stats.bytesOut += this.#out.length;
+      this.#out.writeTo(this.#socket);
+    }
   }
 
   onReplyFrame(buf: Buffer, start: number, end: number): void {
     // Pop before the callback: the callback may close this connection and fail the rest.
     const sink = this.#inFlight.shift();
-    if (this.#timeoutTimer !== null) this.#queuedAt.shift();
     if (sink === undefined) {
       this.destroy('reply with no request waiting for it');
       return;
     }
+    const stats = this.#stats;
+    stats.inFlight--;
+    stats.latency.observe(turnTime() - this.#queuedAt.shift());
+    if (buf[start] === 45) stats.errors++;
     sink.onReply(buf.subarray(start, end));
   }
 
@@ -240,6 +252,8 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
       socket.destroy(new Error(`connect timeout after ${connectTimeoutMs} ms`));
     });
     socket.on('data', (chunk: Buffer) => {
+      tick();
+      this.#stats.bytesIn += chunk.length;
       try {
         this.#scanner.feed(chunk);
       } catch (err) {
@@ -270,10 +284,10 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
 
   #push(sink: ReplySink): void {
     this.#inFlight.push(sink);
-    if (this.#options.commandTimeoutMs > 0) {
-      this.#queuedAt.push(Date.now());
-      this.#timeoutTimer ??= this.#startTimeoutTimer();
-    }
+    this.#queuedAt.push(turnTime());
+    this.#stats.requests++;
+    this.#stats.inFlight++;
+    if (this.#options.commandTimeoutMs > 0) this.#timeoutTimer ??= this.#startTimeoutTimer();
   }
 
   /** Checks the oldest request a few times per timeout; one timer per connection, not per request. */
@@ -281,15 +295,19 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     const limit = this.#options.commandTimeoutMs;
     const timer = setInterval(() => {
       const oldest = this.#queuedAt.peek();
-      if (oldest !== undefined && Date.now() - oldest > limit) this.destroy(`no reply within ${limit} ms (commandTimeoutMs)`);
+      if (this.#inFlight.length > 0 && (tick() - oldest) * 1000 > limit) {
+        this.destroy(`no reply within ${limit} ms (commandTimeoutMs)`);
+      }
     }, Math.max(10, Math.floor(limit / 4)));
     timer.unref();
     return timer;
   }
 
   #failAll(reason: string): void {
-    while (this.#queuedAt.shift() !== undefined);
+    this.#queuedAt.clear();
     if (this.#inFlight.length === 0) return;
+    this.#stats.failures += this.#inFlight.length;
+    this.#stats.inFlight -= this.#inFlight.length;
     const error = encodeError(`ERR shard ${this.#options.shardName} unavailable: ${reason}`);
     for (let sink = this.#inFlight.shift(); sink !== undefined; sink = this.#inFlight.shift()) {
       sink.onFailure(error);
@@ -301,6 +319,11 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   }
 
   #setState(state: ConnectionState): void {
+    const stats = this.#stats;
+    if (this.#state === 'ready') stats.connectionsReady--;
+    else if (this.#state === 'down') stats.connectionsDown--;
     this.#state = state;
+    if (state === 'ready') stats.connectionsReady++;
+    else if (state === 'down') stats.connectionsDown++;
   }
 }

@@ -1,4 +1,5 @@
 import { nodeKey, type NodeAddress, type ShardInfo, type Topology } from '../topology/topology';
+import type { DataPathStats } from '../metrics/data-path-stats';
 import { NodePool } from './node-pool';
 
 /** The connections of one shard: its primary's, and its readable replicas' for replica reads. */
@@ -18,6 +19,7 @@ export interface BackendPoolOptions {
   readonly minReplicaAcks: number;
   readonly replicaAckTimeoutMs: number;
   readonly commandTimeoutMs: number;
+  readonly stats: DataPathStats;
 }
 
 /**
@@ -66,7 +68,7 @@ export class BackendPools {
     let pool = this.#nodes.get(key);
     if (pool === undefined) {
       pool = new NodePool(
-        { ...this.#options, address, shardName },
+        { ...this.#options, address, shardName, stats: this.#options.stats.node(shardName, nodeKey(address)) },
         this.#options.connectionsPerNode,
       );
       this.#nodes.set(key, pool);

@@ -7,6 +7,8 @@ import { ControlPlane } from '../control/control-plane';
 import { Dispatcher } from '../dispatch/dispatcher';
 import type { ProxyIdentity } from '../dispatch/local-commands';
 import { log } from '../log/logger';
+import { COMMAND_NAMES } from '../commands/command-table';
+import { DataPathStats } from '../metrics/data-path-stats';
 import type { TopologyStore } from '../topology/topology-store';
 import { VERSION } from './version';
 
@@ -14,6 +16,8 @@ export interface RunningProxy {
   /** Where the RESP endpoint listens (the real port when the config asked for 0). */
   readonly host: string;
   readonly port: number;
+  /** The data path's counters (null for a primary whose workers hold them). */
+  readonly stats: DataPathStats | null;
   close(): Promise<void>;
 }
 
@@ -28,7 +32,9 @@ export async function startDataPath(
   identity: ProxyIdentity,
   firstClientId = 1,
 ): Promise<RunningProxy> {
+  const stats = new DataPathStats(COMMAND_NAMES);
   const pools = new BackendPools({
+    stats,
     connectionsPerNode: config.connectionsPerNode,
     connectTimeoutMs: config.connectTimeoutMs,
     password: config.backendPassword,
@@ -36,12 +42,13 @@ export async function startDataPath(
     replicaAckTimeoutMs: config.replicaAckTimeoutMs,
     commandTimeoutMs: config.commandTimeoutMs,
   });
-  const dispatcher = new Dispatcher(store, pools, identity, config);
-  const listener = new Listener(dispatcher, { host: config.listen.host, port: config.listen.port, firstClientId });
+  const dispatcher = new Dispatcher(store, pools, identity, config, stats.commands);
+  const listener = new Listener(dispatcher, { host: config.listen.host, port: config.listen.port, firstClientId }, stats);
   const address = await listener.listen();
   return {
     host: address.host,
     port: address.port,
+    stats,
     async close() {
       await listener.close();
       dispatcher.close();
@@ -63,6 +70,7 @@ export async function startProxy(config: ProxyConfig): Promise<RunningProxy> {
   return {
     host: data.host,
     port: data.port,
+    stats: data.stats,
     async close() {
       await data.close();
       control.close();

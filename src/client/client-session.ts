@@ -1,8 +1,11 @@
 import type { Socket } from 'node:net';
+import type { CommandSpec, Handling } from '../commands/handling';
 import type { ClientContext } from '../dispatch/client-context';
 import type { Dispatcher } from '../dispatch/dispatcher';
 import { scheduleFlush, type Flushable } from '../io/flush-scheduler';
 import { OutputBuffer } from '../io/output-buffer';
+import { tick, turnTime } from '../io/turn-clock';
+import { CLASS_INDEX, type DataPathStats } from '../metrics/data-path-stats';
 import { OrderedReplies } from '../reply/ordered-replies';
 import type { ReplySlot, SlotOwner } from '../reply/reply-slot';
 import { ProtocolError } from '../resp/protocol-error';
@@ -22,6 +25,16 @@ export const DEFAULT_SESSION_LIMITS: SessionLimits = {
 };
 
 export type SessionState = 'open' | 'closing' | 'closed';
+
+/** Latency-histogram class of each handling kind. */
+const CLASS_OF: Readonly<Record<Handling, number>> = {
+  single: CLASS_INDEX.single,
+  split: CLASS_INDEX.split,
+  broadcast: CLASS_INDEX.broadcast,
+  'any-shard': CLASS_INDEX['any-shard'],
+  local: CLASS_INDEX.local,
+  refused: CLASS_INDEX.refused,
+};
 
 /**
  * One client: bytes -> parse -> dispatch -> ordered replies -> socket. Reading stops (the
@@ -46,10 +59,21 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   readonly #replies = new OrderedReplies();
   readonly #out = new OutputBuffer();
   readonly #onClose: (session: ClientSession) => void;
+  readonly #stats: DataPathStats;
   #state: SessionState = 'open';
+  /** Requests parsed from the current socket read (pipeline depth). */
+  #requestsThisRead = 0;
 
-  constructor(id: number, socket: Socket, dispatcher: Dispatcher, limits: SessionLimits, onClose: (session: ClientSession) => void) {
+  constructor(
+    id: number,
+    socket: Socket,
+    dispatcher: Dispatcher,
+    limits: SessionLimits,
+    stats: DataPathStats,
+    onClose: (session: ClientSession) => void,
+  ) {
     this.id = id;
+    this.#stats = stats;
     this.#socket = socket;
     this.#dispatcher = dispatcher;
     this.#limits = limits;
@@ -71,16 +95,18 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
 
   onRequest(frame: RequestFrame): void {
     if (this.#state !== 'open') return;
+    this.#requestsThisRead++;
     this.#dispatcher.dispatch(frame, this);
     if (this.#replies.length >= this.#limits.maxPendingReplies) this.#pause();
   }
 
-  awaitReply(): ReplySlot {
-    return this.#replies.add(this);
+  awaitReply(spec: CommandSpec): ReplySlot {
+    return this.#replies.add(this, spec.id, CLASS_OF[spec.handling], turnTime());
   }
 
-  reply(bytes: Buffer): void {
-    this.#replies.addDone(this, bytes);
+  reply(bytes: Buffer, spec: CommandSpec | null): void {
+    if (spec === null) this.#replies.addDone(this, bytes, this.#stats.commands.unknownId, CLASS_INDEX.error, turnTime());
+    else this.#replies.addDone(this, bytes, spec.id, CLASS_OF[spec.handling], turnTime());
     if (this.#replies.isHeadDone) scheduleFlush(this);
   }
 
@@ -95,7 +121,8 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
 
   flush(): void {
     if (this.#state === 'closed') return;
-    this.#replies.drainInto(this.#out);
+    this.#replies.drainInto(this.#out, this.#stats.commands, tick());
+    this.#stats.clients.bytesOut += this.#out.length;
     this.#out.writeTo(this.#socket);
     if (this.#state === 'closing' && this.#replies.length === 0) {
       this.#socket.end();
@@ -110,14 +137,18 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   }
 
   #onData(chunk: Buffer): void {
+    tick();
+    this.#stats.clients.bytesIn += chunk.length;
+    this.#requestsThisRead = 0;
     try {
       this.#parser.feed(chunk);
     } catch (err) {
       if (!(err instanceof ProtocolError)) throw err;
       // As redis-server: one error reply, then the connection closes after it is written.
-      this.reply(encodeError(`ERR Protocol error: ${err.message}`));
+      this.reply(encodeError(`ERR Protocol error: ${err.message}`), null);
       this.closeAfterReplies();
     }
+    if (this.#requestsThisRead > 0) this.#stats.clients.recordPipelineDepth(this.#requestsThisRead);
   }
 
   #pause(): void {
@@ -144,6 +175,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     this.#replies.cancelAll();
     this.#out.clear();
     this.#socket.destroy();
+    this.#stats.clients.connected--;
     this.#onClose(this);
   }
 }

@@ -1,5 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Dispatcher } from '../dispatch/dispatcher';
+import type { DataPathStats } from '../metrics/data-path-stats';
 import { ClientSession, DEFAULT_SESSION_LIMITS, type SessionLimits } from './client-session';
 
 export interface ListenerOptions {
@@ -8,6 +9,8 @@ export interface ListenerOptions {
   readonly limits?: SessionLimits;
   /** Ids start here; workers use disjoint ranges so CLIENT ID stays unique per proxy. */
   readonly firstClientId?: number;
+  /** Connections beyond this are closed at once (counted as rejected). @default 100000 */
+  readonly maxClients?: number;
 }
 
 /** The one RESP endpoint: a net.Server with one ClientSession per socket. */
@@ -16,10 +19,12 @@ export class Listener {
   readonly #dispatcher: Dispatcher;
   readonly #options: ListenerOptions;
   readonly #sessions = new Set<ClientSession>();
+  readonly #stats: DataPathStats;
   #nextId: number;
 
-  constructor(dispatcher: Dispatcher, options: ListenerOptions) {
+  constructor(dispatcher: Dispatcher, options: ListenerOptions, stats: DataPathStats) {
     this.#dispatcher = dispatcher;
+    this.#stats = stats;
     this.#options = options;
     this.#nextId = options.firstClientId ?? 1;
     this.#server = createServer((socket) => this.#accept(socket));
@@ -48,11 +53,21 @@ export class Listener {
   }
 
   #accept(socket: Socket): void {
+    const clients = this.#stats.clients;
+    if (this.#sessions.size >= (this.#options.maxClients ?? 100_000)) {
+      clients.rejected++;
+      // redis-server's wording for maxclients.
+      socket.end('-ERR max number of clients reached\r\n');
+      return;
+    }
+    clients.accepted++;
+    clients.connected++;
     const session = new ClientSession(
       this.#nextId++,
       socket,
       this.#dispatcher,
       this.#options.limits ?? DEFAULT_SESSION_LIMITS,
+      this.#stats,
       (closed) => this.#sessions.delete(closed),
     );
     this.#sessions.add(session);

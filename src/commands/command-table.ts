@@ -139,6 +139,9 @@ function decide(name: string, raw: RawCommand, parent: string | null): Override 
   return { handling: 'any-shard' };
 }
 
+/** Names by spec id, filled as specs are built. */
+const namesById: string[] = [];
+
 function buildSpec(name: string, raw: RawCommand, parent: string | null): CommandSpec {
   const hasMovableKeys = raw.flags.includes('movablekeys');
   const hasKeys = raw.keyStart > 0 || hasMovableKeys;
@@ -150,7 +153,10 @@ function buildSpec(name: string, raw: RawCommand, parent: string | null): Comman
       subcommands.set(sub, buildSpec(`${name}|${sub}`, subRaw, name));
     }
   }
+  const id = namesById.length;
+  namesById.push(name);
   return {
+    id,
     name,
     handling: decided.handling,
     merge: decided.merge ?? null,
@@ -186,6 +192,9 @@ export const COMMAND_TABLE: ReadonlyMap<string, CommandSpec> = buildTable();
 export function lookupCommand(name: string): CommandSpec | undefined {
   return COMMAND_TABLE.get(name) ?? COMMAND_TABLE.get(name.toLowerCase());
 }
+
+/** Command names by spec id (subcommands as `name|sub`), for labelling per-command counters. */
+export const COMMAND_NAMES: readonly string[] = namesById;
 
 /** The distinct specs (top-level commands), for documentation and tests. */
 export function allCommands(): CommandSpec[] {

@@ -30,6 +30,8 @@ export type Merge =
   | 'union';
 
 export interface CommandSpec {
+  /** Dense number of the spec, for per-command counters in arrays. */
+  readonly id: number;
   /** Lowercase command name; `name|sub` for a subcommand. */
   readonly name: string;
   readonly handling: Handling;

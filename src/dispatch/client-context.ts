@@ -1,3 +1,4 @@
+import type { CommandSpec } from '../commands/handling';
 import type { ReplySlot } from '../reply/reply-slot';
 
 /**
@@ -19,10 +20,10 @@ export interface ClientContext {
   /** Library name and version from CLIENT SETINFO. */
   libName: string;
   libVersion: string;
-  /** Appends an awaited reply slot to the client's FIFO. */
-  awaitReply(): ReplySlot;
-  /** Appends a reply the proxy already has. */
-  reply(bytes: Buffer): void;
+  /** Appends an awaited reply slot for a command of `spec` to the client's FIFO. */
+  awaitReply(spec: CommandSpec): ReplySlot;
+  /** Appends a reply the proxy already has; `spec` is null for a command not in the table. */
+  reply(bytes: Buffer, spec: CommandSpec | null): void;
   /** Closes the connection once every reply queued so far is written (QUIT). */
   closeAfterReplies(): void;
 }

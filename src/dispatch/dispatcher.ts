@@ -3,6 +3,7 @@ import type { NodePool } from '../backend/node-pool';
 import type { ShardPool, BackendPools } from '../backend/shard-pool';
 import { lookupCommand } from '../commands/command-table';
 import type { CommandSpec } from '../commands/handling';
+import type { CommandStats } from '../metrics/data-path-stats';
 import { Gather } from '../reply/gather';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeError } from '../resp/resp-writer';
@@ -38,8 +39,11 @@ export class Dispatcher {
   /** Requests waiting for a shard's failover to finish. */
   readonly #parked: ParkedRequests;
 
-  constructor(store: TopologyStore, pools: BackendPools, identity: ProxyIdentity, options: DispatcherOptions) {
+  readonly #stats: CommandStats;
+
+  constructor(store: TopologyStore, pools: BackendPools, identity: ProxyIdentity, options: DispatcherOptions, stats: CommandStats) {
     this.#pools = pools;
+    this.#stats = stats;
     this.#options = options;
     this.#local = new LocalCommands(identity);
     this.#topology = store.current;
@@ -64,17 +68,17 @@ export class Dispatcher {
     const start = frame.argStart[0]!;
     let spec = lookupCommand(frame.buf.toString('latin1', start, frame.argEnd[0]!));
     if (spec === undefined) {
-      client.reply(unknownCommand(frame));
+      client.reply(unknownCommand(frame), null);
       return;
     }
     if (spec.subcommands !== null) {
       if (frame.argc < 2) {
-        client.reply(wrongArity(spec.name));
+        client.reply(wrongArity(spec.name), spec);
         return;
       }
       const sub = spec.subcommands.get(frame.argString(1).toLowerCase());
       if (sub === undefined) {
-        client.reply(unknownSubcommand(frame, spec));
+        client.reply(unknownSubcommand(frame, spec), spec);
         return;
       }
       spec = sub;
@@ -90,13 +94,13 @@ export class Dispatcher {
         this.#broadcast(frame, spec, client);
         return;
       case 'any-shard':
-        this.#send(this.#anyShard(), frame.bytes(), client.awaitReply(), client.id, spec.isWrite, spec.isReadonly);
+        this.#send(this.#anyShard(), frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
         return;
       case 'local':
         this.#local.handle(frame, spec, client);
         return;
       case 'refused':
-        client.reply(notAllowed(spec.name, spec.note));
+        client.reply(notAllowed(spec.name, spec.note), spec);
         return;
     }
   }
@@ -105,27 +109,28 @@ export class Dispatcher {
   #single(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
     const slot = commandSlot(frame, spec);
     if (slot === CROSS_SLOT) {
-      client.reply(CROSSSLOT);
+      client.reply(CROSSSLOT, spec);
       return;
     }
     const shard = slot === NO_KEYS ? this.#anyShard() : this.#topology.slotOwner[slot]!;
-    this.#send(shard, frame.bytes(), client.awaitReply(), client.id, spec.isWrite, spec.isReadonly);
+    this.#send(shard, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
   }
 
   /** MGET, MSET, DEL, ...: one sub-command per shard, merged by the gather. */
   #split(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
     const step = spec.keyStep > 0 ? spec.keyStep : 1;
     if (frame.argc < 2 || (frame.argc - 1) % step !== 0) {
-      client.reply(wrongArity(spec.name));
+      client.reply(wrongArity(spec.name), spec);
       return;
     }
     const { fragments, keyFragment } = fragment(frame, spec, this.#topology.slotOwner);
     if (fragments.length === 1) {
       // All keys on one shard: no merge needed, forward the request as it came.
-      this.#send(fragments[0]!.shard, frame.bytes(), client.awaitReply(), client.id, spec.isWrite, spec.isReadonly);
+      this.#send(fragments[0]!.shard, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
       return;
     }
-    const gather = new Gather(client.awaitReply(), spec.merge!, fragments.length, keyFragment);
+    this.#stats.recordFanOut(fragments.length);
+    const gather = new Gather(client.awaitReply(spec), spec.merge!, fragments.length, keyFragment);
     for (let f = 0; f < fragments.length; f++) {
       const piece = fragments[f]!;
       this.#send(piece.shard, piece.parts, gather.piece(f), client.id, spec.isWrite, spec.isReadonly);
@@ -136,7 +141,8 @@ export class Dispatcher {
   #broadcast(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
     const count = this.#shards.length;
     const bytes = frame.bytes();
-    const gather = new Gather(client.awaitReply(), spec.merge!, count, null);
+    this.#stats.recordFanOut(count);
+    const gather = new Gather(client.awaitReply(spec), spec.merge!, count, null);
     for (let s = 0; s < count; s++) this.#send(s, bytes, gather.piece(s), client.id, spec.isWrite, spec.isReadonly);
   }
 

@@ -50,7 +50,7 @@ export class LocalCommands {
   }
 
   handle(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
-    client.reply(this.#answer(frame, spec, client));
+    client.reply(this.#answer(frame, spec, client), spec);
   }
 
   #answer(frame: RequestFrame, spec: CommandSpec, client: ClientContext): Buffer {

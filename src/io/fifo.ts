@@ -39,3 +39,48 @@ export class Fifo<T> {
     this.#head = 0;
   }
 }
+
+/** A ring of numbers in a Float64Array: no boxing, so pushing a timestamp allocates nothing. */
+export class NumberFifo {
+  #items: Float64Array;
+  #head = 0;
+  #length = 0;
+
+  constructor(capacity = 64) {
+    this.#items = new Float64Array(capacity);
+  }
+
+  get length(): number {
+    return this.#length;
+  }
+
+  push(value: number): void {
+    if (this.#length === this.#items.length) {
+      const next = new Float64Array(this.#items.length * 2);
+      for (let i = 0; i < this.#length; i++) next[i] = this.#items[(this.#head + i) % this.#items.length]!;
+      this.#items = next;
+      this.#head = 0;
+    }
+    this.#items[(this.#head + this.#length) % this.#items.length] = value;
+    this.#length++;
+  }
+
+  /** The oldest value, removed; NaN when empty. */
+  shift(): number {
+    if (this.#length === 0) return NaN;
+    const value = this.#items[this.#head]!;
+    this.#head = (this.#head + 1) % this.#items.length;
+    this.#length--;
+    return value;
+  }
+
+  /** The oldest value; NaN when empty. */
+  peek(): number {
+    return this.#length === 0 ? NaN : this.#items[this.#head]!;
+  }
+
+  clear(): void {
+    this.#head = 0;
+    this.#length = 0;
+  }
+}

@@ -1,4 +1,5 @@
 import type { OutputBuffer } from '../io/output-buffer';
+import type { CommandStats } from '../metrics/data-path-stats';
 import { ReplySlot, type SlotOwner } from './reply-slot';
 
 /**
@@ -20,25 +21,30 @@ export class OrderedReplies {
   }
 
   /** Appends a new awaited slot. */
-  add(owner: SlotOwner): ReplySlot {
-    const slot = new ReplySlot(owner);
+  add(owner: SlotOwner, commandId: number, commandClass: number, receivedAt: number): ReplySlot {
+    const slot = new ReplySlot(owner, commandId, commandClass, receivedAt);
     this.#append(slot);
     return slot;
   }
 
   /** Appends a reply that is already known (local commands, errors). */
-  addDone(owner: SlotOwner, reply: Buffer): void {
-    const slot = new ReplySlot(owner);
+  addDone(owner: SlotOwner, reply: Buffer, commandId: number, commandClass: number, receivedAt: number): void {
+    const slot = new ReplySlot(owner, commandId, commandClass, receivedAt);
     slot.reply = reply;
     this.#append(slot);
   }
 
-  /** Moves the done replies at the head into `out`; returns how many left. */
-  drainInto(out: OutputBuffer): number {
+  /**
+   * Moves the done replies at the head into `out`, counting each in `stats` with its latency
+   * up to `now`; returns how many left.
+   */
+  drainInto(out: OutputBuffer, stats: CommandStats, now: number): number {
     let count = 0;
     let slot = this.#head;
     while (slot !== null && slot.reply !== null) {
-      out.push(slot.reply);
+      const reply = slot.reply;
+      out.push(reply);
+      stats.record(slot.commandId, slot.commandClass, reply[0] === 45, now - slot.receivedAt);
       slot = slot.next;
       count++;
     }

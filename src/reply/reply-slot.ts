@@ -16,10 +16,19 @@ export class ReplySlot implements ReplySink {
   /** The reply bytes once known (a view of a backend chunk, or built by the proxy). */
   reply: Buffer | null = null;
   isCanceled = false;
+  /** Command table id of the request, for per-command counters. */
+  readonly commandId: number;
+  /** Index of the command's class (handling kind), for the latency histograms. */
+  readonly commandClass: number;
+  /** When the request was read (turn clock, seconds). */
+  readonly receivedAt: number;
   readonly #owner: SlotOwner;
 
-  constructor(owner: SlotOwner) {
+  constructor(owner: SlotOwner, commandId: number, commandClass: number, receivedAt: number) {
     this.#owner = owner;
+    this.commandId = commandId;
+    this.commandClass = commandClass;
+    this.receivedAt = receivedAt;
   }
 
   onReply(frame: Buffer): void {

@@ -12,10 +12,10 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   log: [],
   metrics: [],
   routing: ['commands', 'topology', 'resp'],
-  reply: ['resp', 'io', 'backend', 'commands'],
+  reply: ['resp', 'io', 'backend', 'commands', 'metrics'],
   backend: ['resp', 'topology', 'io', 'metrics', 'log'],
   dispatch: ['routing', 'backend', 'reply', 'commands', 'resp', 'topology', 'metrics', 'io', 'log'],
-  client: ['dispatch', 'reply', 'resp', 'io', 'metrics', 'log'],
+  client: ['dispatch', 'reply', 'resp', 'io', 'metrics', 'log', 'commands'],
   control: ['topology', 'config', 'metrics', 'log'],
   cli: ['*'],
 };
