@@ -10,6 +10,9 @@ const USAGE = `slotproxy ${VERSION}: one RESP endpoint over Redis shards split b
 Usage:
   slotproxy start --config FILE    serve the topology in FILE
   slotproxy demo [--port 7000]     start 3 primaries + 3 replicas locally and serve them
+  slotproxy create HOST:PORT... --replicas N [--out FILE] [--listen HOST:PORT] [--force] [--yes]
+                                   wire blank redis-servers into shards and write the YAML
+  slotproxy check --config FILE    slot coverage, roles, replication links, misplaced keys
   slotproxy --version
 `;
 
@@ -40,6 +43,14 @@ async function main(argv: readonly string[]): Promise<number> {
       const { runDemo } = await import('./cli/demo');
       await runDemo(args);
       return -1;
+    }
+    case 'create': {
+      const { runCreate } = await import('./cli/create');
+      return runCreate(args);
+    }
+    case 'check': {
+      const { runCheck } = await import('./cli/check');
+      return runCheck(args);
     }
     case '--version':
     case 'version':
