@@ -1,6 +1,6 @@
 import * as dns from 'node:dns';
 import * as fs from 'node:fs';
-import calculateSlot from 'cluster-key-slot';
+import { calculateSlot } from '../routing/key-slot';
 import Redis from 'ioredis';
 import { AddressError, formatAddress, parseAddress } from '../config/address';
 import type { Address, ProxyConfig } from '../config/config-types';

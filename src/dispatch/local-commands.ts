@@ -115,7 +115,7 @@ export class LocalCommands {
         return mode === 'on' || mode === 'off' ? OK : encodeError('ERR syntax error');
       }
       case 'cluster|keyslot':
-        return argc === 3 ? encodeInteger(calculateSlot(frame.arg(2) as unknown as string)) : wrongArity('cluster|keyslot');
+        return argc === 3 ? encodeInteger(calculateSlot(frame.arg(2))) : wrongArity('cluster|keyslot');
       case 'cluster|myid':
         return encodeBulk(this.#identity.nodeId);
       case 'cluster|myshardid':

@@ -5,7 +5,7 @@ export class Fifo<T> {
   #length = 0;
 
   constructor(capacity = 16) {
-    this.#items = new Array<T | undefined>(capacity);
+    this.#items = new Array<T | undefined>(Math.max(1, capacity));
   }
 
   get length(): number {
@@ -47,7 +47,7 @@ export class NumberFifo {
   #length = 0;
 
   constructor(capacity = 64) {
-    this.#items = new Float64Array(capacity);
+    this.#items = new Float64Array(Math.max(1, capacity));
   }
 
   get length(): number {

@@ -77,26 +77,52 @@ export interface RequestSink {
   onRequest(frame: RequestFrame): void;
 }
 
-/** `parseAt` result meaning "need more bytes"; the byte count needed is in #needed. */
+/** `#parseAt` result meaning "the frame does not end in this buffer". */
 const INCOMPLETE = -1;
 
 /**
- * Client bytes -> request frames, as views into the chunks Node hands us. A frame is copied
- * only when it straddles chunks, and then once: the parser waits until the bytes it knows it
- * needs (from bulk lengths) have arrived before joining, so a 100 MB value costs one copy,
- * not one per chunk.
+ * A request that started in an earlier chunk: parsed incrementally as chunks arrive, so each
+ * byte is read once, and joined once, when complete. Argument positions are offsets from the
+ * frame's first byte, which stay right after the join.
+ */
+class SpanningRequest {
+  /** Slices of chunks holding the frame so far. */
+  readonly parts: Buffer[] = [];
+  /** Bytes in `parts`. */
+  length = 0;
+  readonly isInline: boolean;
+  /** Arguments announced by the multibulk header; -1 until it is read. */
+  count = -1;
+  readonly argStart: number[] = [];
+  readonly argEnd: number[] = [];
+  /** Bytes of the current argument's body (plus its CRLF) still to come. */
+  bulkRemaining = 0;
+  /** The header line being read (`*N` or `$N`, type byte included). */
+  line: number[] = [];
+  /** Its CR was seen; the next byte (LF, unchecked like redis-server) ends it. */
+  isAfterCr = false;
+
+  constructor(isInline: boolean) {
+    this.isInline = isInline;
+  }
+}
+
+/**
+ * Client bytes -> request frames, as views into the chunks Node hands us. A frame that
+ * straddles chunks is parsed as the chunks come and joined once when complete (one copy, linear
+ * in its size, whether it is one 100 MB value or 200,000 small arguments).
  */
 export class RequestParser {
   readonly #sink: RequestSink;
   readonly #frame = new RequestFrame();
-  /** Buffer being parsed; bytes before #pos are consumed. */
+  /** The chunk being parsed; bytes before #pos are consumed. */
   #buf: Buffer = Buffer.alloc(0);
   #pos = 0;
-  /** Chunks that arrived after #buf, not yet joined to it. */
-  #extra: Buffer[] = [];
-  #extraLength = 0;
-  /** Bytes (from #pos) a parse attempt needs before it can succeed. */
-  #needed = 0;
+  /** Chunks that arrived while paused, in order. */
+  #queue: Buffer[] = [];
+  /** Bytes in #queue. */
+  #queuedLength = 0;
+  #spanning: SpanningRequest | null = null;
   #isPaused = false;
   #isFailed = false;
 
@@ -106,19 +132,14 @@ export class RequestParser {
 
   /** Bytes received and not yet parsed into frames. */
   get bufferedLength(): number {
-    return this.#buf.length - this.#pos + this.#extraLength;
+    return this.#buf.length - this.#pos + this.#queuedLength + (this.#spanning?.length ?? 0);
   }
 
   /** Throws ProtocolError on malformed input; the caller answers it and closes. */
   feed(chunk: Buffer): void {
     if (this.#isFailed) return;
-    if (this.#pos === this.#buf.length && this.#extraLength === 0) {
-      this.#buf = chunk;
-      this.#pos = 0;
-    } else {
-      this.#extra.push(chunk);
-      this.#extraLength += chunk.length;
-    }
+    this.#queue.push(chunk);
+    this.#queuedLength += chunk.length;
     if (!this.#isPaused) this.#drain();
   }
 
@@ -140,19 +161,28 @@ export class RequestParser {
   #drain(): void {
     try {
       for (;;) {
-        const available = this.#buf.length - this.#pos + this.#extraLength;
-        if (available === 0) return;
-        if (this.#extraLength > 0) {
-          if (available < this.#needed) return;
-          this.#join();
+        while (this.#pos >= this.#buf.length) {
+          const next = this.#queue.shift();
+          if (next === undefined) return;
+          this.#queuedLength -= next.length;
+          this.#buf = next;
+          this.#pos = 0;
         }
-        const end = this.#parseAt(this.#buf, this.#pos);
+        let end: number;
+        if (this.#spanning !== null) {
+          end = this.#continue(this.#spanning, this.#buf, this.#pos);
+        } else {
+          end = this.#parseAt(this.#buf, this.#pos);
+          if (end === INCOMPLETE) {
+            const spanning = new SpanningRequest(this.#buf[this.#pos] !== ASTERISK);
+            end = this.#continue(spanning, this.#buf, this.#pos);
+          }
+        }
         if (end === INCOMPLETE) {
-          if (this.#extraLength === 0) return;
+          this.#pos = this.#buf.length;
           continue;
         }
         this.#pos = end;
-        this.#needed = 0;
         if (this.#frame.argc > 0) this.#sink.onRequest(this.#frame);
         if (this.#isPaused) return;
       }
@@ -162,79 +192,137 @@ export class RequestParser {
     }
   }
 
-  /** Joins the unparsed tail of #buf with the extra chunks: the only copy the parser makes. */
-  #join(): void {
-    const parts = this.#pos < this.#buf.length ? [this.#buf.subarray(this.#pos), ...this.#extra] : this.#extra;
-    this.#buf = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
-    this.#pos = 0;
-    this.#extra = [];
-    this.#extraLength = 0;
-  }
-
-  /** Parses one frame at `pos`; returns its end, or INCOMPLETE with #needed set. */
+  /** Parses one frame lying wholly in `buf` at `pos`; returns its end, or INCOMPLETE. */
   #parseAt(buf: Buffer, pos: number): number {
     return buf[pos] === ASTERISK ? this.#parseMultibulk(buf, pos) : this.#parseInline(buf, pos);
+  }
+
+  /**
+   * Advances a spanning request through `chunk` from `from`; returns where the frame ended in
+   * the chunk (with #frame filled), or INCOMPLETE when the chunk ran out first.
+   */
+  #continue(request: SpanningRequest, chunk: Buffer, from: number): number {
+    this.#spanning = request;
+    const len = chunk.length;
+    if (request.isInline) {
+      const newline = chunk.indexOf(LF, from);
+      if (newline === -1) {
+        this.#keep(request, chunk, from, len);
+        if (request.length > MAX_LINE) throw new ProtocolError('too big inline request');
+        return INCOMPLETE;
+      }
+      const whole = this.#join(request, chunk, from, newline + 1);
+      this.#parseInline(whole, 0);
+      return newline + 1;
+    }
+    let p = from;
+    while (p < len) {
+      if (request.bulkRemaining > 0) {
+        const take = Math.min(request.bulkRemaining, len - p);
+        request.bulkRemaining -= take;
+        p += take;
+        if (request.bulkRemaining === 0 && request.argStart.length === request.count) return this.#finish(request, chunk, from, p);
+        continue;
+      }
+      const c = chunk[p]!;
+      const offset = request.length + (p - from);
+      p++;
+      if (request.isAfterCr) {
+        request.isAfterCr = false;
+        const line = request.line;
+        request.line = [];
+        if (request.count < 0) {
+          const count = decimalOf(line);
+          if (count === null || count > MAX_MULTIBULK) throw new ProtocolError('invalid multibulk length');
+          if (count <= 0) {
+            // An empty or null multibulk: skipped, as redis-server does.
+            this.#spanning = null;
+            this.#frame.argc = 0;
+            return p;
+          }
+          request.count = count;
+        } else {
+          const bulk = decimalOf(line);
+          if (bulk === null || bulk < 0 || bulk > MAX_BULK) throw new ProtocolError('invalid bulk length');
+          request.argStart.push(offset + 1);
+          request.argEnd.push(offset + 1 + bulk);
+          request.bulkRemaining = bulk + 2;
+        }
+      } else if (c === CR) {
+        request.isAfterCr = true;
+      } else {
+        if (request.line.length === 0 && request.count >= 0 && c !== DOLLAR) {
+          throw new ProtocolError(`expected '$', got '${String.fromCharCode(c)}'`);
+        }
+        request.line.push(c);
+        if (request.line.length > MAX_LINE) {
+          throw new ProtocolError(request.count < 0 ? 'too big mbulk count string' : 'too big bulk count string');
+        }
+      }
+    }
+    this.#keep(request, chunk, from, len);
+    return INCOMPLETE;
+  }
+
+  #keep(request: SpanningRequest, chunk: Buffer, from: number, to: number): void {
+    request.parts.push(chunk.subarray(from, to));
+    request.length += to - from;
+  }
+
+  #join(request: SpanningRequest, chunk: Buffer, from: number, end: number): Buffer {
+    this.#spanning = null;
+    this.#keep(request, chunk, from, end);
+    return request.parts.length === 1 ? request.parts[0]! : Buffer.concat(request.parts, request.length);
+  }
+
+  #finish(request: SpanningRequest, chunk: Buffer, from: number, end: number): number {
+    const whole = this.#join(request, chunk, from, end);
+    const frame = this.#frame;
+    frame.ensureCapacity(request.count);
+    for (let i = 0; i < request.count; i++) {
+      frame.argStart[i] = request.argStart[i]!;
+      frame.argEnd[i] = request.argEnd[i]!;
+    }
+    frame.buf = whole;
+    frame.start = 0;
+    frame.end = whole.length;
+    frame.argc = request.count;
+    return end;
   }
 
   #parseMultibulk(buf: Buffer, start: number): number {
     const len = buf.length;
     const frame = this.#frame;
-    let p = start + 1;
-    // Multibulk count.
-    let count = 0;
-    let negative = false;
-    if (p < len && buf[p] === 45) {
-      negative = true;
-      p++;
-    }
-    let digits = 0;
-    for (;;) {
-      if (p >= len) return this.#incompleteLine(buf, start, 'too big mbulk count string');
-      const c = buf[p]!;
-      if (c === CR) break;
-      if (c < 48 || c > 57 || digits > 10) throw new ProtocolError('invalid multibulk length');
-      count = count * 10 + (c - 48);
-      digits++;
-      p++;
-    }
-    if (p + 1 >= len) return this.#incomplete(p + 2 - start);
-    if (buf[p + 1] !== LF || (digits === 0 && !negative)) throw new ProtocolError('invalid multibulk length');
-    p += 2;
-    if (negative || count === 0) {
+    // Multibulk count: like redis-server, find the line end first, then judge the number.
+    let cr = start + 1;
+    while (cr < len && buf[cr] !== CR) cr++;
+    if (cr + 1 >= len) return INCOMPLETE;
+    const count = parseDecimal(buf, start + 1, cr);
+    if (count === null || count > MAX_MULTIBULK) throw new ProtocolError('invalid multibulk length');
+    // The byte after CR is skipped unchecked, as redis-server does.
+    let p = cr + 2;
+    if (count <= 0) {
       // redis-server skips empty and null multibulks silently.
       frame.argc = 0;
       return p;
     }
-    if (count > MAX_MULTIBULK) throw new ProtocolError('invalid multibulk length');
     frame.ensureCapacity(count);
     const argStart = frame.argStart;
     const argEnd = frame.argEnd;
     for (let i = 0; i < count; i++) {
-      if (p >= len) return this.#incomplete(p + 1 - start);
+      if (p >= len) return INCOMPLETE;
       if (buf[p] !== DOLLAR) {
         throw new ProtocolError(`expected '$', got '${String.fromCharCode(buf[p]!)}'`);
       }
-      const lineStart = p;
-      p++;
-      let bulk = 0;
-      digits = 0;
-      for (;;) {
-        if (p >= len) {
-          if (p - lineStart > MAX_LINE) throw new ProtocolError('too big bulk count string');
-          return this.#incomplete(p + 1 - start);
-        }
-        const c = buf[p]!;
-        if (c === CR) break;
-        if (c < 48 || c > 57 || digits > 10) throw new ProtocolError('invalid bulk length');
-        bulk = bulk * 10 + (c - 48);
-        digits++;
-        p++;
-      }
-      if (digits === 0 || bulk > MAX_BULK) throw new ProtocolError('invalid bulk length');
-      const dataStart = p + 2;
+      cr = p + 1;
+      while (cr < len && buf[cr] !== CR) cr++;
+      if (cr + 1 >= len) return INCOMPLETE;
+      const bulk = parseDecimal(buf, p + 1, cr);
+      if (bulk === null || bulk < 0 || bulk > MAX_BULK) throw new ProtocolError('invalid bulk length');
+      const dataStart = cr + 2;
       const dataEnd = dataStart + bulk;
       // The bulk's trailing CRLF is skipped unchecked, exactly as redis-server does.
-      if (dataEnd + 2 > len) return this.#incomplete(dataEnd + 2 - start);
+      if (dataEnd + 2 > len) return INCOMPLETE;
       argStart[i] = dataStart;
       argEnd[i] = dataEnd;
       p = dataEnd + 2;
@@ -248,10 +336,7 @@ export class RequestParser {
 
   #parseInline(buf: Buffer, start: number): number {
     const newline = buf.indexOf(LF, start);
-    if (newline === -1) {
-      if (buf.length - start > MAX_LINE) throw new ProtocolError('too big inline request');
-      return this.#incomplete(buf.length - start + 1);
-    }
+    if (newline === -1) return INCOMPLETE;
     const lineEnd = newline > start && buf[newline - 1] === CR ? newline - 1 : newline;
     const args = splitInlineArgs(buf.subarray(start, lineEnd));
     if (args === null) throw new ProtocolError('unbalanced quotes in request');
@@ -260,22 +345,34 @@ export class RequestParser {
       return newline + 1;
     }
     // Inline commands are rare (telnet, nc): re-encode as multibulk so backends get RESP.
-    const encoded = encodeCommand(args);
-    const saved = this.#needed;
-    this.#parseMultibulk(encoded, 0);
-    this.#needed = saved;
+    this.#parseMultibulk(encodeCommand(args), 0);
     return newline + 1;
   }
+}
 
-  #incompleteLine(buf: Buffer, start: number, tooBig: string): number {
-    if (buf.length - start > MAX_LINE) throw new ProtocolError(tooBig);
-    return this.#incomplete(buf.length - start + 1);
-  }
+/** parseDecimal over a header line held as bytes (type byte first). */
+function decimalOf(line: readonly number[]): number | null {
+  return parseDecimal(Buffer.from(line), 1, line.length);
+}
 
-  #incomplete(needed: number): number {
-    this.#needed = needed;
-    return INCOMPLETE;
+/**
+ * redis-server's string2ll: an optional minus, then "0" alone or digits without a leading zero,
+ * at most 19 of them. Returns null when the text is not such a number.
+ */
+function parseDecimal(buf: Buffer, from: number, to: number): number | null {
+  let p = from;
+  const negative = p < to && buf[p] === 45;
+  if (negative) p++;
+  const digits = to - p;
+  if (digits === 0 || digits > 19) return null;
+  if (buf[p] === 48) return digits === 1 && !negative ? 0 : null;
+  let n = 0;
+  for (; p < to; p++) {
+    const c = buf[p]!;
+    if (c < 48 || c > 57) return null;
+    n = n * 10 + (c - 48);
   }
+  return negative ? -n : n;
 }
 
 function isHexDigit(c: number): boolean {
@@ -326,7 +423,8 @@ export function splitInlineArgs(line: Buffer): Buffer[] | null {
         } else {
           bytes.push(c);
         }
-      } else if (c === -1 || isSpace(c)) {
+      } else if (c === -1 || c === 32 || c === 10 || c === 13 || c === 9 || c === 0) {
+        // Inside a bare word only these end it (sdssplitargs); \v and \f belong to the word.
         done = true;
       } else if (c === 34) {
         inDouble = true;

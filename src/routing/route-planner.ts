@@ -10,8 +10,9 @@ export const CROSS_SLOT = -2;
 
 /** Key argument indexes of a command whose keys move with its arguments (EVAL numkeys, XREAD STREAMS, ...). */
 export function movableKeyIndexes(frame: RequestFrame, spec: CommandSpec): number[] {
-  const args: Buffer[] = [];
-  for (let i = 1; i < frame.argc; i++) args.push(frame.arg(i));
+  // Strings, not Buffers: getKeyIndexes skips non-string arguments when it parses SORT's options.
+  const args: string[] = [];
+  for (let i = 1; i < frame.argc; i++) args.push(frame.argString(i));
   const name = spec.name.includes('|') ? spec.name.slice(0, spec.name.indexOf('|')) : spec.name;
   let indexes: number[];
   try {
