@@ -9,6 +9,8 @@ import type { ProxyIdentity } from '../dispatch/local-commands';
 import { log } from '../log/logger';
 import { COMMAND_NAMES } from '../commands/command-table';
 import { DataPathStats } from '../metrics/data-path-stats';
+import { exportDataPath } from '../metrics/exporter';
+import { MetricsServer } from '../metrics/metrics-server';
 import type { TopologyStore } from '../topology/topology-store';
 import { VERSION } from './version';
 
@@ -33,6 +35,7 @@ export async function startDataPath(
   firstClientId = 1,
 ): Promise<RunningProxy> {
   const stats = new DataPathStats(COMMAND_NAMES);
+  if (config.metrics !== null) exportDataPath(stats);
   const pools = new BackendPools({
     stats,
     connectionsPerNode: config.connectionsPerNode,
@@ -61,6 +64,11 @@ export async function startProxy(config: ProxyConfig): Promise<RunningProxy> {
   log.setLevel(config.logLevel);
   const control = new ControlPlane(config);
   const data = await startDataPath(config, control.store, newIdentity());
+  const metrics = await startMetricsServer(config, control.store, false).catch(async (err: unknown) => {
+    await data.close();
+    control.close();
+    throw err;
+  });
   log.info('listening', {
     address: formatAddress(data),
     shards: config.shards.map((s) => `${s.name}=${formatAddress(s.primary)}`),
@@ -72,11 +80,20 @@ export async function startProxy(config: ProxyConfig): Promise<RunningProxy> {
     port: data.port,
     stats: data.stats,
     async close() {
+      await metrics?.close();
       await data.close();
       control.close();
       log.info('stopped');
     },
   };
+}
+
+/** The admin HTTP endpoint (/metrics, /healthz, /readyz, /topology) when `metrics:` is set. */
+export async function startMetricsServer(config: ProxyConfig, store: TopologyStore, hasWorkers: boolean): Promise<MetricsServer | null> {
+  if (config.metrics === null) return null;
+  const server = await MetricsServer.start({ host: config.metrics.host, port: config.metrics.port, topology: store, hasWorkers });
+  log.info('metrics listening', { address: formatAddress(server) });
+  return server;
 }
 
 /** Runs `stop` once on SIGINT/SIGTERM, then exits. */

@@ -6,7 +6,8 @@ import type { ProxyIdentity } from '../dispatch/local-commands';
 import { log } from '../log/logger';
 import { topologyFromJson, topologyToJson, type TopologyJson } from '../topology/topology-codec';
 import { TopologyStore } from '../topology/topology-store';
-import { exitOnSignals, newIdentity, startDataPath, type RunningProxy } from './start';
+import { enableProcessMetrics } from '../metrics/metrics';
+import { exitOnSignals, newIdentity, startDataPath, startMetricsServer, type RunningProxy } from './start';
 import { VERSION } from './version';
 
 /** Client ids of worker i start at 1 + i * ID_SPAN, so CLIENT ID stays unique per proxy. */
@@ -36,7 +37,7 @@ export async function runPrimary(config: ProxyConfig): Promise<void> {
       workers.set(worker, index);
       worker.on('message', (message: FromWorker) => {
         if (message.type === 'listening') resolve();
-        else reject(new Error(`worker ${index}: ${message.error}`));
+        else if (message.type === 'failed') reject(new Error(`worker ${index}: ${message.error}`));
       });
       worker.on('online', () => {
         const start: ToWorker = { type: 'start', config, identity, index, topology: topologyToJson(control.store.current) };
@@ -56,6 +57,8 @@ export async function runPrimary(config: ProxyConfig): Promise<void> {
   });
 
   await Promise.all(Array.from({ length: config.workers }, (_, i) => fork(i)));
+  if (config.metrics !== null) enableProcessMetrics();
+  const metrics = await startMetricsServer(config, control.store, true);
   log.info('listening', {
     address: formatAddress(config.listen),
     shards: config.shards.map((s) => `${s.name}=${formatAddress(s.primary)}`),
@@ -65,6 +68,7 @@ export async function runPrimary(config: ProxyConfig): Promise<void> {
 
   exitOnSignals(async () => {
     isStopping = true;
+    await metrics?.close();
     const exits = [...workers.keys()].map((worker) => new Promise<void>((resolve) => {
       worker.once('exit', () => resolve());
       worker.process.kill('SIGTERM');

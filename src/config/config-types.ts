@@ -55,6 +55,8 @@ export interface ProxyConfig {
    * slotproxy_unconfirmed_writes_total. @default refuse
    */
   readonly noReplicaWrites: NoReplicaWrites;
+  /** MIGRATE timeout when moving keys of a migrating slot (on demand and in the background). @default 2000 */
+  readonly migrateTimeoutMs: number;
   /** Processes sharing the listening port. @default 1 */
   readonly workers: number;
   /** Password for the backends (AUTH), never logged. @default null */

@@ -8,7 +8,10 @@ import { Gather } from '../reply/gather';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeError } from '../resp/resp-writer';
 import { fragment } from '../routing/fragmenter';
-import { commandSlot, CROSS_SLOT, NO_KEYS } from '../routing/route-planner';
+import { commandKeys, commandSlot, CROSS_SLOT, NO_KEYS } from '../routing/route-planner';
+import type { BackendConnection } from '../backend/backend-connection';
+import type { NodeAddress } from '../topology/topology';
+import { MigratingRouter, type ShardConnections } from './migrating-router';
 import type { Topology } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
 import type { ClientContext } from './client-context';
@@ -21,13 +24,16 @@ export interface DispatcherOptions {
   readonly failoverWaitMs: number;
   readonly minReplicaAcks: number;
   readonly noReplicaWrites: 'refuse' | 'accept';
+  /** MIGRATE timeout for keys moved on demand from a migrating slot. */
+  readonly migrateTimeoutMs: number;
+  readonly backendPassword: string | null;
 }
 
 /**
  * Carries out each request: looks the command up, asks routing where it goes, sends it to the
  * shard pools, and wires the reply (or the gather of a fan-out) to the client's reply slot.
  */
-export class Dispatcher {
+export class Dispatcher implements ShardConnections {
   readonly #pools: BackendPools;
   readonly #local: LocalCommands;
   #topology: Topology;
@@ -40,6 +46,8 @@ export class Dispatcher {
   readonly #parked: ParkedRequests;
 
   readonly #stats: CommandStats;
+  /** Commands on keys of migrating slots. */
+  readonly #migrating: MigratingRouter;
 
   constructor(store: TopologyStore, pools: BackendPools, identity: ProxyIdentity, options: DispatcherOptions, stats: CommandStats) {
     this.#pools = pools;
@@ -49,6 +57,7 @@ export class Dispatcher {
     this.#topology = store.current;
     this.#shards = pools.update(store.current);
     this.#parked = new ParkedRequests((expired) => this.#failExpired(expired));
+    this.#migrating = new MigratingRouter(this, { migrateTimeoutMs: options.migrateTimeoutMs, password: options.backendPassword });
     store.on('change', (next) => {
       this.#topology = next;
       this.#shards = pools.update(next);
@@ -112,7 +121,15 @@ export class Dispatcher {
       client.reply(CROSSSLOT, spec);
       return;
     }
-    const shard = slot === NO_KEYS ? this.#anyShard() : this.#topology.slotOwner[slot]!;
+    const topology = this.#topology;
+    if (slot !== NO_KEYS && topology.migrations.size > 0) {
+      const migration = topology.migrations.get(slot);
+      if (migration !== undefined) {
+        this.#migrating.send(commandKeys(frame, spec), migration, frame.bytes(), client.awaitReply(spec), client.id);
+        return;
+      }
+    }
+    const shard = slot === NO_KEYS ? this.#anyShard() : topology.slotOwner[slot]!;
     this.#send(shard, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
   }
 
@@ -123,8 +140,8 @@ export class Dispatcher {
       client.reply(wrongArity(spec.name), spec);
       return;
     }
-    const { fragments, keyFragment } = fragment(frame, spec, this.#topology.slotOwner);
-    if (fragments.length === 1) {
+    const { fragments, keyFragment } = fragment(frame, spec, this.#topology.slotOwner, this.#topology.migrations);
+    if (fragments.length === 1 && fragments[0]!.migration === null) {
       // All keys on one shard: no merge needed, forward the request as it came.
       this.#send(fragments[0]!.shard, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
       return;
@@ -133,7 +150,8 @@ export class Dispatcher {
     const gather = new Gather(client.awaitReply(spec), spec.merge!, fragments.length, keyFragment);
     for (let f = 0; f < fragments.length; f++) {
       const piece = fragments[f]!;
-      this.#send(piece.shard, piece.parts, gather.piece(f), client.id, spec.isWrite, spec.isReadonly);
+      if (piece.migration !== null) this.#migrating.send(piece.keys, piece.migration, piece.parts, gather.piece(f), client.id);
+      else this.#send(piece.shard, piece.parts, gather.piece(f), client.id, spec.isWrite, spec.isReadonly);
     }
   }
 
@@ -190,6 +208,14 @@ export class Dispatcher {
       const name = this.#shards[r.shard]?.info.name ?? String(r.shard);
       r.sink.onFailure(encodeError(`TRYAGAIN shard ${name} is failing over; no new primary within ${this.#options.failoverWaitMs} ms`));
     }
+  }
+
+  primaryConnection(shard: number, clientId: number): BackendConnection {
+    return this.#shards[shard]!.primary.connection(clientId);
+  }
+
+  primaryAddress(shard: number): NodeAddress {
+    return this.#shards[shard]!.info.primary;
   }
 
   #anyShard(): number {

@@ -7,9 +7,17 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
  */
 export const registry = new Registry();
 
+let isProcessMetricsEnabled = false;
+
+/** prom-client's process metrics (CPU, memory, event loop lag, GC) as `slotproxy_*`; idempotent. */
 export function enableProcessMetrics(): void {
+  if (isProcessMetricsEnabled) return;
+  isProcessMetricsEnabled = true;
   collectDefaultMetrics({ register: registry, prefix: 'slotproxy_' });
 }
+
+// The data path's own metrics (commands, latency, backends, clients) are read from
+// DataPathStats at scrape time: their declarations are the table in metrics/exporter.ts.
 
 // Control plane: health and failover.
 export const nodeUp = new Gauge({
@@ -66,5 +74,48 @@ export const unconfirmedWritesTotal = new Counter({
   name: 'slotproxy_unconfirmed_writes_total',
   help: 'Writes accepted without replica confirmation because the shard had no healthy replica (noReplicaWrites: accept).',
   labelNames: ['shard'] as const,
+  registers: [registry],
+});
+
+// Topology, set from the control plane's current snapshot at every scrape (metrics/exporter.ts).
+export const shardSlots = new Gauge({
+  name: 'slotproxy_shard_slots',
+  help: 'Hash slots the shard owns in the current topology.',
+  labelNames: ['shard'] as const,
+  registers: [registry],
+});
+
+export const shardFailingOver = new Gauge({
+  name: 'slotproxy_shard_failing_over',
+  help: 'Whether the shard is replacing a failed primary (1) or not (0).',
+  labelNames: ['shard'] as const,
+  registers: [registry],
+});
+
+export const slotsMigrating = new Gauge({
+  name: 'slotproxy_slots_migrating',
+  help: 'Slots being moved between shards right now.',
+  // Only the control plane's process sets it: with workers, the others report 0.
+  aggregator: 'max',
+  registers: [registry],
+});
+
+export const topologyEpoch = new Gauge({
+  name: 'slotproxy_topology_epoch',
+  help: 'Epoch of the current topology snapshot; it increases with every published change.',
+  aggregator: 'max',
+  registers: [registry],
+});
+
+// Migration (slot-migrator): no labels, so both series exist at 0 before the first move.
+export const migratedSlotsTotal = new Counter({
+  name: 'slotproxy_migrated_slots_total',
+  help: 'Slots whose ownership moved to another shard.',
+  registers: [registry],
+});
+
+export const migratedKeysTotal = new Counter({
+  name: 'slotproxy_migrated_keys_total',
+  help: 'Keys moved between shards by slot migration (MIGRATE).',
   registers: [registry],
 });

@@ -45,3 +45,15 @@ export function commandSlot(frame: RequestFrame, spec: CommandSpec): number {
   }
   return slot;
 }
+
+/** The key arguments of a command, as views of the request (for moving them during a migration). */
+export function commandKeys(frame: RequestFrame, spec: CommandSpec): Buffer[] {
+  if (spec.hasMovableKeys) return movableKeyIndexes(frame, spec).map((i) => frame.arg(i));
+  const keys: Buffer[] = [];
+  const first = spec.firstKey;
+  if (first <= 0 || first >= frame.argc) return keys;
+  const last = spec.lastKey < 0 ? frame.argc + spec.lastKey : Math.min(spec.lastKey, frame.argc - 1);
+  const step = spec.keyStep > 0 ? spec.keyStep : 1;
+  for (let i = first; i <= last; i += step) keys.push(frame.arg(i));
+  return keys;
+}

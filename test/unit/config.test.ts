@@ -150,6 +150,7 @@ describe('loadConfig: valid configs', () => {
       minReplicaAcks: 0,
       replicaAckTimeoutMs: 1000,
       noReplicaWrites: 'refuse',
+      migrateTimeoutMs: 2000,
       workers: 2,
       // Kept as written: YAML alone would read 0123 as the number 123.
       backendPassword: '0123',
@@ -187,6 +188,7 @@ describe('loadConfig: valid configs', () => {
       minReplicaAcks: 0,
       replicaAckTimeoutMs: 1000,
       noReplicaWrites: 'refuse',
+      migrateTimeoutMs: 2000,
       workers: 1,
       backendPassword: null,
       logLevel: 'info',
