@@ -27,7 +27,25 @@ export interface BackendConnectionOptions {
   readonly commandTimeoutMs: number;
   /** Counters of this node, shared by its connections. */
   readonly stats: NodeStats;
+  /**
+   * Set for a connection in Pub/Sub mode: every frame it reads (subscription confirmations and
+   * messages) goes here, none to a request, since pushes interleave freely with confirmations.
+   */
+  readonly pushSink?: PushSink;
 }
+
+/** Receives every frame of a Pub/Sub-mode connection. */
+export interface PushSink {
+  onPush(frame: Buffer): void;
+  /** The connection closed; the subscriptions on it are gone. */
+  onPushClosed(reason: string): void;
+}
+
+/** Swallows the replies a transaction's MULTI and queued commands get: only EXEC's matters. */
+const IGNORE: ReplySink = {
+  onReply(): void {},
+  onFailure(): void {},
+};
 
 const MIN_BACKOFF_MS = 100;
 const MAX_BACKOFF_MS = 5000;
@@ -160,6 +178,30 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   }
 
   /**
+   * A batch whose first `ignored` replies are swallowed and whose last goes to `sink`: a
+   * transaction sent as MULTI, the queued commands, EXEC, written back to back so no other
+   * client's command can come between them on this shared connection.
+   */
+  sendBatch(parts: readonly Buffer[], ignored: number, sink: ReplySink): void {
+    if (!this.#isUsable()) {
+      sink.onFailure(this.#unavailableReply());
+      return;
+    }
+    for (const part of parts) this.#out.push(part);
+    for (let i = 0; i < ignored; i++) this.#push(IGNORE);
+    this.#push(sink);
+    scheduleFlush(this);
+  }
+
+  /** Pub/Sub mode: writes a command whose answers arrive at the push sink. */
+  sendToPush(request: Buffer): boolean {
+    if (!this.#isUsable()) return false;
+    this.#out.push(request);
+    scheduleFlush(this);
+    return true;
+  }
+
+  /**
    * A write confirmed by `minReplicaAcks` replicas before it is answered. One WAIT per turn
    * covers every write queued on this connection in that turn (WAIT counts all earlier writes
    * of the connection), so the cost is one round trip to the replicas per batch, not per write.
@@ -191,6 +233,11 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   }
 
   onReplyFrame(buf: Buffer, start: number, end: number): void {
+    const push = this.#options.pushSink;
+    if (push !== undefined) {
+      push.onPush(buf.subarray(start, end));
+      return;
+    }
     // Pop before the callback: the callback may close this connection and fail the rest.
     const sink = this.#inFlight.shift();
     if (sink === undefined) {
@@ -275,6 +322,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
         this.#backoffMs = Math.min(this.#backoffMs * 2, MAX_BACKOFF_MS);
       }
       this.#failAll(this.#lastError || 'connection lost');
+      this.#options.pushSink?.onPushClosed(this.#lastError || 'connection lost');
     });
     if (password !== null) {
       this.#out.push(encodeCommand(['AUTH', password]));

@@ -1,5 +1,6 @@
 import { nodeKey, type NodeAddress, type ShardInfo, type Topology } from '../topology/topology';
 import type { DataPathStats } from '../metrics/data-path-stats';
+import { BackendConnection, type PushSink } from './backend-connection';
 import { NodePool } from './node-pool';
 
 /** The connections of one shard: its primary's, and its readable replicas' for replica reads. */
@@ -51,6 +52,16 @@ export class BackendPools {
       }
     }
     return pools;
+  }
+
+  /**
+   * A connection of its own for one client (blocking commands, WATCH, Pub/Sub), outside the
+   * shared pools; the caller closes it.
+   */
+  dedicated(address: NodeAddress, shardName: string, pushSink?: PushSink): BackendConnection {
+    const stats = this.#options.stats.node(shardName, nodeKey(address));
+    // No command timeout: a blocked command legitimately waits as long as the client asked.
+    return new BackendConnection({ ...this.#options, commandTimeoutMs: 0, minReplicaAcks: 0, address, shardName, stats, pushSink });
   }
 
   get nodes(): ReadonlyMap<string, NodePool> {

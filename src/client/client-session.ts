@@ -140,15 +140,21 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     tick();
     this.#stats.clients.bytesIn += chunk.length;
     this.#requestsThisRead = 0;
+    this.#parse(chunk);
+    if (this.#requestsThisRead > 0) this.#stats.clients.recordPipelineDepth(this.#requestsThisRead);
+  }
+
+  /** Feeds a chunk (or, with null, resumes a paused parser); a protocol error ends the client. */
+  #parse(chunk: Buffer | null): void {
     try {
-      this.#parser.feed(chunk);
+      if (chunk === null) this.#parser.resume();
+      else this.#parser.feed(chunk);
     } catch (err) {
       if (!(err instanceof ProtocolError)) throw err;
       // As redis-server: one error reply, then the connection closes after it is written.
       this.reply(encodeError(`ERR Protocol error: ${err.message}`), null);
       this.closeAfterReplies();
     }
-    if (this.#requestsThisRead > 0) this.#stats.clients.recordPipelineDepth(this.#requestsThisRead);
   }
 
   #pause(): void {
@@ -165,7 +171,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     }
     if (!this.#parser.isPaused || this.#replies.length >= this.#limits.maxPendingReplies / 2) return;
     this.#socket.resume();
-    this.#parser.resume();
+    this.#parse(null);
   }
 
   #close(): void {
