@@ -64,6 +64,8 @@ export class Failover {
   readonly #noCandidate = new Set<number>();
   /** Shards whose primary reports itself a replica of a node outside the shard (warned once). */
   readonly #warnedPrimaryIsReplica = new Set<number>();
+  /** False until begin(): reports before the first round is complete are logged, not acted on. */
+  #isActive = false;
   #isClosed = false;
 
   constructor(store: TopologyStore, nodes: NodeControl, options: FailoverOptions, logger: Logger = defaultLog) {
@@ -104,7 +106,16 @@ export class Failover {
         });
       }
     }
-    this.reconcile(shard.index);
+    if (this.#isActive) this.reconcile(shard.index);
+  }
+
+  /**
+   * Acts on reports from now on, starting with a pass over every shard. Called once the first
+   * probe round is in, so a replica not probed yet is not taken for a failed one.
+   */
+  begin(): void {
+    this.#isActive = true;
+    this.reconcileAll();
   }
 
   /** Schedules a reconcile pass of every shard. */

@@ -119,3 +119,11 @@ export const migratedKeysTotal = new Counter({
   help: 'Keys moved between shards by slot migration (MIGRATE).',
   registers: [registry],
 });
+
+// Control plane: state file.
+export const stateFileWritesTotal = new Counter({
+  name: 'slotproxy_state_file_writes_total',
+  help: 'Writes of the runtime topology to stateFile, by outcome (ok, error).',
+  labelNames: ['outcome'] as const,
+  registers: [registry],
+});
