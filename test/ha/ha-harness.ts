@@ -50,6 +50,31 @@ export function shardOfKey(key: string, shardCount: number): number {
   return shardOfSlot(calculateSlot(key), shardCount);
 }
 
+/**
+ * Resolves once every primary streams writes to all its replicas. A replica says
+ * `master_link_status:up` as soon as it has loaded the primary's snapshot, but after a diskless
+ * sync the primary sends it nothing more until the replica's first REPLCONF ACK (up to a
+ * second later): a primary killed in that window loses what it acknowledged meanwhile, which is
+ * Redis's behaviour and not what these tests measure.
+ */
+export async function replicationFlowing(shards: Shards): Promise<void> {
+  await Promise.all(
+    shards.primaries.map(async (primary, i) => {
+      const replicas = shards.replicas[i]?.length ?? 0;
+      if (replicas === 0) return;
+      const client = connect(primary);
+      try {
+        await client.set('ha:replication-check', '1');
+        const acks = (await client.call('WAIT', String(replicas), '5000')) as number;
+        if (acks < replicas) throw new Error(`primary ${primary.port}: ${acks} of ${replicas} replicas acknowledged within 5 s`);
+        await client.del('ha:replication-check');
+      } finally {
+        client.disconnect();
+      }
+    }),
+  );
+}
+
 export interface HaProxy {
   readonly proxy: ProxyProcess;
   /** Absolute path of the state file (in its own temp folder, kept across proxy restarts). */
@@ -62,10 +87,13 @@ export interface HaProxyOptions {
   readonly extra?: Readonly<Record<string, unknown>>;
   /** Reuse this state file (a restarted proxy). @default a new one */
   readonly stateFile?: string;
+  /** Wait for replication to flow to every replica first (see replicationFlowing). @default true */
+  readonly isReplicationChecked?: boolean;
 }
 
 /** The proxy over `shards` with nodeTimeoutMs 2000, failoverWaitMs 5000 and a state file. */
 export async function startHaProxy(shards: Shards, options: HaProxyOptions = {}): Promise<HaProxy> {
+  if (options.isReplicationChecked ?? true) await replicationFlowing(shards);
   const ownsFolder = options.stateFile === undefined;
   const stateFile = options.stateFile ?? path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'slotproxy-ha-')), 'state.json');
   const count = shards.primaries.length;
