@@ -3,7 +3,6 @@ import { AggregatorRegistry, type Metric, type Registry } from 'prom-client';
 import { COMMAND_CLASSES, LATENCY_BUCKETS, type DataPathStats, type LatencyHistogram } from './data-path-stats';
 import {
   enableProcessMetrics,
-  nodeRole,
   registry,
   shardFailingOver,
   shardSlots,
@@ -329,20 +328,20 @@ export function nodeLabel(address: NodeAddressView): string {
   return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
 }
 
-/** Sets the topology gauges (and node roles) from the snapshot; run before every scrape. */
+/**
+ * Sets the topology gauges from the snapshot; run before every scrape. (Node roles and health,
+ * slotproxy_node_role and slotproxy_node_up, are the control plane's: it sets them as it decides.)
+ */
 export function updateTopologyMetrics(topology: TopologyView): void {
   const ranges = topology.slotRanges();
-  // Reset first: shards and nodes that left the topology must lose their series.
+  // Reset first: shards that left the topology must lose their series.
   shardSlots.reset();
   shardFailingOver.reset();
-  nodeRole.reset();
   topology.shards.forEach((shard, i) => {
     let slots = 0;
     for (const [from, to] of ranges[i] ?? []) slots += to - from + 1;
     shardSlots.set({ shard: shard.name }, slots);
     shardFailingOver.set({ shard: shard.name }, shard.isFailingOver ? 1 : 0);
-    if (shard.primary !== null) nodeRole.set({ shard: shard.name, node: nodeLabel(shard.primary), role: 'primary' }, 1);
-    for (const replica of shard.replicas) nodeRole.set({ shard: shard.name, node: nodeLabel(replica), role: 'replica' }, 1);
   });
   slotsMigrating.set(topology.migrations.size);
   topologyEpoch.set(topology.epoch);

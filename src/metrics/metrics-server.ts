@@ -8,8 +8,8 @@ import { registry } from './metrics';
  * The admin HTTP endpoint on the `metrics:` address:
  *   /metrics   Prometheus text format (this process, plus every worker's data path when there are workers)
  *   /healthz   200 while the process runs
- *   /readyz    200 when every shard that owns slots has a primary that is not failing over, not
- *              failed by the health checks and not cut off from the data path; 503 with the reasons otherwise
+ *   /readyz    200 when every shard that owns slots has a primary that is not failing over and
+ *              not failed by the health checks; 503 with the reasons otherwise
  *   /topology  the current snapshot as JSON, with each node's role and health
  * It runs where the control plane runs (the primary process when there are workers).
  */
@@ -231,8 +231,9 @@ async function samplesOf(metrics: Registry, name: string): Promise<readonly { re
 }
 
 /**
- * Ready when every shard owning slots has a primary, is not failing over, its primary is not
- * failed by the health checker, and none of the data path's connections to it is down.
+ * Ready when every shard owning slots has a primary, is not failing over, and its primary is
+ * not failed by the health checker (nor, while the checker has not reported, cut off from the
+ * data path: connections down and none ready).
  */
 export function readinessOf(topology: TopologyView, health: ReadonlyMap<string, NodeHealth>): Readiness {
   const reasons: string[] = [];
@@ -247,8 +248,11 @@ export function readinessOf(topology: TopologyView, health: ReadonlyMap<string, 
     const primary = nodeLabel(shard.primary);
     const node = health.get(`${shard.name} ${primary}`);
     if (node?.isUp === false) reasons.push(`shard ${shard.name} primary ${primary} fails health checks`);
-    if (node !== undefined && node.connections.down > 0) {
-      reasons.push(`shard ${shard.name} primary ${primary}: ${node.connections.down} data-path connection(s) down`);
+    // A data-path connection stays 'down' until the next command reconnects it, so once the
+    // health checker has found the node up again its word wins; without health reports (before
+    // the first probe) the data path's view is all there is.
+    if (node !== undefined && node.isUp === null && node.connections.down > 0 && node.connections.ready === 0) {
+      reasons.push(`shard ${shard.name} primary ${primary}: data-path connections down`);
     }
   });
   return { isReady: reasons.length === 0, reasons };
