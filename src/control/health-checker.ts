@@ -212,6 +212,8 @@ class NodeProbe {
   /** Fails the node when no probe succeeds in time; re-armed by every success. */
   readonly #deadline: NodeJS.Timeout;
   #isConnecting = false;
+  /** When the running connection attempt began. */
+  #connectStartedAt = 0;
   /** The connection reached 'ready' since it was last (re)opened. */
   #wasReady = false;
   /** Refused connection attempts in a row. */
@@ -284,7 +286,13 @@ class NodeProbe {
       }
       return;
     }
-    if (!this.#isConnecting && this.#retryTimer === null && (status === 'wait' || status === 'end' || status === 'close')) this.#connect();
+    if (this.#isConnecting) {
+      // A handshake (AUTH) on a node that accepted the TCP connection but never answers would
+      // otherwise hold the attempt open for good.
+      if (Date.now() - this.#connectStartedAt > this.#options.nodeTimeoutMs) this.#redis.disconnect();
+      return;
+    }
+    if (this.#retryTimer === null && (status === 'wait' || status === 'end' || status === 'close')) this.#connect();
   }
 
   async refresh(): Promise<NodeReport> {
@@ -326,6 +334,7 @@ class NodeProbe {
 
   #connect(): void {
     this.#isConnecting = true;
+    this.#connectStartedAt = Date.now();
     this.#wasReady = false;
     this.#lastErrorCode = null;
     this.#redis.connect().then(
