@@ -74,7 +74,7 @@ export interface HealthCheckerOptions {
 }
 
 /** Pause between the two connection attempts whose refusals prove a dead process. */
-const REFUSED_RETRY_MS = 30;
+const REFUSED_RETRY_MS = 10;
 /** Refused connections in a row that fail a node at once. */
 const REFUSALS_TO_FAIL = 2;
 const MIN_PROBE_INTERVAL_MS = 50;
