@@ -407,7 +407,21 @@ export class Failover {
       if (isLinked || grace.primary !== nodeKey(shard.primary) || Date.now() >= grace.until) this.#graceUntil.delete(key);
       else return true;
     }
-    return isLinked;
+    if (isLinked) return true;
+    // A link that just went down says as much about the primary as about the replica: when the
+    // primary dies, every replica reports it before the primary is found failed, and dropping
+    // them would refuse writes (minReplicaAcks) for nothing just before the failover. Such a
+    // replica stays readable until the primary has answered a probe after the replica's report.
+    // (Not one just told to follow this primary: it is syncing, not waiting on a dying primary.)
+    const primary = this.#nodes.report(shard.primary);
+    return (
+      !this.#sentReplicaOf.has(key) &&
+      report.role === 'slave' &&
+      report.following !== null &&
+      sameNode(report.following, shard.primary) &&
+      shard.readReplicas.some((r) => sameNode(r, replica)) &&
+      (primary === undefined || primary.lastOkAt <= report.lastOkAt)
+    );
   }
 
   /** Publishes the current topology with one shard changed; returns the new snapshot. */

@@ -212,6 +212,26 @@ describe('Failover decisions', () => {
     expect(store.current.shards[0]!.readReplicas).toEqual([R1]);
   });
 
+  it('keeps a replica whose link went down readable until the primary answers after it (the primary may be dying)', async () => {
+    const { store, nodes, failover } = setup([R1]);
+    nodes.primary(P);
+    nodes.replica(R1, P, 5);
+    await reconcile(failover);
+    expect(store.current.shards[0]!.readReplicas).toEqual([R1]);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    nodes.replica(R1, P, 5, 'down');
+    await reconcile(failover);
+    expect(store.current.shards[0]!.readReplicas).toEqual([R1]);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    nodes.primary(P);
+    await reconcile(failover);
+    expect(store.current.shards[0]!.readReplicas).toEqual([]);
+    // Not readable again until linked.
+    nodes.replica(R1, P, 5, 'down');
+    await reconcile(failover);
+    expect(store.current.shards[0]!.readReplicas).toEqual([]);
+  });
+
   it('adopts the node the recorded primary replicates from when that node is a primary of the shard', async () => {
     const { store, nodes, failover } = setup([R1]);
     nodes.replica(P, R1, 40);
