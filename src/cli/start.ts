@@ -45,7 +45,7 @@ export async function startDataPath(
     replicaAckTimeoutMs: config.replicaAckTimeoutMs,
     commandTimeoutMs: config.commandTimeoutMs,
   });
-  const dispatcher = new Dispatcher(store, pools, identity, config, stats.commands);
+  const dispatcher = new Dispatcher(store, pools, identity, config, stats);
   const listener = new Listener(dispatcher, { host: config.listen.host, port: config.listen.port, firstClientId }, stats);
   const address = await listener.listen();
   return {

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { CommandSpec, Handling } from '../commands/handling';
 import type { ClientContext } from '../dispatch/client-context';
+import type { ClientPins } from '../dispatch/client-pins';
 import type { Dispatcher } from '../dispatch/dispatcher';
 import { scheduleFlush, type Flushable } from '../io/flush-scheduler';
 import { OutputBuffer } from '../io/output-buffer';
@@ -26,15 +27,8 @@ export const DEFAULT_SESSION_LIMITS: SessionLimits = {
 
 export type SessionState = 'open' | 'closing' | 'closed';
 
-/** Latency-histogram class of each handling kind. */
-const CLASS_OF: Readonly<Record<Handling, number>> = {
-  single: CLASS_INDEX.single,
-  split: CLASS_INDEX.split,
-  broadcast: CLASS_INDEX.broadcast,
-  'any-shard': CLASS_INDEX['any-shard'],
-  local: CLASS_INDEX.local,
-  refused: CLASS_INDEX.refused,
-};
+/** Latency-histogram class of each handling kind (the classes are the kinds, plus 'error'). */
+const CLASS_OF: Readonly<Record<Handling, number>> = CLASS_INDEX;
 
 /**
  * One client: bytes -> parse -> dispatch -> ordered replies -> socket. Reading stops (the
@@ -51,6 +45,9 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   readonly localPort: number;
   readonly connectedAt = Date.now();
   isFlushScheduled = false;
+  pins: ClientPins | null = null;
+  /** Reading is held until every awaited reply is written. */
+  #isHeld = false;
 
   readonly #socket: Socket;
   readonly #dispatcher: Dispatcher;
@@ -110,6 +107,16 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     if (this.#replies.isHeadDone) scheduleFlush(this);
   }
 
+  push(bytes: Buffer): void {
+    this.#replies.addDone(this, bytes, this.#stats.commands.pushId, CLASS_INDEX.pubsub, turnTime());
+    if (this.#replies.isHeadDone) scheduleFlush(this);
+  }
+
+  holdUntilReplied(): void {
+    this.#isHeld = true;
+    this.#pause();
+  }
+
   onSlotDone(): void {
     if (this.#replies.isHeadDone) scheduleFlush(this);
   }
@@ -165,6 +172,10 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
 
   #maybeResume(): void {
     if (this.#state !== 'open') return;
+    if (this.#isHeld) {
+      if (this.#replies.length > 0) return;
+      this.#isHeld = false;
+    }
     if (this.#socket.writableLength > this.#limits.maxOutputBytes) {
       this.#pause();
       return;
@@ -182,6 +193,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     this.#out.clear();
     this.#socket.destroy();
     this.#stats.clients.connected--;
+    this.#dispatcher.release(this);
     this.#onClose(this);
   }
 }

@@ -15,11 +15,12 @@ interface Override {
   readonly handling: Handling;
   readonly merge?: Merge;
   readonly note?: string;
+  /** Key positions for a command the metadata calls keyless but the proxy routes by an argument. */
+  readonly keys?: { readonly first: number; readonly last: number; readonly step: number };
 }
 
 const refused = (note: string): Override => ({ handling: 'refused', note });
 const CONTROL = 'would take the backends out of the proxy\'s control';
-const SESSION = 'needs a connection pinned to the client (not supported yet)';
 
 /**
  * Decisions that the command metadata alone cannot make. Everything not named here follows the
@@ -86,47 +87,76 @@ const OVERRIDES: Readonly<Record<string, Override>> = {
   move: refused('moves keys between databases; the proxy serves database 0 only'),
   swapdb: refused('swaps databases; the proxy serves database 0 only'),
   monitor: refused('would stream one shard only'),
-  'config|set': refused('not supported yet'),
   'config|rewrite': refused(CONTROL),
-  'client|kill': refused('would act on the proxy\'s shared backend connections'),
+  'client|kill': refused("would act on the proxy's shared backend connections"),
   'client|pause': refused(CONTROL),
   'client|unpause': refused(CONTROL),
   'client|reply': refused('would desynchronise the shared backend connections'),
-  'client|tracking': refused('needs a connection pinned to the client (not supported yet)'),
-  'client|caching': refused('needs a connection pinned to the client (not supported yet)'),
-  'client|unblock': refused('would act on the proxy\'s shared backend connections'),
-  'client|getredir': refused('needs a connection pinned to the client (not supported yet)'),
-  'client|list': refused('would list the proxy\'s shared backend connections'),
+  'client|tracking': refused('client-side caching is not supported through the proxy'),
+  'client|caching': refused('client-side caching is not supported through the proxy'),
+  'client|getredir': refused('client-side caching is not supported through the proxy'),
+  'client|unblock': refused("would act on the proxy's shared backend connections"),
+  'client|list': refused("would list the proxy's shared backend connections"),
   module: refused(CONTROL),
   acl: refused(CONTROL),
   bgsave: refused(CONTROL),
   bgrewriteaof: refused(CONTROL),
   save: refused(CONTROL),
-  waitaof: refused(SESSION),
-  // Transactions, blocking commands and pub/sub change the state of the connection they run on;
-  // on a shared connection they would disturb other clients.
-  multi: refused(SESSION),
-  exec: refused(SESSION),
-  discard: refused(SESSION),
-  watch: refused(SESSION),
-  unwatch: refused(SESSION),
-  wait: refused(SESSION),
-  blpop: refused(SESSION),
-  brpop: refused(SESSION),
-  brpoplpush: refused(SESSION),
-  blmove: refused(SESSION),
-  blmovem: refused(SESSION),
-  blmpop: refused(SESSION),
-  bzpopmin: refused(SESSION),
-  bzpopmax: refused(SESSION),
-  bzmpop: refused(SESSION),
-  subscribe: refused(SESSION),
-  unsubscribe: refused(SESSION),
-  psubscribe: refused(SESSION),
-  punsubscribe: refused(SESSION),
-  ssubscribe: refused(SESSION),
-  sunsubscribe: refused(SESSION),
+  waitaof: refused('needs AOF fsync tracking per shard (Redis 7.2+)'),
   'restore-asking': refused(CONTROL),
+
+  // Transactions: queued in the proxy, run on one shard.
+  multi: { handling: 'transaction' },
+  exec: { handling: 'transaction' },
+  discard: { handling: 'transaction' },
+  watch: { handling: 'transaction' },
+  unwatch: { handling: 'transaction' },
+
+  // Blocking commands: a connection of the client's own. XREAD/XREADGROUP block only with BLOCK.
+  blpop: { handling: 'blocking' },
+  brpop: { handling: 'blocking' },
+  brpoplpush: { handling: 'blocking' },
+  blmove: { handling: 'blocking' },
+  blmovem: { handling: 'blocking' },
+  blmpop: { handling: 'blocking' },
+  bzpopmin: { handling: 'blocking' },
+  bzpopmax: { handling: 'blocking' },
+  bzmpop: { handling: 'blocking' },
+  xread: { handling: 'blocking' },
+  xreadgroup: { handling: 'blocking' },
+  wait: { handling: 'blocking' },
+
+  // Pub/Sub: channels live on the shard owning the channel name's slot (as Redis 7's sharded
+  // Pub/Sub places them), so PUBLISH through the proxy reaches every proxy subscriber once.
+  subscribe: { handling: 'pubsub' },
+  unsubscribe: { handling: 'pubsub' },
+  psubscribe: { handling: 'pubsub' },
+  punsubscribe: { handling: 'pubsub' },
+  ssubscribe: { handling: 'pubsub' },
+  sunsubscribe: { handling: 'pubsub' },
+  publish: { handling: 'single', keys: { first: 1, last: 1, step: 1 } },
+  'pubsub|channels': { handling: 'broadcast', merge: 'distinct-union' },
+  'pubsub|shardchannels': { handling: 'broadcast', merge: 'distinct-union' },
+  'pubsub|numsub': { handling: 'broadcast', merge: 'pair-sum' },
+  'pubsub|shardnumsub': { handling: 'broadcast', merge: 'pair-sum' },
+
+  // Keyless commands that need every shard, or more than one.
+  scan: { handling: 'scan' },
+  randomkey: { handling: 'first-non-empty' },
+  'script|exists': { handling: 'broadcast', merge: 'logical-and' },
+  'script|kill': refused('would kill a script on one shard only'),
+  'function|kill': refused('would kill a function on one shard only'),
+  'memory|purge': { handling: 'broadcast', merge: 'all-ok' },
+  'slowlog|reset': { handling: 'broadcast', merge: 'all-ok' },
+  'latency|reset': { handling: 'broadcast', merge: 'sum' },
+  eval: { handling: 'script' },
+  evalsha: { handling: 'script' },
+  eval_ro: { handling: 'script' },
+  evalsha_ro: { handling: 'script' },
+  'config|set': { handling: 'config-set' },
+  info: { handling: 'info' },
+  role: { handling: 'local' },
+  lastsave: { handling: 'any-shard' },
 };
 
 /** Subcommand groups where any subcommand not decided above is refused rather than guessed. */
@@ -145,7 +175,7 @@ const namesById: string[] = [];
 function buildSpec(name: string, raw: RawCommand, parent: string | null): CommandSpec {
   const hasMovableKeys = raw.flags.includes('movablekeys');
   const hasKeys = raw.keyStart > 0 || hasMovableKeys;
-  const decided = hasKeys && OVERRIDES[name] === undefined ? { handling: 'single' as const } : decide(name, raw, parent);
+  const decided: Override = hasKeys && OVERRIDES[name] === undefined ? { handling: 'single' } : decide(name, raw, parent);
   let subcommands: Map<string, CommandSpec> | null = null;
   if (raw.subcommands !== undefined) {
     subcommands = new Map();
@@ -160,9 +190,9 @@ function buildSpec(name: string, raw: RawCommand, parent: string | null): Comman
     name,
     handling: decided.handling,
     merge: decided.merge ?? null,
-    firstKey: raw.keyStart,
-    lastKey: raw.keyStop,
-    keyStep: raw.step,
+    firstKey: decided.keys?.first ?? raw.keyStart,
+    lastKey: decided.keys?.last ?? raw.keyStop,
+    keyStep: decided.keys?.step ?? raw.step,
     hasMovableKeys,
     isReadonly: raw.flags.includes('readonly'),
     isWrite: raw.flags.includes('write'),

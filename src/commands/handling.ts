@@ -13,6 +13,22 @@ export type Handling =
   | 'any-shard'
   /** Answered by the proxy itself. */
   | 'local'
+  /** MULTI / EXEC / DISCARD / WATCH / UNWATCH: queued by the proxy, run on one shard. */
+  | 'transaction'
+  /** May block: runs on a connection of the client's own, so it never delays others. */
+  | 'blocking'
+  /** SUBSCRIBE and friends: the client's own Pub/Sub connections, messages fanned in. */
+  | 'pubsub'
+  /** SCAN: one shard after another, the shard carried in the cursor. */
+  | 'scan'
+  /** Keyless reads answered by one shard, trying the next when one has nothing (RANDOMKEY). */
+  | 'first-non-empty'
+  /** EVAL / EVALSHA: routed by keys; scripts are remembered so NOSCRIPT is healed on any shard. */
+  | 'script'
+  /** CONFIG SET: every node of every shard, for an allow-list of parameters. */
+  | 'config-set'
+  /** INFO: the proxy's own sections plus the shards' summed ones. */
+  | 'info'
   /** Refused with `-ERR command 'x' is not allowed through slotproxy`. */
   | 'refused';
 
@@ -27,7 +43,13 @@ export type Merge =
   /** Every piece succeeded; the first piece's reply is the reply (SCRIPT LOAD's sha). */
   | 'first'
   /** Arrays concatenated (KEYS). */
-  | 'union';
+  | 'union'
+  /** Arrays of 0/1 ANDed element by element (SCRIPT EXISTS: agg_logical_and). */
+  | 'logical-and'
+  /** [name, count, ...] pairs with the counts added per name (PUBSUB NUMSUB). */
+  | 'pair-sum'
+  /** The same array everywhere; distinct items kept once (PUBSUB CHANNELS). */
+  | 'distinct-union';
 
 export interface CommandSpec {
   /** Dense number of the spec, for per-command counters in arrays. */

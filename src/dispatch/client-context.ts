@@ -1,5 +1,6 @@
 import type { CommandSpec } from '../commands/handling';
 import type { ReplySlot } from '../reply/reply-slot';
+import type { ClientPins } from './client-pins';
 
 /**
  * What the dispatcher needs of a client connection. Declared here, by the callee, so dispatch/
@@ -26,4 +27,15 @@ export interface ClientContext {
   reply(bytes: Buffer, spec: CommandSpec | null): void;
   /** Closes the connection once every reply queued so far is written (QUIT). */
   closeAfterReplies(): void;
+  /** Closes the connection now. */
+  destroy(): void;
+  /** Stops reading the client's requests until every awaited reply is written (blocking commands). */
+  holdUntilReplied(): void;
+  /** Appends a Pub/Sub message for the client, in order with its replies. */
+  push(bytes: Buffer): void;
+  /**
+   * The dispatcher's per-client state beyond plain commands (transaction, WATCH, blocking and
+   * Pub/Sub connections); null for almost every client.
+   */
+  pins: ClientPins | null;
 }

@@ -3,10 +3,17 @@ import type { NodePool } from '../backend/node-pool';
 import type { ShardPool, BackendPools } from '../backend/shard-pool';
 import { lookupCommand } from '../commands/command-table';
 import type { CommandSpec } from '../commands/handling';
-import type { CommandStats } from '../metrics/data-path-stats';
+import { createHash } from 'node:crypto';
+import type { PushSink } from '../backend/backend-connection';
+import type { DataPathStats } from '../metrics/data-path-stats';
+import { encodeCommand } from '../resp/resp-writer';
+import { includesSection, InfoSink, requestedSections } from './info-command';
+import { SessionCommands } from './session-commands';
+import type { ShardAccess } from './shard-access';
+import { decodeScanCursor, EveryNodeSink, FirstNonEmptySink, NoScriptSink, ScanSink, type ShardSender } from './special-sinks';
 import { Gather } from '../reply/gather';
 import type { RequestFrame } from '../resp/request-parser';
-import { CROSSSLOT, encodeError } from '../resp/resp-writer';
+import { CROSSSLOT, encodeBulk, encodeError } from '../resp/resp-writer';
 import { fragment } from '../routing/fragmenter';
 import { commandKeys, commandSlot, CROSS_SLOT, NO_KEYS } from '../routing/route-planner';
 import type { BackendConnection } from '../backend/backend-connection';
@@ -33,7 +40,33 @@ export interface DispatcherOptions {
  * Carries out each request: looks the command up, asks routing where it goes, sends it to the
  * shard pools, and wires the reply (or the gather of a fan-out) to the client's reply slot.
  */
-export class Dispatcher implements ShardConnections {
+/**
+ * CONFIG SET parameters that shape data and its encodings, applied to every node. Anything
+ * else (port, bind, dir, replicaof, requirepass, save, appendonly, cluster-*, ...) would take the
+ * backends out of the proxy's hands and is refused.
+ */
+const CONFIG_SET_ALLOWED: readonly RegExp[] = [
+  /^notify-keyspace-events$/,
+  /^(hash|zset|set|list|stream)-max-(listpack|ziplist|intset)-(entries|value|size)$/,
+  /^set-max-intset-entries$/,
+  /^list-compress-depth$/,
+  /^stream-node-max-(bytes|entries)$/,
+  /^(lua-time-limit|busy-reply-threshold)$/,
+  /^slowlog-(log-slower-than|max-len)$/,
+  /^latency-(monitor-threshold|tracking|tracking-info-percentiles)$/,
+  /^hll-sparse-max-bytes$/,
+  /^active-?defrag.*$/,
+  /^lazyfree-.*$/,
+  /^maxmemory-(policy|samples|eviction-tenacity)$/,
+  /^lfu-(log-factor|decay-time)$/,
+  /^activerehashing$/,
+  /^hz$/,
+  /^dynamic-hz$/,
+  /^timeout$/,
+  /^tcp-keepalive$/,
+];
+
+export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
   readonly #pools: BackendPools;
   readonly #local: LocalCommands;
   #topology: Topology;
@@ -45,13 +78,23 @@ export class Dispatcher implements ShardConnections {
   /** Requests waiting for a shard's failover to finish. */
   readonly #parked: ParkedRequests;
 
-  readonly #stats: CommandStats;
+  readonly #stats: DataPathStats;
   /** Commands on keys of migrating slots. */
   readonly #migrating: MigratingRouter;
+  /** Transactions, WATCH, blocking commands and Pub/Sub. */
+  readonly #session: SessionCommands;
+  /** Script bodies by lowercase sha1, from EVAL and SCRIPT LOAD, to heal NOSCRIPT. */
+  readonly #scripts = new Map<string, Buffer>();
+  readonly #identity: ProxyIdentity;
+  readonly #startedAt = Date.now();
+  /** Commands answered, sampled each second for INFO's instantaneous_ops_per_sec. */
+  #opsSample = { at: Date.now(), total: 0, perSecond: 0 };
 
-  constructor(store: TopologyStore, pools: BackendPools, identity: ProxyIdentity, options: DispatcherOptions, stats: CommandStats) {
+  constructor(store: TopologyStore, pools: BackendPools, identity: ProxyIdentity, options: DispatcherOptions, stats: DataPathStats) {
     this.#pools = pools;
     this.#stats = stats;
+    this.#identity = identity;
+    this.#session = new SessionCommands(this);
     this.#options = options;
     this.#local = new LocalCommands(identity);
     this.#topology = store.current;
@@ -66,6 +109,7 @@ export class Dispatcher implements ShardConnections {
           this.#send(r.shard, r.request, r.sink, r.clientId, r.isWrite, r.isReadonly);
         }
       }
+      this.#migrating.onTopology();
     });
   }
 
@@ -76,21 +120,25 @@ export class Dispatcher implements ShardConnections {
   dispatch(frame: RequestFrame, client: ClientContext): void {
     const start = frame.argStart[0]!;
     let spec = lookupCommand(frame.buf.toString('latin1', start, frame.argEnd[0]!));
-    if (spec === undefined) {
-      client.reply(unknownCommand(frame), null);
-      return;
-    }
-    if (spec.subcommands !== null) {
-      if (frame.argc < 2) {
-        client.reply(wrongArity(spec.name), spec);
-        return;
-      }
+    if (spec !== undefined && spec.subcommands !== null && frame.argc >= 2) {
       const sub = spec.subcommands.get(frame.argString(1).toLowerCase());
       if (sub === undefined) {
+        this.#session.abortTransaction(client);
         client.reply(unknownSubcommand(frame, spec), spec);
         return;
       }
       spec = sub;
+    }
+    const pins = client.pins;
+    if (pins !== null && this.#session.intercept(frame, spec, client, pins)) return;
+    if (spec === undefined) {
+      this.#session.abortTransaction(client);
+      client.reply(unknownCommand(frame), null);
+      return;
+    }
+    if (spec.subcommands !== null) {
+      client.reply(wrongArity(spec.name), spec);
+      return;
     }
     switch (spec.handling) {
       case 'single':
@@ -106,12 +154,176 @@ export class Dispatcher implements ShardConnections {
         this.#send(this.#anyShard(), frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
         return;
       case 'local':
-        this.#local.handle(frame, spec, client);
+        if (spec.name === 'reset') this.#session.reset(client);
+        if (spec.name === 'role') client.reply(ROLE_REPLY, spec);
+        else this.#local.handle(frame, spec, client);
         return;
       case 'refused':
         client.reply(notAllowed(spec.name, spec.note), spec);
         return;
+      case 'transaction':
+        this.#session.transaction(frame, spec, client);
+        return;
+      case 'blocking':
+        this.#session.blocking(frame, spec, client);
+        return;
+      case 'pubsub':
+        this.#session.pubsub(frame, spec, client);
+        return;
+      case 'scan':
+        this.#scan(frame, spec, client);
+        return;
+      case 'first-non-empty': {
+        const shard = this.#anyShard();
+        const request = frame.bytes();
+        const sink = new FirstNonEmptySink(client.awaitReply(spec), this, request, client.id, shard, this.#shards.length);
+        this.sendToShard(shard, request, sink, client.id);
+        return;
+      }
+      case 'script':
+        this.#script(frame, spec, client);
+        return;
+      case 'config-set':
+        this.#configSet(frame, spec, client);
+        return;
+      case 'info':
+        this.#info(frame, spec, client);
+        return;
     }
+  }
+
+  /** A client closed: its own backend connections (blocking, WATCH, Pub/Sub) close too. */
+  release(client: ClientContext): void {
+    client.pins?.close();
+    client.pins = null;
+  }
+
+  /**
+   * SCAN over every shard in turn. The virtual cursor carries the shard in its low bits and that
+   * shard's own cursor above them, so a full iteration visits every shard's keyspace exactly as
+   * each shard's SCAN guarantees.
+   */
+  #scan(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    if (frame.argc < 2) {
+      client.reply(wrongArity('scan'), spec);
+      return;
+    }
+    const cursor = decodeScanCursor(frame.argString(1));
+    if (cursor === null || cursor.shard >= this.#shards.length) {
+      client.reply(encodeError('ERR invalid cursor'), spec);
+      return;
+    }
+    const args: Buffer[] = [frame.arg(0), Buffer.from(cursor.cursor.toString())];
+    for (let i = 2; i < frame.argc; i++) args.push(frame.arg(i));
+    const sink = new ScanSink(client.awaitReply(spec), cursor.shard, this.#shards.length);
+    this.#send(cursor.shard, encodeCommand(args), sink, client.id, false, true);
+  }
+
+  /** EVAL / EVALSHA routed by their keys; script bodies remembered so NOSCRIPT heals itself. */
+  #script(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    if (frame.argc < 3) {
+      client.reply(wrongArity(spec.name), spec);
+      return;
+    }
+    const isSha = spec.name === 'evalsha' || spec.name === 'evalsha_ro';
+    if (!isSha) this.rememberScript(frame.arg(1));
+    const slot = commandSlot(frame, spec);
+    if (slot === CROSS_SLOT) {
+      client.reply(CROSSSLOT, spec);
+      return;
+    }
+    const migration = slot === NO_KEYS ? undefined : this.#topology.migrations.get(slot);
+    if (migration !== undefined) {
+      this.#migrating.send(commandKeys(frame, spec), migration, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite);
+      return;
+    }
+    const shard = slot === NO_KEYS ? this.#anyShard() : this.#topology.slotOwner[slot]!;
+    const body = isSha ? this.#scripts.get(frame.argString(1).toLowerCase()) : undefined;
+    const request = frame.bytes();
+    if (body === undefined || this.#shards[shard]!.info.isFailingOver) {
+      this.#send(shard, request, client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
+      return;
+    }
+    const connection = this.primaryConnection(shard, client.id);
+    connection.send(request, new NoScriptSink(client.awaitReply(spec), connection, body, request));
+  }
+
+  /** Keeps a script body by its sha1 (what EVALSHA names it by). */
+  rememberScript(body: Buffer): void {
+    const sha = createHash('sha1').update(body).digest('hex');
+    if (!this.#scripts.has(sha)) this.#scripts.set(sha, Buffer.from(body));
+  }
+
+  /** CONFIG SET of allowed parameters on every node (primaries and replicas) of every shard. */
+  #configSet(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    if (frame.argc < 4 || frame.argc % 2 !== 0) {
+      client.reply(wrongArity('config|set'), spec);
+      return;
+    }
+    for (let i = 2; i < frame.argc; i += 2) {
+      const name = frame.argString(i).toLowerCase();
+      if (!CONFIG_SET_ALLOWED.some((pattern) => pattern.test(name))) {
+        client.reply(encodeError(`ERR CONFIG SET parameter '${name}' is not allowed through slotproxy`), spec);
+        return;
+      }
+    }
+    const nodes = this.#shards.flatMap((shard) => [shard.primary, ...shard.replicas]);
+    const gather = new EveryNodeSink(client.awaitReply(spec), nodes.map((node) => node.key));
+    const request = frame.bytes();
+    nodes.forEach((node, i) => node.connection(client.id).send(request, gather.piece(i)));
+  }
+
+  /** INFO: the proxy's section, the shards' sections, and the keyspace summed over shards. */
+  #info(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    const args: string[] = [];
+    for (let i = 1; i < frame.argc; i++) args.push(frame.argString(i));
+    const requested = requestedSections(args);
+    const proxySection = includesSection(requested, 'proxy') ? this.#proxySection() : null;
+    const onlyProxy = !requested.all && [...requested.names].every((name) => name === 'proxy');
+    if (onlyProxy) {
+      client.reply(encodeBulk(`${proxySection}
+`), spec);
+      return;
+    }
+    const count = this.#shards.length;
+    const gather = new InfoSink(client.awaitReply(spec), count, proxySection, includesSection(requested, 'keyspace'));
+    const request = frame.bytes();
+    for (let s = 0; s < count; s++) this.#send(s, request, gather.piece(s), client.id, false, true);
+  }
+
+  #proxySection(): string {
+    const now = Date.now();
+    const total = this.#stats.commands.calls.reduce((sum, n) => sum + n, 0);
+    const sample = this.#opsSample;
+    if (now - sample.at >= 1000) {
+      this.#opsSample = { at: now, total, perSecond: Math.round(((total - sample.total) * 1000) / (now - sample.at)) };
+    }
+    const uptime = Math.floor((now - this.#startedAt) / 1000);
+    const lines = [
+      '# Proxy',
+      `slotproxy_version:${this.#identity.version}`,
+      `proxy_id:${this.#identity.nodeId}`,
+      `process_id:${process.pid}`,
+      `uptime_in_seconds:${uptime}`,
+      `connected_clients:${this.#stats.clients.connected}`,
+      `total_connections_received:${this.#stats.clients.accepted}`,
+      `total_commands_processed:${total}`,
+      `instantaneous_ops_per_sec:${this.#opsSample.perSecond}`,
+      `topology_epoch:${this.#topology.epoch}`,
+      `shards:${this.#shards.length}`,
+      `slots_migrating:${this.#topology.migrations.size}`,
+    ];
+    const ranges = this.#topology.slotRanges();
+    this.#shards.forEach((shard, i) => {
+      const states = shard.primary.connections.map((c) => c.state);
+      const health = shard.info.isFailingOver ? 'failing_over' : states.includes('down') ? 'down' : 'ok';
+      const slots = ranges[i]!.reduce((sum, [from, to]) => sum + to - from + 1, 0);
+      lines.push(
+        `shard${i}:name=${shard.info.name},primary=${shard.primary.key},replicas=${shard.info.replicas.length},` +
+          `readable_replicas=${shard.replicas.length},slots=${slots},health=${health}`,
+      );
+    });
+    return lines.join('\r\n');
   }
 
   /** Every key in one slot: the original bytes go to the owner's primary untouched. */
@@ -125,7 +337,7 @@ export class Dispatcher implements ShardConnections {
     if (slot !== NO_KEYS && topology.migrations.size > 0) {
       const migration = topology.migrations.get(slot);
       if (migration !== undefined) {
-        this.#migrating.send(commandKeys(frame, spec), migration, frame.bytes(), client.awaitReply(spec), client.id);
+        this.#migrating.send(commandKeys(frame, spec), migration, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite);
         return;
       }
     }
@@ -146,11 +358,11 @@ export class Dispatcher implements ShardConnections {
       this.#send(fragments[0]!.shard, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
       return;
     }
-    this.#stats.recordFanOut(fragments.length);
+    this.#stats.commands.recordFanOut(fragments.length);
     const gather = new Gather(client.awaitReply(spec), spec.merge!, fragments.length, keyFragment);
     for (let f = 0; f < fragments.length; f++) {
       const piece = fragments[f]!;
-      if (piece.migration !== null) this.#migrating.send(piece.keys, piece.migration, piece.parts, gather.piece(f), client.id);
+      if (piece.migration !== null) this.#migrating.send(piece.keys, piece.migration, piece.parts, gather.piece(f), client.id, spec.isWrite);
       else this.#send(piece.shard, piece.parts, gather.piece(f), client.id, spec.isWrite, spec.isReadonly);
     }
   }
@@ -159,7 +371,8 @@ export class Dispatcher implements ShardConnections {
   #broadcast(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
     const count = this.#shards.length;
     const bytes = frame.bytes();
-    this.#stats.recordFanOut(count);
+    if (spec.name === 'script|load' && frame.argc === 3) this.rememberScript(frame.arg(2));
+    this.#stats.commands.recordFanOut(count);
     const gather = new Gather(client.awaitReply(spec), spec.merge!, count, null);
     for (let s = 0; s < count; s++) this.#send(s, bytes, gather.piece(s), client.id, spec.isWrite, spec.isReadonly);
   }
@@ -203,6 +416,23 @@ export class Dispatcher implements ShardConnections {
     else connection.sendParts(request, sink);
   }
 
+  send(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean): void {
+    this.#send(shard, request, sink, clientId, isWrite, isReadonly);
+  }
+
+  sendToShard(shard: number, request: Buffer, sink: ReplySink, clientId: number): void {
+    this.#send(shard, request, sink, clientId, false, true);
+  }
+
+  dedicatedConnection(shard: number, pushSink?: PushSink): BackendConnection {
+    const info = this.#shards[shard]!.info;
+    return this.#pools.dedicated(info.primary, info.name, pushSink);
+  }
+
+  anyShard(): number {
+    return this.#anyShard();
+  }
+
   #failExpired(expired: ParkedRequest[]): void {
     for (const r of expired) {
       const name = this.#shards[r.shard]?.info.name ?? String(r.shard);
@@ -218,16 +448,25 @@ export class Dispatcher implements ShardConnections {
     return this.#shards[shard]!.info.primary;
   }
 
+  /** For the migrating router: the target's primary, reads included (a replica may lag the move). */
+  sendToPrimary(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean): void {
+    this.#send(shard, request, sink, clientId, isWrite, false);
+  }
+
   #anyShard(): number {
     this.#nextShard = (this.#nextShard + 1) % this.#shards.length;
     return this.#nextShard;
   }
 
   close(): void {
+    this.#migrating.close();
     this.#parked.close();
     this.#pools.close();
   }
 }
+
+/** ROLE through the proxy: a primary without replicas, as cluster-aware tooling expects of one node. */
+const ROLE_REPLY = Buffer.from('*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n');
 
 /** A replica of the shard whose connection is not down, preferring the client's own. */
 function readableReplica(shard: ShardPool, clientId: number): NodePool | null {

@@ -1,12 +1,19 @@
 import type { BackendConnection } from '../backend/backend-connection';
 import type { ReplySink } from '../backend/reply-sink';
-import { encodeCommand, encodeError } from '../resp/resp-writer';
-import type { NodeAddress, SlotMigration } from '../topology/topology';
+import { CRLF, encodeArrayHeader, encodeError } from '../resp/resp-writer';
+import { keySlot } from '../routing/key-slot';
+import { KEY_MOVE_SCRIPT, keyMoveArgs } from '../topology/key-move-script';
+import type { NodeAddress, SlotMigration, Topology } from '../topology/topology';
 
-/** What the router needs of the dispatcher: the client's connection to a shard's primary. */
+/** What the router needs of the dispatcher. */
 export interface ShardConnections {
+  /** The current snapshot: a parked command is routed again by it. */
+  readonly topology: Topology;
+  /** The client's connection to a shard's primary (where the key-move script runs). */
   primaryConnection(shard: number, clientId: number): BackendConnection;
   primaryAddress(shard: number): NodeAddress;
+  /** Sends a command to a shard's primary the normal way (failover waits, replica acks). */
+  sendToPrimary(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean): void;
 }
 
 export interface MigratingRouterOptions {
@@ -16,72 +23,252 @@ export interface MigratingRouterOptions {
   readonly password: string | null;
 }
 
-/**
- * Waits for the MIGRATE that moves a command's keys off the source, then sends the command to
- * the target. MIGRATE is atomic on the source, and a key already moved answers NOKEY, so a
- * command never runs while its key exists on both shards.
- */
-class MoveThenSend implements ReplySink {
-  readonly #router: MigratingRouter;
-  readonly #migration: SlotMigration;
-  readonly #request: Buffer | readonly Buffer[];
-  readonly #sink: ReplySink;
-  readonly #clientId: number;
+/** How long a command may wait for its key (a big key being copied, a failing move) before it fails. */
+const PARK_TIMEOUT_MS = 30_000;
+/** A command answered BIG (a big key not locked yet) or a failed move is tried again after this. */
+const RETRY_DELAY_MS = 20;
+const MAX_RETRY_DELAY_MS = 500;
+/** How often parked commands are looked at while there are any. */
+const TICK_MS = 10;
 
-  constructor(router: MigratingRouter, migration: SlotMigration, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number) {
-    this.#router = router;
-    this.#migration = migration;
-    this.#request = request;
-    this.#sink = sink;
-    this.#clientId = clientId;
+const BIG = Buffer.from('+BIG\r\n');
+/** The script's body, encoded once: every on-demand move sends it as a view. */
+const EVAL_HEAD = Buffer.from(`$4\r\nEVAL\r\n$${Buffer.byteLength(KEY_MOVE_SCRIPT)}\r\n${KEY_MOVE_SCRIPT}\r\n`);
+const SHUTTING_DOWN = encodeError('ERR slotproxy is shutting down');
+
+/**
+ * One command on keys of a migrating slot: moves its keys off the source with the key-move
+ * script, then sends the command to the target. It is its own reply sink for the script's
+ * reply (no per-command closure), and what waits in the park while its key cannot move yet.
+ */
+class KeyMove implements ReplySink {
+  readonly router: MigratingRouter;
+  /** The command's keys (views of the request); at least one. */
+  readonly keys: readonly Buffer[];
+  /** The keys as latin1 strings, for lock and park lookups; made when first needed. */
+  #names: string[] | null = null;
+  readonly slot: number;
+  readonly request: Buffer | readonly Buffer[];
+  readonly sink: ReplySink;
+  readonly clientId: number;
+  readonly isWrite: boolean;
+  /** Fails with TRYAGAIN when still parked at this time (ms since the epoch). */
+  readonly deadline: number;
+  /** Failed attempts so far (errors, not BIG answers). */
+  failures = 0;
+  /** Parked: not retried before this time, unless a new snapshot comes first. */
+  retryAt = 0;
+  /** The last error, for the reply if the deadline passes. */
+  lastError = '';
+
+  constructor(router: MigratingRouter, keys: readonly Buffer[], slot: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean) {
+    this.router = router;
+    this.keys = keys;
+    this.slot = slot;
+    this.request = request;
+    this.sink = sink;
+    this.clientId = clientId;
+    this.isWrite = isWrite;
+    this.deadline = Date.now() + PARK_TIMEOUT_MS;
+  }
+
+  get names(): readonly string[] {
+    this.#names ??= this.keys.map((key) => key.toString('latin1'));
+    return this.#names;
   }
 
   onReply(frame: Buffer): void {
-    // +OK: moved. +NOKEY: nothing left on the source (moved before, or never there).
-    if (frame[0] === 45) {
-      this.#sink.onReply(encodeError(`ERR slotproxy could not move the key to its new shard: ${frame.toString('utf8', 1, frame.length - 2)}`));
+    if (frame[0] === 43) {
+      // +OK: moved. +NOKEY: nothing of it left on the source. +BIG: a big key still on the source.
+      if (frame.equals(BIG)) this.router.park(this, RETRY_DELAY_MS);
+      else this.router.afterMove(this);
       return;
     }
-    this.#router.sendToTarget(this.#migration, this.#request, this.#sink, this.#clientId);
+    this.#retry(frame.toString('utf8', 1, frame.length - 2));
   }
 
   onFailure(error: Buffer): void {
-    this.#sink.onFailure(error);
+    // The script may or may not have run; running it again is harmless.
+    this.#retry(error.toString('utf8', 1, error.length - 2));
+  }
+
+  #retry(reason: string): void {
+    this.failures++;
+    this.lastError = reason;
+    this.router.park(this, Math.min(MAX_RETRY_DELAY_MS, RETRY_DELAY_MS * 2 ** (this.failures - 1)));
   }
 }
 
 /**
- * Commands on keys of a slot migrating from shard A to shard B: each key is moved to B first
- * (Codis's way over plain Redis), then the command runs on B. A client's commands to one slot
- * keep their order: their MIGRATEs queue on one source connection, and each command leaves for
- * the target when its MIGRATE answers, in that order, on one target connection.
+ * Commands on keys of a migrating slot (Codis's way over plain Redis): each command's keys are
+ * moved from the source to the target first, then the command runs on the target. The move is
+ * the key-move script (topology/key-move-script.ts): atomic on the source, +NOKEY when the keys
+ * are already gone, so a command never runs while its key exists on both shards, and +BIG for a
+ * key too big to MIGRATE at once, which the control plane copies in chunks.
+ *
+ * Commands that cannot go yet wait here ("parked"): keys the snapshot locks (a chunked copy
+ * under way), keys the script answered BIG for, and moves that failed (retried with backoff).
+ * A command on a key that has a parked command waits behind it, so one client's commands on a
+ * key keep their order. Parked commands go again when a snapshot arrives or their retry time
+ * comes, and fail with TRYAGAIN only after PARK_TIMEOUT_MS.
+ *
+ * A client's commands to one slot keep their order otherwise too: their scripts queue on one
+ * source connection, and each command leaves for the target when its script answers, in order.
  */
 export class MigratingRouter {
   readonly #shards: ShardConnections;
   readonly #options: MigratingRouterOptions;
+  /** Parked commands in arrival order. */
+  #parked: KeyMove[] = [];
+  /** Keys of parked commands -> how many parked commands hold each. */
+  readonly #parkedKeys = new Map<string, number>();
+  #timer: NodeJS.Timeout | null = null;
 
   constructor(shards: ShardConnections, options: MigratingRouterOptions) {
     this.#shards = shards;
     this.#options = options;
   }
 
-  send(keys: readonly Buffer[], migration: SlotMigration, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number): void {
+  /** Commands waiting for their keys; for tests and stats. */
+  get parkedCount(): number {
+    return this.#parked.length;
+  }
+
+  /**
+   * A command (or a split command's piece) whose keys are all in one migrating slot.
+   * Keyless (a malformed command whose keys could not be found) goes straight to the target.
+   */
+  send(keys: readonly Buffer[], migration: SlotMigration, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean): void {
     if (keys.length === 0) {
-      this.sendToTarget(migration, request, sink, clientId);
+      this.#shards.sendToPrimary(migration.to, request, sink, clientId, isWrite);
+      return;
+    }
+    const first = keys[0]!;
+    this.#route(new KeyMove(this, keys, keySlot(first, 0, first.length), request, sink, clientId, isWrite));
+  }
+
+  /** A new snapshot: parked commands whose keys are no longer locked go again. */
+  onTopology(): void {
+    if (this.#parked.length > 0) this.#release(true);
+  }
+
+  /** Fails every parked command. */
+  close(): void {
+    const parked = this.#parked;
+    this.#parked = [];
+    this.#parkedKeys.clear();
+    this.#stopTimer();
+    for (const move of parked) move.sink.onFailure(SHUTTING_DOWN);
+  }
+
+  /** The script answered +OK or +NOKEY: the keys are on the target now. */
+  afterMove(move: KeyMove): void {
+    if (this.#parked.length > 0 && this.#holdsParkedKey(move)) {
+      // An earlier command on one of these keys is waiting: keep their order.
+      this.park(move, 0);
+      return;
+    }
+    const topology = this.#shards.topology;
+    const migration = topology.migrations.get(move.slot);
+    // Reads go to the primary too: a replica of the target may not have the key yet.
+    this.#shards.sendToPrimary(migration === undefined ? topology.slotOwner[move.slot]! : migration.to, move.request, move.sink, move.clientId, move.isWrite);
+  }
+
+  park(move: KeyMove, delayMs: number): void {
+    if (Date.now() >= move.deadline) {
+      move.sink.onFailure(encodeError(`TRYAGAIN slotproxy could not move the key to its new shard in time${move.lastError === '' ? '' : `: ${move.lastError}`}`));
+      return;
+    }
+    move.retryAt = Date.now() + delayMs;
+    this.#parked.push(move);
+    for (const name of move.names) this.#parkedKeys.set(name, (this.#parkedKeys.get(name) ?? 0) + 1);
+    if (this.#timer === null) {
+      this.#timer = setInterval(() => this.#release(false), TICK_MS);
+      this.#timer.unref();
+    }
+  }
+
+  #route(move: KeyMove): void {
+    const topology = this.#shards.topology;
+    const migration = topology.migrations.get(move.slot);
+    if (migration === undefined) {
+      // The slot finished migrating while the command waited.
+      this.#shards.sendToPrimary(topology.slotOwner[move.slot]!, move.request, move.sink, move.clientId, move.isWrite);
+      return;
+    }
+    if ((this.#parked.length > 0 && this.#holdsParkedKey(move)) || isLocked(migration, move)) {
+      this.park(move, RETRY_DELAY_MS);
       return;
     }
     const target = this.#shards.primaryAddress(migration.to);
-    const args: (Buffer | string)[] = ['MIGRATE', target.host, String(target.port), '', '0', String(this.#options.migrateTimeoutMs)];
-    if (this.#options.password !== null) args.push('AUTH', this.#options.password);
-    args.push('KEYS', ...keys);
-    this.#shards
-      .primaryConnection(migration.from, clientId)
-      .send(encodeCommand(args), new MoveThenSend(this, migration, request, sink, clientId));
+    const args = keyMoveArgs({ host: target.host, port: target.port, timeoutMs: this.#options.migrateTimeoutMs, password: this.#options.password }, 'all');
+    const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + args.length), EVAL_HEAD, bulk(String(move.keys.length))];
+    for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
+    for (const arg of args) parts.push(bulk(arg));
+    this.#shards.primaryConnection(migration.from, move.clientId).sendParts(parts, move);
   }
 
-  sendToTarget(migration: SlotMigration, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number): void {
-    const connection = this.#shards.primaryConnection(migration.to, clientId);
-    if (Buffer.isBuffer(request)) connection.send(request, sink);
-    else connection.sendParts(request, sink);
+  #holdsParkedKey(move: KeyMove): boolean {
+    for (const name of move.names) if (this.#parkedKeys.has(name)) return true;
+    return false;
   }
+
+  /**
+   * Takes out the parked commands that may go (their retry time has come or a snapshot
+   * arrived, their keys are not locked, and no earlier parked command holds one of their keys),
+   * then routes them again in arrival order. Taking them all out first keeps two commands on
+   * one key, released together, in their order.
+   */
+  #release(isNewSnapshot: boolean): void {
+    const now = Date.now();
+    const topology = this.#shards.topology;
+    const kept: KeyMove[] = [];
+    const going: KeyMove[] = [];
+    const expired: KeyMove[] = [];
+    /** Keys of the commands kept so far: later commands on them stay behind. */
+    const held = new Set<string>();
+    for (const move of this.#parked) {
+      if (now >= move.deadline) {
+        expired.push(move);
+        continue;
+      }
+      const migration = topology.migrations.get(move.slot);
+      const isReady =
+        (isNewSnapshot || now >= move.retryAt) &&
+        !(migration !== undefined && isLocked(migration, move)) &&
+        !move.names.some((name) => held.has(name));
+      if (isReady) going.push(move);
+      else {
+        kept.push(move);
+        for (const name of move.names) held.add(name);
+      }
+    }
+    if (going.length === 0 && expired.length === 0) return;
+    this.#parked = kept;
+    this.#parkedKeys.clear();
+    for (const move of kept) for (const name of move.names) this.#parkedKeys.set(name, (this.#parkedKeys.get(name) ?? 0) + 1);
+    if (kept.length === 0) this.#stopTimer();
+    for (const move of expired) {
+      move.sink.onFailure(encodeError(`TRYAGAIN slotproxy could not move the key to its new shard in time${move.lastError === '' ? '' : `: ${move.lastError}`}`));
+    }
+    for (const move of going) this.#route(move);
+  }
+
+  #stopTimer(): void {
+    if (this.#timer !== null) {
+      clearInterval(this.#timer);
+      this.#timer = null;
+    }
+  }
+}
+
+function isLocked(migration: SlotMigration, move: KeyMove): boolean {
+  const locked = migration.lockedKeys;
+  if (locked === undefined || locked.size === 0) return false;
+  for (const name of move.names) if (locked.has(name)) return true;
+  return false;
+}
+
+function bulk(text: string): Buffer {
+  return Buffer.from(`$${Buffer.byteLength(text)}\r\n${text}\r\n`);
 }

@@ -27,7 +27,10 @@ export class LatencyHistogram {
 }
 
 /** Handling kinds used as the `class` label of the end-to-end latency histogram. */
-export const COMMAND_CLASSES = ['single', 'split', 'broadcast', 'any-shard', 'local', 'refused', 'error'] as const;
+export const COMMAND_CLASSES = [
+  'single', 'split', 'broadcast', 'any-shard', 'local', 'refused', 'transaction', 'blocking', 'pubsub',
+  'scan', 'first-non-empty', 'script', 'config-set', 'info', 'error',
+] as const;
 export type CommandClass = (typeof COMMAND_CLASSES)[number];
 
 /** Index of each class in COMMAND_CLASSES, for slots to carry as a small number. */
@@ -48,9 +51,13 @@ export class CommandStats {
   /** Sub-commands per split or broadcast command (fan-out width). */
   readonly fanOutWidth = new Float64Array(65);
 
+  /** Id under which Pub/Sub messages pushed to clients are counted. */
+  readonly pushId: number;
+
   constructor(names: readonly string[]) {
-    this.names = [...names, 'unknown'];
+    this.names = [...names, 'unknown', 'pubsub-message'];
     this.unknownId = names.length;
+    this.pushId = names.length + 1;
     this.calls = new Float64Array(this.names.length);
     this.errors = new Float64Array(this.names.length);
   }

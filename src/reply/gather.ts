@@ -1,6 +1,16 @@
 import type { ReplySink } from '../backend/reply-sink';
 import type { Merge } from '../commands/handling';
-import { firstErrorIndex, mergeAllOk, mergeFirst, mergeMget, mergeSum, mergeUnion } from './reducers';
+import {
+  firstErrorIndex,
+  mergeAllOk,
+  mergeDistinctUnion,
+  mergeFirst,
+  mergeLogicalAnd,
+  mergeMget,
+  mergePairSum,
+  mergeSum,
+  mergeUnion,
+} from './reducers';
 
 /** One piece's callback object: tells the gather which piece answered, without a closure. */
 class PieceSink implements ReplySink {
@@ -66,6 +76,12 @@ export class Gather {
         return mergeFirst(replies);
       case 'union':
         return mergeUnion(replies);
+      case 'logical-and':
+        return mergeLogicalAnd(replies);
+      case 'pair-sum':
+        return mergePairSum(replies);
+      case 'distinct-union':
+        return mergeDistinctUnion(replies);
     }
   }
 }

@@ -87,3 +87,50 @@ function unexpected(frame: Buffer): Buffer {
   const text = frame.toString('latin1', 0, Math.min(frame.length, 40)).replace(/[\r\n]+/g, ' ');
   return Buffer.from(`-ERR slotproxy could not merge a shard reply: ${text.trim()}\r\n`);
 }
+
+/** SCRIPT EXISTS: per sha, 1 only when every shard has it (agg_logical_and). */
+export function mergeLogicalAnd(replies: readonly Buffer[]): Buffer {
+  let result: number[] | null = null;
+  for (const frame of replies) {
+    const value = decodeReply(frame);
+    if (!Array.isArray(value)) return unexpected(frame);
+    const flags = value as readonly RespValue[];
+    if (result === null) result = flags.map((f) => (f === 1 ? 1 : 0));
+    else for (let i = 0; i < result.length; i++) result[i] = result[i]! & (flags[i] === 1 ? 1 : 0);
+  }
+  const out: Buffer[] = [];
+  encodeValue(result ?? [], out);
+  return Buffer.concat(out);
+}
+
+/** PUBSUB NUMSUB: [name, count, ...] from every shard, counts added per name, order kept. */
+export function mergePairSum(replies: readonly Buffer[]): Buffer {
+  let names: RespValue[] | null = null;
+  let counts: number[] = [];
+  for (const frame of replies) {
+    const value = decodeReply(frame);
+    if (!Array.isArray(value)) return unexpected(frame);
+    const pairs = value as readonly RespValue[];
+    if (names === null) {
+      names = pairs.filter((_, i) => i % 2 === 0);
+      counts = names.map(() => 0);
+    }
+    for (let i = 1; i < pairs.length; i += 2) counts[(i - 1) / 2]! += Number(pairs[i]);
+  }
+  const out: Buffer[] = [];
+  encodeValue((names ?? []).flatMap((name, i) => [name, counts[i]!]), out);
+  return Buffer.concat(out);
+}
+
+/** PUBSUB CHANNELS: the union of every shard's list, each name once. */
+export function mergeDistinctUnion(replies: readonly Buffer[]): Buffer {
+  const seen = new Map<string, RespValue>();
+  for (const frame of replies) {
+    const value = decodeReply(frame);
+    if (!Array.isArray(value)) return unexpected(frame);
+    for (const item of value as readonly RespValue[]) seen.set(Buffer.isBuffer(item) ? item.toString('latin1') : String(item), item);
+  }
+  const out: Buffer[] = [];
+  encodeValue([...seen.values()], out);
+  return Buffer.concat(out);
+}

@@ -6,7 +6,15 @@ export interface TopologyJson {
   readonly shards: readonly ShardInfo[];
   /** Inclusive slot ranges per shard, in shard order. */
   readonly slots: readonly (readonly (readonly [number, number])[])[];
-  readonly migrations: readonly (SlotMigration & { readonly slot: number })[];
+  readonly migrations: readonly MigrationJson[];
+}
+
+/** One migrating slot; locked keys (big keys being copied) as base64 of their bytes. */
+export interface MigrationJson {
+  readonly slot: number;
+  readonly from: number;
+  readonly to: number;
+  readonly lockedKeys?: readonly string[];
 }
 
 export function topologyToJson(topology: Topology): TopologyJson {
@@ -14,7 +22,7 @@ export function topologyToJson(topology: Topology): TopologyJson {
     epoch: topology.epoch,
     shards: topology.shards,
     slots: topology.slotRanges(),
-    migrations: [...topology.migrations].map(([slot, m]) => ({ slot, from: m.from, to: m.to })),
+    migrations: [...topology.migrations].map(([slot, m]) => migrationToJson(slot, m)),
   };
 }
 
@@ -29,6 +37,16 @@ export function topologyFromJson(json: TopologyJson): Topology {
   });
   const missing = owned.indexOf(0);
   if (missing >= 0) throw new RangeError(`slot ${missing} has no owner`);
-  const migrations = new Map(json.migrations.map((m) => [m.slot, { from: m.from, to: m.to }]));
+  const migrations = new Map(json.migrations.map((m) => [m.slot, migrationFromJson(m)]));
   return new Topology(json.epoch, json.shards, slotOwner, migrations);
+}
+
+function migrationToJson(slot: number, m: SlotMigration): MigrationJson {
+  if (m.lockedKeys === undefined || m.lockedKeys.size === 0) return { slot, from: m.from, to: m.to };
+  return { slot, from: m.from, to: m.to, lockedKeys: [...m.lockedKeys].map((key) => Buffer.from(key, 'latin1').toString('base64')) };
+}
+
+function migrationFromJson(m: MigrationJson): SlotMigration {
+  if (m.lockedKeys === undefined || m.lockedKeys.length === 0) return { from: m.from, to: m.to };
+  return { from: m.from, to: m.to, lockedKeys: new Set(m.lockedKeys.map((key) => Buffer.from(key, 'base64').toString('latin1'))) };
 }

@@ -32,6 +32,12 @@ export interface ShardInfo {
 export interface SlotMigration {
   readonly from: number;
   readonly to: number;
+  /**
+   * Keys of the slot being copied to `to` in chunks (big collections), each as the latin1
+   * string of its bytes: commands on them wait in the data path until a snapshot without the
+   * lock. Absent when none.
+   */
+  readonly lockedKeys?: ReadonlySet<string>;
 }
 
 export const SLOT_COUNT = 16384;

@@ -23,8 +23,25 @@ const HANDLINGS = Object.keys({
   'any-shard': true,
   local: true,
   refused: true,
+  transaction: true,
+  blocking: true,
+  pubsub: true,
+  scan: true,
+  'first-non-empty': true,
+  script: true,
+  'config-set': true,
+  info: true,
 } as const satisfies Record<Handling, true>);
-const MERGES = Object.keys({ mget: true, sum: true, 'all-ok': true, first: true, union: true } as const satisfies Record<Merge, true>);
+const MERGES = Object.keys({
+  mget: true,
+  sum: true,
+  'all-ok': true,
+  first: true,
+  union: true,
+  'logical-and': true,
+  'pair-sum': true,
+  'distinct-union': true,
+} as const satisfies Record<Merge, true>);
 
 /** Every command and subcommand: [full name, spec, raw metadata]. */
 const ENTRIES: readonly [string, CommandSpec, RawCommand][] = (() => {
@@ -145,6 +162,7 @@ describe('command table: decisions are coherent', () => {
     const expected: Readonly<Record<string, readonly Merge[]>> = {
       agg_sum: ['sum'],
       all_succeeded: ['all-ok', 'first'],
+      agg_logical_and: ['logical-and'],
     };
     expect(expected[raw.responsePolicy!], `no merge known for ${raw.responsePolicy}`).toBeDefined();
     expect(expected[raw.responsePolicy!]).toContain(spec.merge);

@@ -184,11 +184,11 @@ describe('OrderedReplies', () => {
     const b = replies.add(owner, 0, SINGLE_CLASS, 10.5);
     b.onReply(Buffer.from('-ERR x\r\n'));
     expect(drain(replies, stats, 11).count).toBe(0);
-    expect(Array.from(stats.calls)).toEqual([0, 0, 0]);
+    expect(Array.from(stats.calls)).toEqual([0, 0, 0, 0]);
     a.onReply(Buffer.from('+OK\r\n'));
     expect(drain(replies, stats, 12).count).toBe(2);
-    expect(Array.from(stats.calls)).toEqual([1, 1, 0]);
-    expect(Array.from(stats.errors)).toEqual([1, 0, 0]);
+    expect(Array.from(stats.calls)).toEqual([1, 1, 0, 0]);
+    expect(Array.from(stats.errors)).toEqual([1, 0, 0, 0]);
     expect(stats.latency[SINGLE_CLASS]!.count).toBe(2);
     expect(stats.latency[SINGLE_CLASS]!.sum).toBeCloseTo(2 + 1.5);
   });

@@ -1,0 +1,33 @@
+import type { BackendConnection } from '../backend/backend-connection';
+import type { PubSubSession } from './pubsub-session';
+import type { Transaction } from './transaction';
+
+/** A WATCH in force: the keys' slot and the client's own connection that holds the watch. */
+export interface WatchState {
+  readonly slot: number;
+  readonly shard: number;
+  readonly connection: BackendConnection;
+}
+
+/**
+ * What the dispatcher keeps for a client beyond plain commands. Created on first need, closed
+ * with the client: every connection here is the client's alone, so closing it releases a
+ * blocked command, a watch or subscriptions on the backend.
+ */
+export class ClientPins {
+  /** MULTI in progress. */
+  transaction: Transaction | null = null;
+  watch: WatchState | null = null;
+  /** The client's own connections, by shard index (blocking commands and WATCH). */
+  readonly connections = new Map<number, BackendConnection>();
+  pubsub: PubSubSession | null = null;
+
+  close(): void {
+    for (const connection of this.connections.values()) connection.close();
+    this.connections.clear();
+    this.pubsub?.close();
+    this.pubsub = null;
+    this.transaction = null;
+    this.watch = null;
+  }
+}

@@ -1,0 +1,97 @@
+import type { ReplySink } from '../backend/reply-sink';
+import { decodeReply } from '../resp/reply-decoder';
+import { encodeBulk } from '../resp/resp-writer';
+
+/** Sections the proxy writes itself; every other section comes from the shards. */
+export const PROXY_SECTION = 'proxy';
+
+/** Which sections an INFO argument list asks for (Redis 7 semantics, lowercased). */
+export function requestedSections(args: readonly string[]): { all: boolean; names: ReadonlySet<string> } {
+  if (args.length === 0) return { all: false, names: new Set(['default']) };
+  const names = new Set(args.map((a) => a.toLowerCase()));
+  return { all: names.has('all') || names.has('everything'), names };
+}
+
+export function includesSection(requested: { all: boolean; names: ReadonlySet<string> }, section: string): boolean {
+  return requested.all || requested.names.has('default') || requested.names.has(section);
+}
+
+/** Splits INFO text into sections by their `# Name` headers, keeping order. */
+function sections(text: string): { name: string; body: string[] }[] {
+  const out: { name: string; body: string[] }[] = [];
+  for (const line of text.split('\r\n')) {
+    if (line.startsWith('# ')) out.push({ name: line.slice(2), body: [] });
+    else if (line !== '' && out.length > 0) out[out.length - 1]!.body.push(line);
+  }
+  return out;
+}
+
+/** `db0:keys=3,expires=1,avg_ttl=0` lines of every shard, added up per database. */
+function sumKeyspace(texts: readonly string[]): string[] {
+  const totals = new Map<string, { keys: number; expires: number; ttlWeighted: number }>();
+  for (const text of texts) {
+    for (const section of sections(text)) {
+      if (section.name !== 'Keyspace') continue;
+      for (const line of section.body) {
+        const match = /^(db\d+):keys=(\d+),expires=(\d+),avg_ttl=(\d+)/.exec(line);
+        if (match === null) continue;
+        const total = totals.get(match[1]!) ?? { keys: 0, expires: 0, ttlWeighted: 0 };
+        total.keys += Number(match[2]);
+        total.expires += Number(match[3]);
+        total.ttlWeighted += Number(match[4]) * Number(match[3]);
+        totals.set(match[1]!, total);
+      }
+    }
+  }
+  return [...totals].map(
+    ([db, t]) => `${db}:keys=${t.keys},expires=${t.expires},avg_ttl=${t.expires > 0 ? Math.round(t.ttlWeighted / t.expires) : 0}`,
+  );
+}
+
+/**
+ * Gathers every shard's INFO and answers with the proxy's section first, the first shard's
+ * sections next (servers are configured alike), and the keyspace summed over all shards.
+ */
+export class InfoSink {
+  readonly #target: ReplySink;
+  readonly #proxySection: string | null;
+  readonly #wantsKeyspace: boolean;
+  readonly #replies: Buffer[];
+  #received = 0;
+
+  constructor(target: ReplySink, shardCount: number, proxySection: string | null, wantsKeyspace: boolean) {
+    this.#target = target;
+    this.#proxySection = proxySection;
+    this.#wantsKeyspace = wantsKeyspace;
+    this.#replies = new Array<Buffer>(shardCount);
+  }
+
+  piece(index: number): ReplySink {
+    return {
+      onReply: (frame: Buffer) => this.#onPiece(index, frame),
+      onFailure: (error: Buffer) => this.#onPiece(index, error),
+    };
+  }
+
+  #onPiece(index: number, frame: Buffer): void {
+    this.#replies[index] = frame;
+    if (++this.#received < this.#replies.length) return;
+    const failed = this.#replies.find((r) => r[0] === 45);
+    if (failed !== undefined) {
+      this.#target.onReply(failed);
+      return;
+    }
+    const texts = this.#replies.map((r) => {
+      const value = decodeReply(r);
+      return Buffer.isBuffer(value) ? value.toString('utf8') : '';
+    });
+    const parts: string[] = [];
+    if (this.#proxySection !== null) parts.push(this.#proxySection);
+    for (const section of sections(texts[0] ?? '')) {
+      if (section.name === 'Keyspace') continue;
+      parts.push([`# ${section.name}`, ...section.body].join('\r\n'));
+    }
+    if (this.#wantsKeyspace) parts.push(['# Keyspace', ...sumKeyspace(texts)].join('\r\n'));
+    this.#target.onReply(encodeBulk(`${parts.join('\r\n\r\n')}\r\n`));
+  }
+}

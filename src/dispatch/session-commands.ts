@@ -1,0 +1,293 @@
+import type { ReplySink } from '../backend/reply-sink';
+import type { CommandSpec } from '../commands/handling';
+import type { RequestFrame } from '../resp/request-parser';
+import { CROSSSLOT, encodeError, OK } from '../resp/resp-writer';
+import { commandSlot, CROSS_SLOT, NO_KEYS } from '../routing/route-planner';
+import type { ClientContext } from './client-context';
+import { ClientPins } from './client-pins';
+import { wrongArity } from './local-commands';
+import { PubSubSession } from './pubsub-session';
+import type { ShardAccess } from './shard-access';
+import { EXEC_REQUEST, Transaction, UNWATCH_REQUEST } from './transaction';
+
+const EXECABORT = encodeError('EXECABORT Transaction discarded because of previous errors.');
+const QUEUED_REPLY = Buffer.from('+QUEUED\r\n');
+const PONG_SUBSCRIBED = Buffer.from('*2\r\n$4\r\npong\r\n$0\r\n\r\n');
+
+/** Commands a subscribed RESP2 client may send (redis-server's list). */
+const ALLOWED_WHILE_SUBSCRIBED: ReadonlySet<string> = new Set([
+  'subscribe', 'ssubscribe', 'psubscribe', 'unsubscribe', 'sunsubscribe', 'punsubscribe', 'ping', 'quit', 'reset',
+]);
+
+/** Handlings that cannot be queued in a transaction: they are not one shard's to run. */
+const NOT_IN_TRANSACTION: ReadonlySet<string> = new Set(['broadcast', 'scan', 'first-non-empty', 'config-set', 'info', 'pubsub', 'refused']);
+
+function isValidArity(spec: CommandSpec, argc: number): boolean {
+  return spec.arity > 0 ? argc === spec.arity : argc >= -spec.arity;
+}
+
+/**
+ * Commands that change the state of the connection they run on — transactions, WATCH,
+ * blocking commands, Pub/Sub — carried out so that no shared backend connection ever holds
+ * one client's state.
+ */
+export class SessionCommands {
+  readonly #shards: ShardAccess;
+
+  constructor(shards: ShardAccess) {
+    this.#shards = shards;
+  }
+
+  /**
+   * Called before normal dispatch for a client with pins. Returns true when it took the command
+   * (queued it in a transaction, or refused it in subscribed mode).
+   */
+  intercept(frame: RequestFrame, spec: CommandSpec | undefined, client: ClientContext, pins: ClientPins): boolean {
+    if (pins.pubsub !== null && pins.pubsub.isSubscribed) {
+      const name = spec?.name ?? frame.argString(0).toLowerCase();
+      if (name === 'ping') {
+        client.reply(frame.argc > 1 ? Buffer.concat([Buffer.from(`*2\r\n$4\r\npong\r\n$${frame.argLength(1)}\r\n`), frame.arg(1), Buffer.from('\r\n')]) : PONG_SUBSCRIBED, spec ?? null);
+        return true;
+      }
+      if (!ALLOWED_WHILE_SUBSCRIBED.has(name)) {
+        client.reply(
+          encodeError(`ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`),
+          spec ?? null,
+        );
+        return true;
+      }
+      return false;
+    }
+    const transaction = pins.transaction;
+    if (transaction === null || (spec !== undefined && spec.handling === 'transaction')) return false;
+    if (spec === undefined) return false; // the dispatcher answers "unknown command" and aborts the transaction
+    this.#queue(frame, spec, client, transaction);
+    return true;
+  }
+
+  /** A command was refused while a transaction was open: EXEC must abort, as Redis does. */
+  abortTransaction(client: ClientContext): void {
+    if (client.pins?.transaction) client.pins.transaction.isAborted = true;
+  }
+
+  transaction(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    if (!isValidArity(spec, frame.argc)) {
+      client.reply(wrongArity(spec.name), spec);
+      return;
+    }
+    const pins = (client.pins ??= new ClientPins());
+    switch (spec.name) {
+      case 'multi':
+        if (pins.transaction !== null) {
+          client.reply(encodeError('ERR MULTI calls can not be nested'), spec);
+          return;
+        }
+        pins.transaction = new Transaction(pins.watch?.slot ?? NO_KEYS);
+        client.reply(OK, spec);
+        return;
+      case 'discard':
+        if (pins.transaction === null) {
+          client.reply(encodeError('ERR DISCARD without MULTI'), spec);
+          return;
+        }
+        pins.transaction = null;
+        this.#unwatch(pins, null);
+        client.reply(OK, spec);
+        return;
+      case 'exec':
+        this.#exec(spec, client, pins);
+        return;
+      case 'watch':
+        this.#watch(frame, spec, client, pins);
+        return;
+      case 'unwatch':
+        if (pins.transaction !== null) {
+          // Inside MULTI, UNWATCH is queued like any command.
+          this.#queue(frame, spec, client, pins.transaction);
+          return;
+        }
+        if (pins.watch === null) client.reply(OK, spec);
+        else this.#unwatch(pins, client.awaitReply(spec));
+        return;
+    }
+  }
+
+  /** A blocking command on the client's own connection; reading pauses until it answers. */
+  blocking(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    const isStreamRead = spec.name === 'xread' || spec.name === 'xreadgroup';
+    if (isStreamRead && !hasBlockOption(frame)) {
+      // XREAD without BLOCK never blocks: an ordinary single-slot command.
+      this.#sendBySlot(frame, spec, client);
+      return;
+    }
+    if (spec.name === 'wait') {
+      this.#wait(frame, spec, client);
+      return;
+    }
+    const slot = commandSlot(frame, spec);
+    if (slot === CROSS_SLOT) {
+      client.reply(CROSSSLOT, spec);
+      return;
+    }
+    const shard = slot === NO_KEYS ? this.#shards.anyShard() : this.#shards.topology.slotOwner[slot]!;
+    this.#ownConnection(client, shard).send(frame.bytes(), client.awaitReply(spec));
+    client.holdUntilReplied();
+  }
+
+  pubsub(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    const pins = (client.pins ??= new ClientPins());
+    if (pins.pubsub === null) {
+      const shards = this.#shards;
+      pins.pubsub = new PubSubSession(client, {
+        get shardCount() {
+          return shards.topology.shards.length;
+        },
+        shardOfSlot: (slot) => shards.topology.slotOwner[slot]!,
+        openPushConnection: (shard, sink) => shards.dedicatedConnection(shard, sink),
+      });
+    }
+    pins.pubsub.handle(frame, spec);
+  }
+
+  /** RESET: the client's transaction, watch, blocking and Pub/Sub state go away. */
+  reset(client: ClientContext): void {
+    client.pins?.close();
+    client.pins = null;
+  }
+
+  #queue(frame: RequestFrame, spec: CommandSpec, client: ClientContext, transaction: Transaction): void {
+    const reject = (error: Buffer): void => {
+      transaction.isAborted = true;
+      client.reply(error, spec);
+    };
+    if (!isValidArity(spec, frame.argc)) return reject(wrongArity(spec.name));
+    if (NOT_IN_TRANSACTION.has(spec.handling) || (spec.handling === 'local' && spec.name !== 'ping' && spec.name !== 'echo')) {
+      return reject(encodeError(`ERR command '${spec.name}' cannot be queued in a transaction through slotproxy`));
+    }
+    if (spec.name === 'watch') return reject(encodeError('ERR WATCH inside MULTI is not allowed'));
+    const slot = commandSlot(frame, spec);
+    if (slot === CROSS_SLOT || (slot !== NO_KEYS && transaction.slot !== NO_KEYS && slot !== transaction.slot)) {
+      return reject(CROSSSLOT);
+    }
+    if (slot !== NO_KEYS) transaction.slot = slot;
+    transaction.queue(frame.bytes());
+    client.reply(QUEUED_REPLY, spec);
+  }
+
+  #exec(spec: CommandSpec, client: ClientContext, pins: ClientPins): void {
+    const transaction = pins.transaction;
+    if (transaction === null) {
+      client.reply(encodeError('ERR EXEC without MULTI'), spec);
+      return;
+    }
+    pins.transaction = null;
+    const watch = pins.watch;
+    pins.watch = null;
+    if (transaction.isAborted) {
+      // Redis unwatches on EXEC whatever happens.
+      watch?.connection.send(UNWATCH_REQUEST, IGNORE);
+      client.reply(EXECABORT, spec);
+      return;
+    }
+    const shards = this.#shards;
+    const shard =
+      watch !== null ? watch.shard : transaction.slot === NO_KEYS ? shards.anyShard() : shards.topology.slotOwner[transaction.slot]!;
+    const connection = watch !== null ? watch.connection : shards.primaryConnection(shard, client.id);
+    // MULTI and the queued commands were answered +OK/+QUEUED already; only EXEC's reply goes on.
+    connection.sendBatch([...transaction.parts, EXEC_REQUEST], transaction.count + 1, client.awaitReply(spec));
+  }
+
+  #watch(frame: RequestFrame, spec: CommandSpec, client: ClientContext, pins: ClientPins): void {
+    if (pins.transaction !== null) {
+      client.reply(encodeError('ERR WATCH inside MULTI is not allowed'), spec);
+      return;
+    }
+    const slot = commandSlot(frame, spec);
+    if (slot === CROSS_SLOT || (pins.watch !== null && slot !== pins.watch.slot)) {
+      client.reply(CROSSSLOT, spec);
+      return;
+    }
+    const shard = this.#shards.topology.slotOwner[slot]!;
+    const connection = this.#ownConnection(client, shard);
+    pins.watch = { slot, shard, connection };
+    connection.send(frame.bytes(), client.awaitReply(spec));
+  }
+
+  #unwatch(pins: ClientPins, sink: ReplySink | null): void {
+    const watch = pins.watch;
+    pins.watch = null;
+    if (watch === null) return;
+    watch.connection.send(UNWATCH_REQUEST, sink ?? IGNORE);
+  }
+
+  /**
+   * WAIT through a proxy: the client's writes went to several shards, each on a shared
+   * connection. Once every earlier reply of the client is in (so its writes ran), each shard is
+   * asked on a connection of the client's own to replicate everything up to now: a replicated
+   * no-op (PUBLISH on a proxy channel) moves that connection's offset to the present, then WAIT
+   * waits for it. The answer is the smallest count over the shards.
+   */
+  #wait(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    const shardCount = this.#shards.topology.shards.length;
+    const gather = new WaitGather(client.awaitReply(spec), shardCount);
+    const request = frame.bytes();
+    for (let shard = 0; shard < shardCount; shard++) this.#ownConnection(client, shard).sendBatch([WAIT_NOOP, request], 1, gather);
+    client.holdUntilReplied();
+  }
+
+  #sendBySlot(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    const slot = commandSlot(frame, spec);
+    if (slot === CROSS_SLOT) {
+      client.reply(CROSSSLOT, spec);
+      return;
+    }
+    const shard = slot === NO_KEYS ? this.#shards.anyShard() : this.#shards.topology.slotOwner[slot]!;
+    this.#shards.send(shard, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
+  }
+
+  #ownConnection(client: ClientContext, shard: number): ReturnType<ShardAccess['dedicatedConnection']> {
+    const pins = (client.pins ??= new ClientPins());
+    let connection = pins.connections.get(shard);
+    if (connection === undefined || connection.state === 'closed') {
+      connection = this.#shards.dedicatedConnection(shard);
+      pins.connections.set(shard, connection);
+    }
+    return connection;
+  }
+}
+
+const IGNORE: ReplySink = { onReply(): void {}, onFailure(): void {} };
+
+/** WAIT's replies from every shard: the smallest count, or the first error. */
+class WaitGather implements ReplySink {
+  readonly #target: ReplySink;
+  #remaining: number;
+  #least = Number.MAX_SAFE_INTEGER;
+  #error: Buffer | null = null;
+
+  constructor(target: ReplySink, shardCount: number) {
+    this.#target = target;
+    this.#remaining = shardCount;
+  }
+
+  onReply(frame: Buffer): void {
+    if (frame[0] === 58) this.#least = Math.min(this.#least, Number(frame.toString('latin1', 1, frame.length - 2)));
+    else this.#error ??= frame;
+    if (--this.#remaining === 0) this.#target.onReply(this.#error ?? Buffer.from(`:${this.#least}\r\n`));
+  }
+
+  onFailure(error: Buffer): void {
+    this.onReply(error);
+  }
+}
+
+/** A write Redis replicates that changes no data (PUBLISH is replicated outside cluster mode). */
+const WAIT_NOOP = Buffer.from('*3\r\n$7\r\nPUBLISH\r\n$18\r\n__slotproxy__:wait\r\n$0\r\n\r\n');
+
+function hasBlockOption(frame: RequestFrame): boolean {
+  for (let i = 1; i < frame.argc; i++) {
+    if (frame.argIs(i, 'block')) return true;
+    if (frame.argIs(i, 'streams')) return false;
+  }
+  return false;
+}

@@ -1,0 +1,16 @@
+import type { BackendConnection, PushSink } from '../backend/backend-connection';
+import type { ReplySink } from '../backend/reply-sink';
+import type { Topology } from '../topology/topology';
+
+/** What the command handlers beside the dispatcher need of it: the shards and how to reach them. */
+export interface ShardAccess {
+  readonly topology: Topology;
+  /** Sends through the shared pools (failover parking, readFrom and durable writes apply). */
+  send(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean): void;
+  /** The client's shared connection to a shard's primary. */
+  primaryConnection(shard: number, clientId: number): BackendConnection;
+  /** A new connection of the client's own to a shard's primary; the caller closes it. */
+  dedicatedConnection(shard: number, pushSink?: PushSink): BackendConnection;
+  /** A shard for a keyless command, rotating. */
+  anyShard(): number;
+}

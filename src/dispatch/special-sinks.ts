@@ -1,0 +1,161 @@
+import type { BackendConnection } from '../backend/backend-connection';
+import type { ReplySink } from '../backend/reply-sink';
+import { decodeReply } from '../resp/reply-decoder';
+import { encodeCommand, encodeError, encodeValue, type RespValue } from '../resp/resp-writer';
+
+/**
+ * Reply sinks for the commands whose reply the proxy must look at before the client sees it.
+ * Each is one object per command, holding what the next step needs.
+ */
+
+/** Bits of a virtual SCAN cursor that carry the shard index (up to 1024 shards). */
+export const SCAN_SHARD_BITS = 10n;
+const SCAN_SHARD_MASK = (1n << SCAN_SHARD_BITS) - 1n;
+
+/** A virtual SCAN cursor split into the shard and that shard's own cursor; null if malformed. */
+export function decodeScanCursor(text: string): { shard: number; cursor: bigint } | null {
+  if (!/^\d+$/.test(text)) return null;
+  const value = BigInt(text);
+  if (value >= 1n << 64n) return null;
+  return { shard: Number(value & SCAN_SHARD_MASK), cursor: value >> SCAN_SHARD_BITS };
+}
+
+/**
+ * Rewrites a shard's SCAN reply: its next cursor becomes a virtual one carrying the shard;
+ * a finished shard hands over to the next shard, and the last one ends the scan with 0.
+ */
+export class ScanSink implements ReplySink {
+  readonly #target: ReplySink;
+  readonly #shard: number;
+  readonly #shardCount: number;
+
+  constructor(target: ReplySink, shard: number, shardCount: number) {
+    this.#target = target;
+    this.#shard = shard;
+    this.#shardCount = shardCount;
+  }
+
+  onReply(frame: Buffer): void {
+    const value = decodeReply(frame);
+    if (!Array.isArray(value) || value.length !== 2 || !Buffer.isBuffer(value[0])) {
+      this.#target.onReply(frame);
+      return;
+    }
+    const next = BigInt((value[0] as Buffer).toString('latin1'));
+    let virtual: bigint;
+    if (next !== 0n) virtual = (next << SCAN_SHARD_BITS) | BigInt(this.#shard);
+    else virtual = this.#shard + 1 < this.#shardCount ? BigInt(this.#shard + 1) : 0n;
+    const out: Buffer[] = [];
+    encodeValue([Buffer.from(virtual.toString()), value[1] as RespValue], out);
+    this.#target.onReply(Buffer.concat(out));
+  }
+
+  onFailure(error: Buffer): void {
+    this.#target.onFailure(error);
+  }
+}
+
+/** Sends a keyless request to the next shard; what RANDOMKEY's retries need of the dispatcher. */
+export interface ShardSender {
+  sendToShard(shard: number, request: Buffer, sink: ReplySink, clientId: number): void;
+}
+
+const NULL_BULK_FRAME = Buffer.from('$-1\r\n');
+
+/** RANDOMKEY: a shard with no keys answers nil; then the next shard is asked, until all were. */
+export class FirstNonEmptySink implements ReplySink {
+  readonly #target: ReplySink;
+  readonly #sender: ShardSender;
+  readonly #request: Buffer;
+  readonly #clientId: number;
+  readonly #shardCount: number;
+  #shard: number;
+  #tried = 1;
+
+  constructor(target: ReplySink, sender: ShardSender, request: Buffer, clientId: number, firstShard: number, shardCount: number) {
+    this.#target = target;
+    this.#sender = sender;
+    this.#request = request;
+    this.#clientId = clientId;
+    this.#shard = firstShard;
+    this.#shardCount = shardCount;
+  }
+
+  onReply(frame: Buffer): void {
+    if (frame.equals(NULL_BULK_FRAME) && this.#tried < this.#shardCount) {
+      this.#tried++;
+      this.#shard = (this.#shard + 1) % this.#shardCount;
+      this.#sender.sendToShard(this.#shard, this.#request, this, this.#clientId);
+      return;
+    }
+    this.#target.onReply(frame);
+  }
+
+  onFailure(error: Buffer): void {
+    this.#target.onFailure(error);
+  }
+}
+
+/**
+ * EVALSHA of a script the proxy has seen (EVAL or SCRIPT LOAD) answered NOSCRIPT by a shard
+ * that never ran it: load it there and run the EVALSHA again, so the client never sees it.
+ */
+export class NoScriptSink implements ReplySink {
+  readonly #target: ReplySink;
+  readonly #connection: BackendConnection;
+  readonly #body: Buffer;
+  readonly #request: Buffer;
+  #isRetried = false;
+
+  constructor(target: ReplySink, connection: BackendConnection, body: Buffer, request: Buffer) {
+    this.#target = target;
+    this.#connection = connection;
+    this.#body = body;
+    this.#request = request;
+  }
+
+  onReply(frame: Buffer): void {
+    if (!this.#isRetried && frame.toString('latin1', 0, 9) === '-NOSCRIPT') {
+      this.#isRetried = true;
+      // SCRIPT LOAD's reply is swallowed; the EVALSHA's comes back here.
+      this.#connection.sendBatch([encodeCommand(['SCRIPT', 'LOAD', this.#body]), this.#request], 1, this);
+      return;
+    }
+    this.#target.onReply(frame);
+  }
+
+  onFailure(error: Buffer): void {
+    this.#target.onFailure(error);
+  }
+}
+
+/** CONFIG SET on every node: +OK when all agree, else an error naming the nodes that refused. */
+export class EveryNodeSink {
+  readonly #target: ReplySink;
+  readonly #names: readonly string[];
+  readonly #replies: (Buffer | undefined)[];
+  #received = 0;
+
+  constructor(target: ReplySink, nodeNames: readonly string[]) {
+    this.#target = target;
+    this.#names = nodeNames;
+    this.#replies = new Array<Buffer | undefined>(nodeNames.length);
+  }
+
+  piece(index: number): ReplySink {
+    return {
+      onReply: (frame: Buffer) => this.#onPiece(index, frame),
+      onFailure: (error: Buffer) => this.#onPiece(index, error),
+    };
+  }
+
+  #onPiece(index: number, frame: Buffer): void {
+    this.#replies[index] = frame;
+    if (++this.#received < this.#names.length) return;
+    const refused: string[] = [];
+    this.#replies.forEach((reply, i) => {
+      if (reply![0] === 45) refused.push(`${this.#names[i]}: ${reply!.toString('utf8', 1, reply!.length - 2)}`);
+    });
+    this.#target.onReply(refused.length === 0 ? this.#replies[0]! : encodeError(`ERR CONFIG SET refused by ${refused.join('; ')}`));
+  }
+}
