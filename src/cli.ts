@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import cluster from 'node:cluster';
 import { ConfigError, loadConfigFile } from './config/load-config';
+import { StateFileError } from './control/state-file';
 import { runWorker } from './cli/workers';
 import { runStart } from './cli/start';
 import { VERSION } from './cli/version';
@@ -72,7 +73,7 @@ main(process.argv.slice(2)).then(
     if (code >= 0) process.exit(code);
   },
   (err: unknown) => {
-    if (err instanceof ConfigError) {
+    if (err instanceof ConfigError || err instanceof StateFileError) {
       process.stderr.write(`slotproxy: ${err.message}\n`);
       process.exit(78);
     }

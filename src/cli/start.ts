@@ -63,10 +63,12 @@ export async function startDataPath(
 export async function startProxy(config: ProxyConfig): Promise<RunningProxy> {
   log.setLevel(config.logLevel);
   const control = new ControlPlane(config);
+  // Nothing is routed on roles the health checks have not confirmed.
+  await control.start();
   const data = await startDataPath(config, control.store, newIdentity());
   const metrics = await startMetricsServer(config, control.store, false).catch(async (err: unknown) => {
     await data.close();
-    control.close();
+    await control.close();
     throw err;
   });
   log.info('listening', {
@@ -82,7 +84,7 @@ export async function startProxy(config: ProxyConfig): Promise<RunningProxy> {
     async close() {
       await metrics?.close();
       await data.close();
-      control.close();
+      await control.close();
       log.info('stopped');
     },
   };

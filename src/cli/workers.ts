@@ -27,6 +27,7 @@ type FromWorker = { readonly type: 'listening'; readonly host: string; readonly 
 export async function runPrimary(config: ProxyConfig): Promise<void> {
   log.setLevel(config.logLevel);
   const control = new ControlPlane(config);
+  await control.start();
   const identity = newIdentity();
   const workers = new Map<Worker, number>();
   let isStopping = false;
@@ -74,7 +75,7 @@ export async function runPrimary(config: ProxyConfig): Promise<void> {
       worker.process.kill('SIGTERM');
     }));
     await Promise.all(exits);
-    control.close();
+    await control.close();
     log.info('stopped');
   });
 }
