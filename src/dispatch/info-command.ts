@@ -76,15 +76,18 @@ export class InfoSink {
   #onPiece(index: number, frame: Buffer): void {
     this.#replies[index] = frame;
     if (++this.#received < this.#replies.length) return;
-    const failed = this.#replies.find((r) => r[0] === 45);
-    if (failed !== undefined) {
-      this.#target.onReply(failed);
+    // A shard that is down must not make INFO fail: clients (ioredis's ready check) and
+    // operators need it most then. The healthy shards speak; the Proxy section shows the rest.
+    const texts = this.#replies
+      .filter((r) => r[0] !== 45)
+      .map((r) => {
+        const value = decodeReply(r);
+        return Buffer.isBuffer(value) ? value.toString('utf8') : '';
+      });
+    if (texts.length === 0 && this.#proxySection === null) {
+      this.#target.onReply(this.#replies[0]!);
       return;
     }
-    const texts = this.#replies.map((r) => {
-      const value = decodeReply(r);
-      return Buffer.isBuffer(value) ? value.toString('utf8') : '';
-    });
     const parts: string[] = [];
     if (this.#proxySection !== null) parts.push(this.#proxySection);
     for (const section of sections(texts[0] ?? '')) {
