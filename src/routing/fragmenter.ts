@@ -1,6 +1,6 @@
 import type { CommandSpec } from '../commands/handling';
 import type { RequestFrame } from '../resp/request-parser';
-import { CRLF } from '../resp/resp-writer';
+import { CRLF, encodeArrayHeader } from '../resp/resp-writer';
 import type { SlotMigration } from '../topology/topology';
 import { argSlot } from './key-slot';
 
@@ -28,8 +28,17 @@ export interface Fragmentation {
 const NO_MIGRATIONS: ReadonlyMap<number, SlotMigration> = new Map();
 
 /**
+ * Where argument i's bulk starts in the request, its `$len\r\n` header included: the header
+ * follows the previous argument's CRLF, so the whole `$len\r\nbytes\r\n` is one view.
+ */
+function bulkStart(frame: RequestFrame, i: number): number {
+  return frame.argEnd[i - 1]! + 2;
+}
+
+/**
  * Groups the keys of MGET/MSET/DEL/... per shard, one sub-command per shard (not one per key),
- * keeping the request's key order inside each. Key and value bytes are views of the request.
+ * keeping the request's key order inside each. Each key (with its MSET value) travels as one
+ * view of the request bytes, header included; only the sub-command headers are new.
  */
 export function fragment(
   frame: RequestFrame,
@@ -41,8 +50,8 @@ export function fragment(
   const keyCount = Math.floor((frame.argc - 1) / step);
   const keyFragment = new Int32Array(keyCount);
   const fragments: Fragment[] = [];
-  /** shard index -> index in fragments; a migrating slot s is keyed -1 - s, a piece of its own. */
-  const byShard = new Map<number, number>();
+  /** Group -> index in fragments: a shard index, or -1 - slot for a migrating slot (a piece of its own). */
+  const byGroup = new Map<number, number>();
   const hasMigrations = migrations.size > 0;
   for (let k = 0; k < keyCount; k++) {
     const keyArg = 1 + k * step;
@@ -50,24 +59,28 @@ export function fragment(
     const migration = hasMigrations ? (migrations.get(slot) ?? null) : null;
     const shard = migration === null ? slotOwner[slot]! : migration.to;
     const group = migration === null ? shard : -1 - slot;
-    let f = byShard.get(group);
+    let f = byGroup.get(group);
     if (f === undefined) {
       f = fragments.length;
-      byShard.set(group, f);
-      fragments.push({ shard, parts: [], keyCount: 0, migration, keys: [] });
+      byGroup.set(group, f);
+      // Slot 0 holds the header, written once the key count is known.
+      fragments.push({ shard, parts: [CRLF], keyCount: 0, migration, keys: [] });
     }
     const piece = fragments[f]!;
     piece.keyCount++;
-    if (migration !== null) piece.keys.push(frame.arg(keyArg));
     keyFragment[k] = f;
-    for (let a = keyArg; a < keyArg + step; a++) {
-      piece.parts.push(Buffer.from(`$${frame.argLength(a)}\r\n`), frame.arg(a), CRLF);
-    }
+    if (migration !== null) piece.keys.push(frame.arg(keyArg));
+    piece.parts.push(frame.buf.subarray(bulkStart(frame, keyArg), frame.argEnd[keyArg + step - 1]! + 2));
   }
-  const name = frame.arg(0);
-  const nameHeader = Buffer.from(`$${name.length}\r\n`);
+  const nameLength = frame.argEnd[0]! - frame.argStart[0]!;
+  const nameBulk = frame.buf.subarray(frame.argStart[0]! - headerLength(nameLength), frame.argEnd[0]! + 2);
   for (const piece of fragments) {
-    piece.parts.unshift(Buffer.from(`*${1 + piece.keyCount * step}\r\n`), nameHeader, name, CRLF);
+    piece.parts[0] = Buffer.concat([encodeArrayHeader(1 + piece.keyCount * step), nameBulk]);
   }
   return { fragments, keyFragment };
+}
+
+/** Length of `$<n>\r\n`. */
+function headerLength(n: number): number {
+  return String(n).length + 3;
 }
