@@ -104,6 +104,8 @@ const OVERRIDES: Readonly<Record<string, Override>> = {
   save: refused(CONTROL),
   waitaof: refused('needs AOF fsync tracking per shard (Redis 7.2+)'),
   'restore-asking': refused(CONTROL),
+  trimslots: refused('a Redis Cluster slot command; the proxy owns slot placement'),
+  'script|debug': refused('puts the connection into the Lua debugger, which a shared connection cannot be'),
 
   // Transactions: queued in the proxy, run on one shard.
   multi: { handling: 'transaction' },
