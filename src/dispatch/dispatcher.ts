@@ -136,7 +136,9 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
       client.reply(unknownCommand(frame), null);
       return;
     }
-    if (spec.subcommands !== null) {
+    // A command with subcommands named alone: COMMAND (arity -1) is valid and keeps its own
+    // handling; for the others Redis answers an arity error.
+    if (spec.subcommands !== null && spec.arity !== -1) {
       client.reply(wrongArity(spec.name), spec);
       return;
     }
@@ -372,6 +374,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
     const count = this.#shards.length;
     const bytes = frame.bytes();
     if (spec.name === 'script|load' && frame.argc === 3) this.rememberScript(frame.arg(2));
+    // After SCRIPT FLUSH, EVALSHA must answer NOSCRIPT as Redis does: forget the bodies too.
+    if (spec.name === 'script|flush') this.#scripts.clear();
     this.#stats.commands.recordFanOut(count);
     const gather = new Gather(client.awaitReply(spec), spec.merge!, count, null);
     for (let s = 0; s < count; s++) this.#send(s, bytes, gather.piece(s), client.id, spec.isWrite, spec.isReadonly);
