@@ -28,6 +28,11 @@ export interface BackendConnectionOptions {
   /** Counters of this node, shared by its connections. */
   readonly stats: NodeStats;
   /**
+   * Reconnect by itself once the backoff has passed, so an idle pool sees its node come back
+   * (metrics, /readyz) without waiting for a command. Off for a client's own connections.
+   */
+  readonly reconnectsInBackground?: boolean;
+  /**
    * Set for a connection in Pub/Sub mode: every frame it reads (subscription confirmations and
    * messages) goes here, none to a request, since pushes interleave freely with confirmations.
    */
@@ -319,6 +324,12 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
       if (this.#state !== 'closed') {
         this.#setState('down');
         this.#retryAt = Date.now() + this.#backoffMs;
+        if (this.#options.reconnectsInBackground === true) {
+          const timer = setTimeout(() => {
+            if (this.#state === 'down') this.#connect();
+          }, this.#backoffMs);
+          timer.unref();
+        }
         this.#backoffMs = Math.min(this.#backoffMs * 2, MAX_BACKOFF_MS);
       }
       this.#failAll(this.#lastError || 'connection lost');

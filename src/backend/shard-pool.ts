@@ -79,7 +79,7 @@ export class BackendPools {
     let pool = this.#nodes.get(key);
     if (pool === undefined) {
       pool = new NodePool(
-        { ...this.#options, address, shardName, stats: this.#options.stats.node(shardName, nodeKey(address)) },
+        { ...this.#options, address, shardName, stats: this.#options.stats.node(shardName, nodeKey(address)), reconnectsInBackground: true },
         this.#options.connectionsPerNode,
       );
       this.#nodes.set(key, pool);

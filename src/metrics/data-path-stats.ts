@@ -79,8 +79,9 @@ export class NodeStats {
   readonly shard: string;
   readonly node: string;
   requests = 0;
-  /** Replies that were errors (`-...`) plus requests that failed without a reply. */
+  /** Replies that were errors (`-...`). */
   errors = 0;
+  /** Requests that failed without a reply (connection lost, node unavailable). */
   failures = 0;
   readonly latency = new LatencyHistogram();
   /** Connections of the node by state, kept current by the connections. */
@@ -106,7 +107,11 @@ export class ClientStats {
   /** Requests parsed from one socket read (pipeline depth), bucketed by power of two. */
   readonly pipelineDepth = new Float64Array(16);
 
+  /** Requests parsed from all reads: the pipeline-depth histogram's sum. */
+  requestsRead = 0;
+
   recordPipelineDepth(requests: number): void {
+    this.requestsRead += requests;
     let bucket = 0;
     while (bucket < 15 && 1 << bucket < requests) bucket++;
     this.pipelineDepth[bucket]!++;

@@ -76,14 +76,11 @@ export const DATA_PATH_METRICS = [
   },
   {
     name: 'slotproxy_pipeline_depth',
-    help: 'Requests parsed from one socket read of a client (pipeline depth). The sum counts the commands answered.',
+    help: 'Requests parsed from one socket read of a client (pipeline depth).',
     type: 'histogram',
     read: (stats, out) => {
       const counts = stats.clients.pipelineDepth;
-      // DataPathStats keeps no sum of requests per read; every parsed request is answered once,
-      // so the commands answered are that sum but for the ones still in flight.
-      let sum = 0;
-      for (const calls of stats.commands.calls) sum += calls;
+      const sum = stats.clients.requestsRead;
       pushBuckets(out, 'slotproxy_pipeline_depth', {}, PIPELINE_BOUNDS, (_bound, _previous, i) => counts[i]!, counts, sum);
     },
   },
