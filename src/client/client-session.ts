@@ -9,6 +9,7 @@ import { tick, turnTime } from '../io/turn-clock';
 import { CLASS_INDEX, type DataPathStats } from '../metrics/data-path-stats';
 import { OrderedReplies } from '../reply/ordered-replies';
 import type { ReplySlot, SlotOwner } from '../reply/reply-slot';
+import { log } from '../log/logger';
 import { ProtocolError } from '../resp/protocol-error';
 import { RequestParser, type RequestFrame, type RequestSink } from '../resp/request-parser';
 import { encodeError } from '../resp/resp-writer';
@@ -93,7 +94,15 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   onRequest(frame: RequestFrame): void {
     if (this.#state !== 'open') return;
     this.#requestsThisRead++;
-    this.#dispatcher.dispatch(frame, this);
+    try {
+      this.#dispatcher.dispatch(frame, this);
+    } catch (err) {
+      // A bug must cost this client its connection, not every client the proxy.
+      log.error('dispatch failed', { client: this.id, command: frame.argString(0).slice(0, 32), error: String((err as Error).stack ?? err) });
+      this.reply(encodeError('ERR slotproxy internal error; the connection is closed'), null);
+      this.closeAfterReplies();
+      return;
+    }
     if (this.#replies.length >= this.#limits.maxPendingReplies) this.#pause();
   }
 
