@@ -225,6 +225,48 @@ export function lookupCommand(name: string): CommandSpec | undefined {
   return COMMAND_TABLE.get(name) ?? COMMAND_TABLE.get(name.toLowerCase());
 }
 
+/** FNV-1a over the bytes with A-Z folded to lowercase. */
+function nameHash(buf: Uint8Array, start: number, end: number): number {
+  let hash = 0x811c9dc5;
+  for (let i = start; i < end; i++) {
+    const c = buf[i]!;
+    hash = Math.imul(hash ^ (c >= 65 && c <= 90 ? c | 0x20 : c), 0x01000193);
+  }
+  return hash >>> 0;
+}
+
+/** Top-level specs by the hash of their name, for lookups that make no string. */
+const BY_HASH: ReadonlyMap<number, readonly CommandSpec[]> = (() => {
+  const map = new Map<number, CommandSpec[]>();
+  for (const spec of allCommands()) {
+    const bytes = Buffer.from(spec.name, 'latin1');
+    const hash = nameHash(bytes, 0, bytes.length);
+    const list = map.get(hash);
+    if (list === undefined) map.set(hash, [spec]);
+    else list.push(spec);
+  }
+  return map;
+})();
+
+/**
+ * The spec of the command named by `buf[start..end)`, case-insensitively, without building a
+ * string: the hot path looks up every request's command name.
+ */
+export function lookupCommandBytes(buf: Uint8Array, start: number, end: number): CommandSpec | undefined {
+  const candidates = BY_HASH.get(nameHash(buf, start, end));
+  if (candidates === undefined) return undefined;
+  outer: for (const spec of candidates) {
+    const name = spec.name;
+    if (name.length !== end - start) continue;
+    for (let k = 0; k < name.length; k++) {
+      const c = buf[start + k]!;
+      if ((c >= 65 && c <= 90 ? c | 0x20 : c) !== name.charCodeAt(k)) continue outer;
+    }
+    return spec;
+  }
+  return undefined;
+}
+
 /** Command names by spec id (subcommands as `name|sub`), for labelling per-command counters. */
 export const COMMAND_NAMES: readonly string[] = namesById;
 

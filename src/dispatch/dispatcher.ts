@@ -1,7 +1,7 @@
 import type { ReplySink } from '../backend/reply-sink';
 import type { NodePool } from '../backend/node-pool';
 import type { ShardPool, BackendPools } from '../backend/shard-pool';
-import { lookupCommand } from '../commands/command-table';
+import { lookupCommandBytes } from '../commands/command-table';
 import type { CommandSpec } from '../commands/handling';
 import { createHash } from 'node:crypto';
 import type { PushSink } from '../backend/backend-connection';
@@ -118,8 +118,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
   }
 
   dispatch(frame: RequestFrame, client: ClientContext): void {
-    const start = frame.argStart[0]!;
-    let spec = lookupCommand(frame.buf.toString('latin1', start, frame.argEnd[0]!));
+    let spec = lookupCommandBytes(frame.buf, frame.argStart[0]!, frame.argEnd[0]!);
     if (spec !== undefined && spec.subcommands !== null && frame.argc >= 2) {
       const sub = spec.subcommands.get(frame.argString(1).toLowerCase());
       if (sub === undefined) {

@@ -51,7 +51,9 @@ export class RequestFrame {
     const s = this.argStart[i]!;
     if (this.argEnd[i]! - s !== lowercase.length) return false;
     for (let k = 0; k < lowercase.length; k++) {
-      if ((this.buf[s + k]! | 0x20) !== lowercase.charCodeAt(k)) return false;
+      const c = this.buf[s + k]!;
+      // Only A-Z fold to lowercase; '_' | 0x20 would not be '_'.
+      if ((c >= 65 && c <= 90 ? c | 0x20 : c) !== lowercase.charCodeAt(k)) return false;
     }
     return true;
   }
