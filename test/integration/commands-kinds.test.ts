@@ -1,0 +1,638 @@
+import { createHash } from 'node:crypto';
+import calculateSlot from 'cluster-key-slot';
+import Redis from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { lookupCommand } from '../../src/commands/command-table';
+import { rawCommands, runRedisCli, startProxyProcess, type ProxyProcess } from '../helpers/proxy-harness';
+import { startShards, startSingleRedis, type Shards, type SingleRedis } from '../helpers/redis-harness';
+
+/**
+ * Issue 6, one handling kind at a time (docs/commands.md): real clients (ioredis standalone,
+ * redis-cli) through `dist/cli.js start` over 3 shards with a replica each, compared with one
+ * direct redis-server wherever the command is deterministic. Tests run in file order and share
+ * the servers; each flushes what it depends on.
+ */
+
+const SHARD_COUNT = 3;
+/** redis-cli's even split, which the proxy uses when the YAML gives no `slots`. */
+const SLOT_RANGES = [
+  [0, 5460],
+  [5461, 10922],
+  [10923, 16383],
+] as const;
+const CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot";
+const NOT_ALLOWED = (name: string): string => `ERR command '${name}' is not allowed through slotproxy`;
+
+let shards: Shards;
+let single: SingleRedis;
+let proxy: ProxyProcess;
+/** Through the proxy, ioredis with its defaults (it tries RESP3, falls back on NOPROTO). */
+let viaProxy: Redis;
+/** The reference Redis, RESP2 like the proxy. */
+let direct: Redis;
+/** Each shard's primary, directly, in shard order. */
+let primaries: Redis[] = [];
+/** Each shard's replica, directly, in shard order. */
+let replicas: Redis[] = [];
+
+function ownerOf(key: string): number {
+  const slot = calculateSlot(key);
+  return SLOT_RANGES.findIndex(([from, to]) => slot >= from && slot <= to);
+}
+
+/** The first `count` keys `prefix<n>` that live on `shard`. */
+function keysOnShard(shard: number, prefix: string, count: number): string[] {
+  const keys: string[] = [];
+  for (let n = 0; keys.length < count; n++) if (ownerOf(`${prefix}${n}`) === shard) keys.push(`${prefix}${n}`);
+  return keys;
+}
+
+/** `count` keys on each shard, interleaved so every shard appears early. */
+function keysOnEveryShard(prefix: string, count: number): string[] {
+  const perShard = Array.from({ length: SHARD_COUNT }, (_, s) => keysOnShard(s, prefix, count));
+  return Array.from({ length: count }, (_, i) => perShard.map((keys) => keys[i]!)).flat();
+}
+
+function connect(node: { readonly host: string; readonly port: number }, protocol?: 2): Redis {
+  const redis = new Redis({ host: node.host, port: node.port, ...(protocol === undefined ? {} : { protocol }) });
+  redis.on('error', () => undefined);
+  return redis;
+}
+
+async function flushEverything(): Promise<void> {
+  await Promise.all([...primaries.map((p) => p.flushall()), direct.flushall()]);
+}
+
+/** A reply, or the error text, so that replies and errors compare alike. */
+async function outcome(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    return await promise;
+  } catch (err) {
+    return `error: ${(err as Error).message}`;
+  }
+}
+
+/** The same command through the proxy and on the direct Redis. */
+async function both(...args: (string | number)[]): Promise<{ proxy: unknown; direct: unknown }> {
+  const [name, ...rest] = args as [string, ...(string | number)[]];
+  const [p, d] = await Promise.all([outcome(viaProxy.call(name, ...rest)), outcome(direct.call(name, ...rest))]);
+  return { proxy: p, direct: d };
+}
+
+/** Runs each command on both, in order, and expects equal replies. */
+async function expectSame(commands: readonly (readonly (string | number)[])[]): Promise<void> {
+  for (const command of commands) {
+    const { proxy: p, direct: d } = await both(...command);
+    expect(p, command.join(' ')).toEqual(d);
+  }
+}
+
+async function errorOf(promise: Promise<unknown>): Promise<string> {
+  const result = await outcome(promise);
+  return typeof result === 'string' && result.startsWith('error: ') ? result.slice(7) : `(no error; got ${JSON.stringify(result)})`;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+describe('command kinds through slotproxy (issue 6)', () => {
+  beforeAll(async () => {
+    const [startedShards, startedSingle] = await Promise.all([startShards(SHARD_COUNT, { replicas: 1 }), startSingleRedis()]);
+    shards = startedShards;
+    single = startedSingle;
+    proxy = await startProxyProcess({
+      shards: shards.primaries.map((primary, i) => ({
+        name: `s${i + 1}`,
+        primary,
+        replicas: shards.replicas[i]!.map((replica) => ({ host: replica.host, port: replica.port })),
+      })),
+      extra: { connectTimeoutMs: 1_000 },
+    });
+    viaProxy = connect(proxy);
+    direct = connect(single.redis, 2);
+    primaries = shards.primaries.map((primary) => connect(primary, 2));
+    replicas = shards.replicas.map((list) => connect(list[0]!, 2));
+  }, 40_000);
+
+  afterAll(async () => {
+    for (const redis of [viaProxy, direct, ...primaries, ...replicas]) redis?.disconnect();
+    const failures: unknown[] = [];
+    for (const stop of [() => proxy?.stop(), () => shards?.stopAll(), () => single?.stopAll()]) {
+      await Promise.resolve()
+        .then(stop)
+        .catch((err: unknown) => failures.push(err));
+    }
+    if (failures.length > 0) throw failures[0];
+  }, 30_000);
+
+  describe('single: routed by the slot of its keys', () => {
+    it('answers string, hash, list, set, zset, stream, HyperLogLog, geo and bitmap commands as one Redis', async () => {
+      await flushEverything();
+      const commands: (string | number)[][] = [];
+      for (const [i, key] of keysOnEveryShard('single:', 2).entries()) {
+        commands.push(
+          ['SET', `${key}:s`, `v${i}`], ['APPEND', `${key}:s`, '-x'], ['GET', `${key}:s`], ['STRLEN', `${key}:s`],
+          ['INCRBY', `${key}:n`, i], ['INCRBYFLOAT', `${key}:n`, '1.5'], ['GETRANGE', `${key}:s`, 0, 1], ['SETRANGE', `${key}:s`, 1, 'ZZ'],
+          ['HSET', `${key}:h`, 'a', 1, 'b', 2], ['HINCRBY', `${key}:h`, 'a', 10], ['HGETALL', `${key}:h`], ['HMGET', `${key}:h`, 'a', 'zz'],
+          ['RPUSH', `${key}:l`, 'a', 'b', 'c'], ['LPOP', `${key}:l`], ['LRANGE', `${key}:l`, 0, -1], ['LINSERT', `${key}:l`, 'BEFORE', 'c', 'x'],
+          ['SADD', `${key}:set`, 'a'], ['SISMEMBER', `${key}:set`, 'a'], ['SCARD', `${key}:set`],
+          ['ZADD', `${key}:z`, 1, 'a', 2, 'b', 3, 'c'], ['ZRANGE', `${key}:z`, 0, -1, 'WITHSCORES'], ['ZINCRBY', `${key}:z`, 5, 'a'], ['ZRANK', `${key}:z`, 'a'],
+          ['XADD', `${key}:x`, '1-1', 'f', 'v'], ['XADD', `${key}:x`, '2-1', 'f', 'w'], ['XRANGE', `${key}:x`, '-', '+'], ['XLEN', `${key}:x`],
+          ['PFADD', `${key}:hll`, 'a', 'b', 'c'], ['PFCOUNT', `${key}:hll`],
+          ['GEOADD', `${key}:g`, '13.361389', '38.115556', 'Palermo', '15.087269', '37.502669', 'Catania'], ['GEODIST', `${key}:g`, 'Palermo', 'Catania', 'km'],
+          ['SETBIT', `${key}:b`, 7, 1], ['BITCOUNT', `${key}:b`], ['TYPE', `${key}:z`], ['OBJECT', 'ENCODING', `${key}:l`],
+          ['EXPIRE', `${key}:s`, 1000], ['TTL', `${key}:s`], ['PERSIST', `${key}:s`], ['TTL', `${key}:s`], ['GETDEL', `${key}:n`],
+          ['INCR', `${key}:s`], ['LPUSH', `${key}:s`, 'x'],
+        );
+      }
+      await expectSame(commands);
+      // Every key landed on the primary that owns its slot.
+      for (const [i, key] of keysOnEveryShard('single:', 2).entries()) {
+        expect(await primaries[ownerOf(`${key}:h`)]!.exists(`${key}:h`), `${key}:h (${i})`).toBe(1);
+      }
+    });
+
+    it('gives redis-cli the same output as one Redis', async () => {
+      await flushEverything();
+      for (const key of keysOnEveryShard('cli:', 1)) {
+        for (const args of [['SET', key, 'hello world'], ['GET', key], ['RPUSH', `${key}:l`, '1', '2'], ['LRANGE', `${key}:l`, '0', '-1'], ['INCR', key]]) {
+          const [p, d] = await Promise.all([runRedisCli(proxy.port, args), runRedisCli(single.redis.port, args)]);
+          expect(p, args.join(' ')).toBe(d);
+        }
+      }
+    });
+  });
+
+  describe('split: MGET / MSET / DEL / UNLINK / EXISTS / TOUCH over keys on all shards', () => {
+    it('answers as one Redis with ioredis, duplicates and missing keys included', async () => {
+      await flushEverything();
+      const keys = keysOnEveryShard('split:', 4);
+      const missing = keysOnEveryShard('split-missing:', 1);
+      const pairs = keys.flatMap((key, i) => [key, `v${i}`]);
+      const mixed = [keys[0]!, missing[1]!, keys[5]!, keys[0]!, missing[2]!, keys[11]!];
+      await expectSame([
+        ['MSET', ...pairs],
+        ['MGET', ...keys],
+        ['MGET', ...mixed],
+        ['EXISTS', ...mixed],
+        ['TOUCH', ...mixed],
+        ['DEL', keys[0]!, keys[1]!, missing[0]!, keys[1]!],
+        ['UNLINK', keys[2]!, keys[3]!, keys[4]!, missing[1]!],
+        ['MGET', ...keys],
+        ['EXISTS', ...keys],
+        ['MSET', keys[0]!, 'again', keys[1]!],
+        ['DEL'],
+        ['MGET'],
+      ]);
+      // The keys MSET wrote are on their owners only.
+      const sizes = await Promise.all(primaries.map((p) => p.dbsize()));
+      expect(sizes.every((size) => size > 0)).toBe(true);
+      expect(sizes.reduce((a, b) => a + b, 0)).toBe(await direct.dbsize());
+    });
+
+    it('gives redis-cli the same output as one Redis', async () => {
+      await flushEverything();
+      const keys = keysOnEveryShard('split-cli:', 2);
+      const commands = [['MSET', ...keys.flatMap((k, i) => [k, `v${i}`])], ['MGET', ...keys, 'nope'], ['EXISTS', ...keys], ['TOUCH', ...keys], ['UNLINK', keys[0]!], ['DEL', ...keys]];
+      for (const args of commands) {
+        const [p, d] = await Promise.all([runRedisCli(proxy.port, args), runRedisCli(single.redis.port, args)]);
+        expect(p, args.join(' ')).toBe(d);
+      }
+    });
+  });
+
+  describe('broadcast: every shard, replies merged', () => {
+    it('DBSIZE is the sum over shards and KEYS their union (as one Redis, order aside)', async () => {
+      await flushEverything();
+      const keys = keysOnEveryShard('bc:', 10);
+      await viaProxy.mset(Object.fromEntries(keys.map((k) => [k, k])));
+      await direct.mset(Object.fromEntries(keys.map((k) => [k, k])));
+      const sizes = await Promise.all(primaries.map((p) => p.dbsize()));
+      expect(sizes.every((size) => size === 10)).toBe(true);
+      expect(await viaProxy.dbsize()).toBe(30);
+      expect(await viaProxy.dbsize()).toBe(await direct.dbsize());
+      expect((await viaProxy.keys('*')).sort()).toEqual((await direct.keys('*')).sort());
+      expect((await viaProxy.keys('bc:1*')).sort()).toEqual((await direct.keys('bc:1*')).sort());
+      expect(await viaProxy.keys('nothing:*')).toEqual([]);
+      const cliKeys = (await runRedisCli(proxy.port, ['KEYS', '*'])).split('\n').filter((l) => l !== '').sort();
+      expect(cliKeys).toEqual([...keys].sort());
+    });
+
+    it('FLUSHDB and FLUSHALL empty every shard', async () => {
+      await viaProxy.mset(Object.fromEntries(keysOnEveryShard('flush:', 3).map((k) => [k, '1'])));
+      expect(await viaProxy.flushdb()).toBe('OK');
+      expect(await Promise.all(primaries.map((p) => p.dbsize()))).toEqual([0, 0, 0]);
+      await viaProxy.mset(Object.fromEntries(keysOnEveryShard('flush:', 3).map((k) => [k, '1'])));
+      expect(await viaProxy.flushall()).toBe('OK');
+      expect(await Promise.all(primaries.map((p) => p.dbsize()))).toEqual([0, 0, 0]);
+      expect(await viaProxy.dbsize()).toBe(0);
+    });
+
+    it('SCRIPT LOAD reaches every shard: EVALSHA on keys of each shard never sees NOSCRIPT', async () => {
+      await flushEverything();
+      await Promise.all([...primaries.map((p) => p.script('FLUSH')), direct.script('FLUSH')]);
+      const body = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1]) .. ':' .. KEYS[1]";
+      const sha = createHash('sha1').update(body).digest('hex');
+      expect(await viaProxy.script('LOAD', body)).toBe(sha);
+      expect(await direct.script('LOAD', body)).toBe(sha);
+      for (const primary of primaries) expect(await primary.script('EXISTS', sha)).toEqual([1]);
+      for (const key of keysOnEveryShard('sha:', 3)) {
+        const { proxy: p, direct: d } = await both('EVALSHA', sha, 1, key, 'v');
+        expect(p, key).toEqual(d);
+        expect(p).toBe(`v:${key}`);
+      }
+      // EVALSHA_RO and a keyless EVALSHA (any shard) as well.
+      await expectSame([['EVALSHA', createHash('sha1').update('return 42').digest('hex'), 0], ['EVAL', 'return 42', 0], ['EVALSHA', createHash('sha1').update('return 42').digest('hex'), 0]]);
+    });
+
+    it('heals NOSCRIPT: a script the proxy saw is loaded on a shard that lost it', async () => {
+      const body = "return 'healed:' .. KEYS[1]";
+      const sha = createHash('sha1').update(body).digest('hex');
+      const [first, other] = [keysOnShard(0, 'heal:', 1)[0]!, keysOnShard(2, 'heal:', 1)[0]!];
+      // EVAL through the proxy runs (and caches) it on shard 0 only.
+      expect(await viaProxy.eval(body, 1, first)).toBe(`healed:${first}`);
+      await primaries[2]!.script('FLUSH');
+      expect(await primaries[2]!.script('EXISTS', sha)).toEqual([0]);
+      expect(await viaProxy.evalsha(sha, 1, other)).toBe(`healed:${other}`);
+      expect(await primaries[2]!.script('EXISTS', sha)).toEqual([1]);
+    });
+
+    it('SCRIPT EXISTS is the AND over shards', async () => {
+      await Promise.all(primaries.map((p) => p.script('FLUSH')));
+      const everywhere = (await viaProxy.script('LOAD', 'return "everywhere"')) as string;
+      const onOne = (await primaries[1]!.script('LOAD', 'return "on one shard"')) as string;
+      const nowhere = createHash('sha1').update('return "nowhere"').digest('hex');
+      expect(await viaProxy.script('EXISTS', everywhere, onOne, nowhere)).toEqual([1, 0, 0]);
+      expect(await primaries[1]!.script('EXISTS', everywhere, onOne, nowhere)).toEqual([1, 1, 0]);
+    });
+
+    it('after SCRIPT FLUSH through the proxy, EVALSHA answers NOSCRIPT as one Redis does', async () => {
+      const body = 'return "flushed?"';
+      const sha = createHash('sha1').update(body).digest('hex');
+      await expectSame([['SCRIPT', 'LOAD', body], ['EVALSHA', sha, 0], ['SCRIPT', 'FLUSH'], ['SCRIPT', 'EXISTS', sha]]);
+      const { proxy: p, direct: d } = await both('EVALSHA', sha, 0);
+      expect(d).toMatch(/^error: NOSCRIPT/);
+      expect(p, 'the proxy still remembers (and reloads) a script SCRIPT FLUSH removed').toEqual(d);
+    });
+
+    it('FUNCTION LOAD reaches every shard: FCALL on keys of each shard, FUNCTION DELETE everywhere', async () => {
+      await flushEverything();
+      await Promise.all([...primaries.map((p) => p.call('FUNCTION', 'FLUSH')), direct.call('FUNCTION', 'FLUSH')]);
+      const library = [
+        '#!lua name=kindslib',
+        "redis.register_function('kinds_set', function(keys, args) redis.call('SET', keys[1], args[1]); return redis.call('GET', keys[1]) end)",
+        "redis.register_function{function_name='kinds_get', callback=function(keys) return redis.call('GET', keys[1]) end, flags={'no-writes'}}",
+      ].join('\n');
+      await expectSame([['FUNCTION', 'LOAD', library], ['FUNCTION', 'LOAD', library]]);
+      for (const primary of primaries) {
+        const listed = (await primary.call('FUNCTION', 'LIST', 'LIBRARYNAME', 'kindslib')) as unknown[];
+        expect(listed).toHaveLength(1);
+      }
+      for (const key of keysOnEveryShard('fcall:', 2)) {
+        await expectSame([['FCALL', 'kinds_set', 1, key, `value of ${key}`], ['FCALL_RO', 'kinds_get', 1, key], ['FCALL', 'kinds_get', 1, key]]);
+        expect(await primaries[ownerOf(key)]!.get(key)).toBe(`value of ${key}`);
+      }
+      await expectSame([['FUNCTION', 'DELETE', 'kindslib'], ['FUNCTION', 'DELETE', 'kindslib'], ['FCALL', 'kinds_get', 1, 'x']]);
+      for (const primary of primaries) expect(await primary.call('FUNCTION', 'LIST')).toEqual([]);
+    });
+  });
+
+  describe('any-shard: keyless, one shard answers', () => {
+    it('TIME is a [seconds, microseconds] pair of now; LASTSAVE an integer', async () => {
+      const [seconds, micros] = (await viaProxy.time()).map(Number) as [number, number];
+      expect(Math.abs(seconds - Date.now() / 1000)).toBeLessThan(5);
+      expect(micros).toBeGreaterThanOrEqual(0);
+      expect(micros).toBeLessThan(1_000_000);
+      expect(typeof (await viaProxy.lastsave())).toBe('number');
+      const cli = (await runRedisCli(proxy.port, ['TIME'])).trim().split('\n');
+      expect(cli).toHaveLength(2);
+    });
+
+    it('CONFIG GET and COMMAND COUNT / INFO / GETKEYS answer as one Redis of the same version', async () => {
+      await expectSame([
+        ['CONFIG', 'GET', 'hash-max-listpack-entries'],
+        ['CONFIG', 'GET', 'maxmemory-polic*'],
+        ['COMMAND', 'COUNT'],
+        ['COMMAND', 'INFO', 'get', 'mset', 'nosuch'],
+        ['COMMAND', 'GETKEYS', 'MSET', 'a', '1', 'b', '2'],
+        ['LOLWUT', 'VERSION', '5', '1'],
+      ]);
+    });
+
+    it('COMMAND without a subcommand answers the command table as one Redis does', async () => {
+      const names = (reply: unknown): string[] => (reply as [string, ...unknown[]][]).map((entry) => entry[0]).sort();
+      const expected = names(await direct.call('COMMAND'));
+      expect(expected.length).toBeGreaterThan(200);
+      const { proxy: p } = await both('COMMAND');
+      expect(typeof p === 'string' ? p : names(p), 'COMMAND (no arguments) through the proxy').toEqual(expected);
+    });
+  });
+
+  describe('first-non-empty: RANDOMKEY', () => {
+    it('returns the key when only one shard has keys, whichever shard is asked first', async () => {
+      await flushEverything();
+      const [key] = keysOnShard(2, 'only:', 1);
+      await viaProxy.set(key!, '1');
+      expect(await primaries[2]!.dbsize()).toBe(1);
+      // The proxy rotates its first shard: several calls start at every shard.
+      for (let i = 0; i < 2 * SHARD_COUNT; i++) expect(await viaProxy.randomkey()).toBe(key);
+      expect(await runRedisCli(proxy.port, ['RANDOMKEY'])).toBe(`${key}\n`);
+    });
+
+    it('answers nil when every shard is empty, as one Redis', async () => {
+      await flushEverything();
+      for (let i = 0; i < SHARD_COUNT; i++) expect(await viaProxy.randomkey()).toBe(await direct.randomkey());
+    });
+  });
+
+  describe('local: answered by the proxy', () => {
+    it('PING, ECHO, SELECT 0, READONLY / READWRITE, AUTH answer as one Redis', async () => {
+      await expectSame([['PING'], ['PING', 'hello'], ['ECHO', 'héllo wörld'], ['ECHO', ''], ['SELECT', '0'], ['SELECT', 'x'], ['PING', 'a', 'b'], ['ECHO']]);
+      expect(await viaProxy.call('READONLY')).toBe('OK');
+      expect(await viaProxy.call('READWRITE')).toBe('OK');
+      expect(await errorOf(viaProxy.call('AUTH', 'secret'))).toBe(await errorOf(direct.call('AUTH', 'secret')));
+      for (const args of [['PING'], ['ECHO', 'a b c'], ['SELECT', '0']]) {
+        expect(await runRedisCli(proxy.port, args)).toBe(await runRedisCli(single.redis.port, args));
+      }
+    });
+
+    it('CLIENT SETNAME / GETNAME / ID / INFO are the connection\'s own', async () => {
+      const a = connect(proxy);
+      const b = connect(proxy);
+      try {
+        expect(await a.call('CLIENT', 'GETNAME')).toBeNull();
+        expect(await a.call('CLIENT', 'SETNAME', 'alpha')).toBe('OK');
+        expect(await b.call('CLIENT', 'SETNAME', 'beta')).toBe('OK');
+        expect(await a.call('CLIENT', 'GETNAME')).toBe('alpha');
+        expect(await b.call('CLIENT', 'GETNAME')).toBe('beta');
+        expect(await errorOf(a.call('CLIENT', 'SETNAME', 'has space'))).toBe(await errorOf(direct.call('CLIENT', 'SETNAME', 'has space')));
+        const [idA, idB] = [(await a.call('CLIENT', 'ID')) as number, (await b.call('CLIENT', 'ID')) as number];
+        expect(Number.isInteger(idA) && Number.isInteger(idB)).toBe(true);
+        expect(idA).not.toBe(idB);
+        const info = (await a.call('CLIENT', 'INFO')) as string;
+        expect(info).toMatch(new RegExp(`^id=${idA} addr=127\\.0\\.0\\.1:\\d+ laddr=127\\.0\\.0\\.1:${proxy.port} .*name=alpha .*db=0 `));
+        expect(info.endsWith('\n')).toBe(true);
+      } finally {
+        a.disconnect();
+        b.disconnect();
+      }
+    });
+
+    it('HELLO 2 answers the handshake map; HELLO 3 is refused with NOPROTO so clients stay on RESP2', async () => {
+      const { replies } = await rawCommands(proxy.port, [['HELLO', '2', 'SETNAME', 'hello-client'], ['CLIENT', 'GETNAME'], ['HELLO', '3'], ['HELLO', 'x'], ['HELLO']]);
+      const [hello2, name, hello3, helloX, hello] = replies;
+      const map = hello2 as (string | number | unknown[])[];
+      const fields = Object.fromEntries(Array.from({ length: map.length / 2 }, (_, i) => [map[2 * i], map[2 * i + 1]]));
+      expect(fields).toMatchObject({ server: 'redis', proto: 2, mode: 'standalone', role: 'master', modules: [] });
+      expect(typeof fields['id']).toBe('number');
+      expect(name).toBe('hello-client');
+      expect((hello3 as Error).message).toBe('NOPROTO unsupported protocol version');
+      expect((helloX as Error).message).toBe('ERR Protocol version is not an integer or out of range');
+      expect(Array.isArray(hello)).toBe(true);
+      // ioredis with its defaults got through the same handshake (beforeAll) and talks RESP2.
+      expect(await viaProxy.ping()).toBe('PONG');
+    });
+  });
+
+  describe('refused: commands that would take the backends out of the proxy\'s hands', () => {
+    const REFUSED: readonly [string, readonly string[]][] = [
+      ['shutdown', ['SHUTDOWN', 'NOSAVE']],
+      ['replicaof', ['REPLICAOF', 'NO', 'ONE']],
+      ['slaveof', ['SLAVEOF', '127.0.0.1', '1']],
+      ['migrate', ['MIGRATE', '127.0.0.1', '1', 'k', '0', '1000']],
+      ['move', ['MOVE', 'k', '1']],
+      ['swapdb', ['SWAPDB', '0', '1']],
+      ['failover', ['FAILOVER']],
+      ['monitor', ['MONITOR']],
+      ['debug', ['DEBUG', 'SET-ACTIVE-EXPIRE', '0']],
+      ['config|rewrite', ['CONFIG', 'REWRITE']],
+      ['client|kill', ['CLIENT', 'KILL', 'ID', '1']],
+      ['cluster|reset', ['CLUSTER', 'RESET']],
+    ];
+
+    it.each(REFUSED)('%s is refused with the documented error (ioredis)', async (name, args) => {
+      const message = await errorOf(viaProxy.call(args[0]!, ...args.slice(1)));
+      expect(message.startsWith(NOT_ALLOWED(name)), message).toBe(true);
+      // The reason docs/commands.md gives follows in parentheses.
+      expect(message).toBe(`${NOT_ALLOWED(name)} (${noteOf(name)})`);
+    });
+
+    it('SELECT 1 and CONFIG SET port are refused; redis-cli sees the same text', async () => {
+      expect(await errorOf(viaProxy.call('SELECT', '1'))).toMatch(/^ERR command 'select' is not allowed through slotproxy/);
+      expect(await errorOf(viaProxy.call('CONFIG', 'SET', 'port', '1'))).toBe("ERR CONFIG SET parameter 'port' is not allowed through slotproxy");
+      expect(await runRedisCli(proxy.port, ['MOVE', 'k', '1'])).toMatch(/^ERR command 'move' is not allowed through slotproxy/);
+      expect(await runRedisCli(proxy.port, ['SHUTDOWN'])).toMatch(/^ERR command 'shutdown' is not allowed through slotproxy/);
+    });
+
+    it('left every backend as it was: all up, replicas still replicas, database 0 only', async () => {
+      for (const primary of primaries) expect(((await primary.call('ROLE')) as unknown[])[0]).toBe('master');
+      for (const replica of replicas) expect(((await replica.call('ROLE')) as unknown[])[0]).toBe('slave');
+      for (const primary of primaries) expect(await primary.info('keyspace')).not.toMatch(/db1:/);
+      expect(await viaProxy.ping()).toBe('PONG');
+    });
+  });
+
+  describe('all-or-nothing multi-key commands: one slot, else CROSSSLOT', () => {
+    /** Each command with same-slot keys ({t}) to run; and keys across shards for the CROSSSLOT case. */
+    const setup = (t: string): (string | number)[][] => [
+      ['SADD', `{${t}}s1`, 'a', 'b', 'c'], ['SADD', `{${t}}s2`, 'b', 'c', 'd'],
+      ['RPUSH', `{${t}}l1`, '1', '2', '3'],
+      ['ZADD', `{${t}}z1`, 1, 'a', 2, 'b'], ['ZADD', `{${t}}z2`, 3, 'b', 4, 'c'],
+      ['PFADD', `{${t}}h1`, 'x', 'y'], ['PFADD', `{${t}}h2`, 'y', 'z'],
+      ['SET', `{${t}}str`, 'value'],
+    ];
+    const sameSlot = (t: string): (string | number)[][] => [
+      ['MSETNX', `{${t}}n1`, '1', `{${t}}n2`, '2'], ['MSETNX', `{${t}}n1`, 'x', `{${t}}n3`, '3'], ['MGET', `{${t}}n1`, `{${t}}n2`, `{${t}}n3`],
+      ['RENAME', `{${t}}str`, `{${t}}renamed`], ['GET', `{${t}}renamed`], ['RENAMENX', `{${t}}renamed`, `{${t}}n1`],
+      ['SMOVE', `{${t}}s1`, `{${t}}s2`, 'a'], ['SMISMEMBER', `{${t}}s2`, 'a', 'b', 'c', 'd', 'e'],
+      ['LMOVE', `{${t}}l1`, `{${t}}l2`, 'LEFT', 'RIGHT'], ['LRANGE', `{${t}}l2`, 0, -1], ['RPOPLPUSH', `{${t}}l1`, `{${t}}l2`],
+      ['SINTERSTORE', `{${t}}inter`, `{${t}}s1`, `{${t}}s2`], ['SUNIONSTORE', `{${t}}union`, `{${t}}s1`, `{${t}}s2`], ['SINTERCARD', 2, `{${t}}s1`, `{${t}}s2`], ['SCARD', `{${t}}union`],
+      ['ZUNIONSTORE', `{${t}}zu`, 2, `{${t}}z1`, `{${t}}z2`], ['ZRANGE', `{${t}}zu`, 0, -1, 'WITHSCORES'], ['ZINTERSTORE', `{${t}}zi`, 2, `{${t}}z1`, `{${t}}z2`],
+      ['PFMERGE', `{${t}}hm`, `{${t}}h1`, `{${t}}h2`], ['PFCOUNT', `{${t}}hm`], ['PFCOUNT', `{${t}}h1`, `{${t}}h2`],
+      ['COPY', `{${t}}renamed`, `{${t}}copy`], ['COPY', `{${t}}renamed`, `{${t}}copy`], ['GET', `{${t}}copy`],
+    ];
+
+    it('run as one Redis when every key shares a slot (on every shard)', async () => {
+      await flushEverything();
+      for (let shard = 0; shard < SHARD_COUNT; shard++) {
+        const tag = keysOnShard(shard, 'tag', 1)[0]!;
+        await expectSame([...setup(tag), ...sameSlot(tag)]);
+        expect(await primaries[shard]!.exists(`{${tag}}copy`)).toBe(1);
+      }
+    });
+
+    it('answer CROSSSLOT across slots and change nothing on any shard', async () => {
+      await flushEverything();
+      const [a, b] = [keysOnShard(0, 'x', 1)[0]!, keysOnShard(1, 'y', 1)[0]!];
+      for (const command of [...setup(a), ...setup(b)]) await viaProxy.call(String(command[0]), ...command.slice(1));
+      const before = await Promise.all(primaries.map((p) => p.dbsize()));
+      const crossSlot: (string | number)[][] = [
+        ['MSETNX', `{${a}}n1`, '1', `{${b}}n2`, '2'],
+        ['RENAME', `{${a}}str`, `{${b}}renamed`],
+        ['SMOVE', `{${a}}s1`, `{${b}}s2`, 'a'],
+        ['LMOVE', `{${a}}l1`, `{${b}}l2`, 'LEFT', 'RIGHT'],
+        ['SINTERSTORE', `{${a}}inter`, `{${a}}s1`, `{${b}}s2`],
+        ['ZUNIONSTORE', `{${a}}zu`, 2, `{${a}}z1`, `{${b}}z2`],
+        ['PFMERGE', `{${a}}hm`, `{${a}}h1`, `{${b}}h2`],
+        ['COPY', `{${a}}str`, `{${b}}copy`],
+        ['EVAL', "return redis.call('SET', KEYS[2], '1')", 2, `{${a}}str`, `{${b}}evalled`],
+      ];
+      for (const [name, ...args] of crossSlot) {
+        expect(await errorOf(viaProxy.call(String(name), ...args)), String(name)).toBe(CROSSSLOT);
+      }
+      expect(await Promise.all(primaries.map((p) => p.dbsize()))).toEqual(before);
+      expect(await viaProxy.smembers(`{${a}}s1`)).toHaveLength(3);
+      expect(await viaProxy.exists(`{${b}}copy`, `{${b}}renamed`, `{${b}}n2`, `{${b}}evalled`)).toBe(0);
+    });
+  });
+
+  describe('CONFIG GET / CONFIG SET', () => {
+    const everyNode = (): Redis[] => [...primaries, ...replicas];
+
+    it('CONFIG SET of an allowed parameter applies to every node of every shard', async () => {
+      expect(await viaProxy.config('SET', 'hash-max-listpack-entries', '77')).toBe('OK');
+      for (const node of everyNode()) expect(await node.config('GET', 'hash-max-listpack-entries')).toEqual(['hash-max-listpack-entries', '77']);
+      expect(await viaProxy.config('GET', 'hash-max-listpack-entries')).toEqual(['hash-max-listpack-entries', '77']);
+      expect(await viaProxy.call('CONFIG', 'SET', 'slowlog-max-len', '99', 'notify-keyspace-events', 'KEA')).toBe('OK');
+      for (const node of everyNode()) {
+        expect(await node.config('GET', 'slowlog-max-len')).toEqual(['slowlog-max-len', '99']);
+        expect(await node.config('GET', 'notify-keyspace-events')).toEqual(['notify-keyspace-events', 'AKE']);
+      }
+      // Back to the defaults for the rest of the file.
+      expect(await viaProxy.call('CONFIG', 'SET', 'hash-max-listpack-entries', '128', 'slowlog-max-len', '128', 'notify-keyspace-events', '')).toBe('OK');
+    });
+
+    it.each(['port', 'bind', 'dir', 'dbfilename', 'replicaof', 'masterauth', 'requirepass', 'appendonly', 'save', 'cluster-enabled'])(
+      'CONFIG SET %s is refused and no node changes',
+      async (parameter) => {
+        const before = await Promise.all(everyNode().map((node) => node.config('GET', parameter)));
+        expect(await errorOf(viaProxy.call('CONFIG', 'SET', parameter, 'x'))).toBe(`ERR CONFIG SET parameter '${parameter}' is not allowed through slotproxy`);
+        expect(await Promise.all(everyNode().map((node) => node.config('GET', parameter)))).toEqual(before);
+      },
+    );
+
+    it('a refused parameter beside an allowed one refuses the whole CONFIG SET', async () => {
+      expect(await errorOf(viaProxy.call('CONFIG', 'SET', 'hz', '20', 'dir', '/tmp'))).toBe("ERR CONFIG SET parameter 'dir' is not allowed through slotproxy");
+      for (const node of everyNode()) expect(await node.config('GET', 'hz')).toEqual(['hz', '10']);
+    });
+
+    it('a value every node rejects is answered with an error naming the nodes', async () => {
+      const message = await errorOf(viaProxy.call('CONFIG', 'SET', 'maxmemory-policy', 'no-such-policy'));
+      expect(message).toMatch(/^ERR CONFIG SET refused by /);
+      for (const node of [...shards.primaries, ...shards.replicas.flat()]) expect(message).toContain(`${node.host}:${node.port}`);
+    });
+
+    it('CONFIG RESETSTAT is broadcast', async () => {
+      expect(await viaProxy.config('RESETSTAT')).toBe('OK');
+    });
+  });
+
+  describe('INFO', () => {
+    it('has a # Proxy section, the server sections, and a # Keyspace summed over the shards', async () => {
+      await flushEverything();
+      const keys = keysOnEveryShard('info:', 7);
+      await viaProxy.mset(Object.fromEntries(keys.map((k) => [k, '1'])));
+      await viaProxy.expire(keys[0]!, 1000);
+      await viaProxy.expire(keys[1]!, 1000);
+      const sizes = await Promise.all(primaries.map((p) => p.dbsize()));
+      const info = await viaProxy.info();
+      expect(info).toMatch(/^# Proxy\r\n/);
+      expect(info).toMatch(/\r\nshards:3\r\n/);
+      for (const section of ['Server', 'Clients', 'Memory', 'Stats', 'Replication', 'Keyspace']) expect(info).toContain(`# ${section}\r\n`);
+      const keyspace = /# Keyspace\r\ndb0:keys=(\d+),expires=(\d+),avg_ttl=\d+\r\n/.exec(info);
+      expect(keyspace, info.slice(info.indexOf('# Keyspace'))).not.toBeNull();
+      expect(Number(keyspace![1])).toBe(sizes.reduce((a, b) => a + b, 0));
+      expect(Number(keyspace![1])).toBe(keys.length);
+      expect(Number(keyspace![2])).toBe(2);
+      // One section alone, as one Redis answers it.
+      expect(await viaProxy.info('keyspace')).toMatch(new RegExp(`^# Keyspace\\r\\ndb0:keys=${keys.length},expires=2,avg_ttl=\\d+\\r\\n$`));
+      expect(await viaProxy.info('proxy')).toMatch(/^# Proxy\r\nslotproxy_version:/);
+      expect(await viaProxy.info('server')).toMatch(/^# Server\r\nredis_version:7\./);
+      expect(await runRedisCli(proxy.port, ['INFO', 'keyspace'])).toMatch(new RegExp(`db0:keys=${keys.length},`));
+    });
+  });
+
+  describe('CLUSTER: one node owning all 16384 slots at the proxy\'s address', () => {
+    it('CLUSTER MYID, SLOTS, SHARDS, NODES and INFO agree with each other', async () => {
+      const id = (await viaProxy.call('CLUSTER', 'MYID')) as string;
+      expect(id).toMatch(/^[0-9a-f]{40}$/);
+      const slots = (await viaProxy.call('CLUSTER', 'SLOTS')) as unknown[];
+      expect(slots).toEqual([[0, 16383, ['127.0.0.1', proxy.port, id, []]]]);
+      const shardsReply = (await viaProxy.call('CLUSTER', 'SHARDS')) as unknown[][];
+      expect(shardsReply).toHaveLength(1);
+      const [slotsLabel, slotRanges, nodesLabel, nodes] = shardsReply[0]!;
+      expect([slotsLabel, slotRanges, nodesLabel]).toEqual(['slots', [0, 16383], 'nodes']);
+      const node = nodes as unknown[][];
+      expect(node).toHaveLength(1);
+      const fields = Object.fromEntries(Array.from({ length: node[0]!.length / 2 }, (_, i) => [node[0]![2 * i], node[0]![2 * i + 1]]));
+      expect(fields).toMatchObject({ id, port: proxy.port, ip: '127.0.0.1', role: 'master', health: 'online' });
+      const nodesText = (await viaProxy.call('CLUSTER', 'NODES')) as string;
+      expect(nodesText).toBe(`${id} 127.0.0.1:${proxy.port}@${proxy.port + 10000} myself,master - 0 0 1 connected 0-16383\n`);
+      const info = (await viaProxy.call('CLUSTER', 'INFO')) as string;
+      for (const line of ['cluster_enabled:1', 'cluster_state:ok', 'cluster_slots_assigned:16384', 'cluster_slots_ok:16384', 'cluster_known_nodes:1', 'cluster_size:1']) {
+        expect(info).toContain(`${line}\r\n`);
+      }
+    });
+
+    it('CLUSTER KEYSLOT is the slot Redis Cluster computes (hash tags included)', async () => {
+      for (const key of ['foo', 'bar', '{user1}.a', 'a{user1}', '{}x', 'foo{}{bar}', '{x', 'x}{y}', '', 'héllo']) {
+        expect(await viaProxy.call('CLUSTER', 'KEYSLOT', key), JSON.stringify(key)).toBe(keySlotOf(key));
+      }
+      expect(await errorOf(viaProxy.call('CLUSTER', 'KEYSLOT'))).toMatch(/^ERR wrong number of arguments/);
+    });
+  });
+
+  describe('connection state stays the client\'s own', () => {
+    it('SCRIPT DEBUG from one client does not put other clients\' EVAL into the Lua debugger', async () => {
+      // Its own proxy, so that a shared backend connection left in debug mode cannot spoil the tests above.
+      const own = await startProxyProcess({
+        shards: shards.primaries.map((primary, i) => ({ name: `s${i + 1}`, primary })),
+        extra: { connectTimeoutMs: 1_000 },
+      });
+      const debugger_ = connect(own);
+      const other = connect(own);
+      try {
+        // SCRIPT DEBUG is answered by "any shard": ask often enough to reach every shard.
+        const answers = await Promise.all(Array.from({ length: SHARD_COUNT }, () => outcome(debugger_.call('SCRIPT', 'DEBUG', 'YES'))));
+        const evals = await Promise.all(
+          keysOnEveryShard('debug:', 1).map((key) => outcome(Promise.race([other.eval('return KEYS[1]', 1, key), sleep(2_000).then(() => 'timed out')]))),
+        );
+        expect(answers).toHaveLength(SHARD_COUNT);
+        expect(evals, 'EVAL replies of a client that never asked for the debugger').toEqual(keysOnEveryShard('debug:', 1));
+      } finally {
+        debugger_.disconnect();
+        other.disconnect();
+        await own.stop();
+      }
+    });
+  });
+});
+
+/** The refusal reason the command table gives `name` (`name|sub` for a subcommand). */
+function noteOf(fullName: string): string {
+  const [name, sub] = fullName.split('|') as [string, string | undefined];
+  const spec = sub === undefined ? lookupCommand(name) : lookupCommand(name)?.subcommands?.get(sub);
+  return spec?.note ?? `(${fullName} is not in the command table)`;
+}
+
+/**
+ * redis-server's keyHashSlot (cluster.c), written out bit by bit here so the test does not lean
+ * on the proxy's own table-driven version: CRC16-XMODEM of the key, or of the text between the
+ * first '{' and the first '}' after it when that text is not empty.
+ */
+function keySlotOf(key: string): number {
+  const bytes = Buffer.from(key);
+  let part = bytes;
+  const open = bytes.indexOf(0x7b);
+  if (open >= 0) {
+    const close = bytes.indexOf(0x7d, open + 1);
+    if (close > open + 1) part = bytes.subarray(open + 1, close);
+  }
+  let crc = 0;
+  for (const byte of part) {
+    crc ^= byte << 8;
+    for (let bit = 0; bit < 8; bit++) crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+  }
+  return crc % 16384;
+}
