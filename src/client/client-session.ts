@@ -49,6 +49,8 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   pins: ClientPins | null = null;
   /** Reading is held until every awaited reply is written. */
   #isHeld = false;
+  /** A send waiting for its slot to reach the head of the FIFO (sendWhenFirst). */
+  #deferred: { readonly slot: ReplySlot; readonly send: () => void } | null = null;
 
   readonly #socket: Socket;
   readonly #dispatcher: Dispatcher;
@@ -126,6 +128,14 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     this.#pause();
   }
 
+  sendWhenFirst(slot: ReplySlot, send: () => void): void {
+    if (this.#replies.head === slot) {
+      send();
+      return;
+    }
+    this.#deferred = { slot, send };
+  }
+
   onSlotDone(): void {
     if (this.#replies.isHeadDone) scheduleFlush(this);
   }
@@ -140,6 +150,11 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     this.#replies.drainInto(this.#out, this.#stats.commands, tick());
     this.#stats.clients.bytesOut += this.#out.length;
     this.#out.writeTo(this.#socket);
+    const deferred = this.#deferred;
+    if (deferred !== null && this.#replies.head === deferred.slot) {
+      this.#deferred = null;
+      deferred.send();
+    }
     if (this.#state === 'closing' && this.#replies.length === 0) {
       this.#socket.end();
       return;

@@ -31,6 +31,12 @@ export interface ClientContext {
   destroy(): void;
   /** Stops reading the client's requests until every awaited reply is written (blocking commands). */
   holdUntilReplied(): void;
+  /**
+   * Runs `send` once every reply before `slot` is in, i.e. once the client's earlier commands
+   * have run: a blocking command or WAIT on the client's own connection must not overtake
+   * writes the client pipelined before it on the shared ones.
+   */
+  sendWhenFirst(slot: ReplySlot, send: () => void): void;
   /** Appends a Pub/Sub message for the client, in order with its replies. */
   push(bytes: Buffer): void;
   /**

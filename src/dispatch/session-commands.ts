@@ -44,15 +44,21 @@ export class SessionCommands {
    */
   intercept(frame: RequestFrame, spec: CommandSpec | undefined, client: ClientContext, pins: ClientPins): boolean {
     if (pins.pubsub !== null && pins.pubsub.isSubscribed) {
-      const name = spec?.name ?? frame.argString(0).toLowerCase();
+      // As redis-server: an unknown command or a wrong arity is reported as such first.
+      if (spec === undefined) return false;
+      if (!isValidArity(spec, frame.argc)) {
+        client.reply(wrongArity(spec.name), spec);
+        return true;
+      }
+      const name = spec.name;
       if (name === 'ping') {
-        client.reply(frame.argc > 1 ? Buffer.concat([Buffer.from(`*2\r\n$4\r\npong\r\n$${frame.argLength(1)}\r\n`), frame.arg(1), Buffer.from('\r\n')]) : PONG_SUBSCRIBED, spec ?? null);
+        client.reply(frame.argc > 1 ? Buffer.concat([Buffer.from(`*2\r\n$4\r\npong\r\n$${frame.argLength(1)}\r\n`), frame.arg(1), Buffer.from('\r\n')]) : PONG_SUBSCRIBED, spec);
         return true;
       }
       if (!ALLOWED_WHILE_SUBSCRIBED.has(name)) {
         client.reply(
           encodeError(`ERR Can't execute '${name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context`),
-          spec ?? null,
+          spec,
         );
         return true;
       }
@@ -130,8 +136,12 @@ export class SessionCommands {
       return;
     }
     const shard = slot === NO_KEYS ? this.#shards.anyShard() : this.#shards.topology.slotOwner[slot]!;
-    this.#ownConnection(client, shard).send(frame.bytes(), client.awaitReply(spec));
+    const connection = this.#ownConnection(client, shard);
+    // A copy: the request may wait for the client's earlier replies, past this chunk's life.
+    const request = Buffer.from(frame.bytes());
+    const reply = client.awaitReply(spec);
     client.holdUntilReplied();
+    client.sendWhenFirst(reply, () => connection.send(request, reply));
   }
 
   pubsub(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
@@ -229,10 +239,14 @@ export class SessionCommands {
    */
   #wait(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
     const shardCount = this.#shards.topology.shards.length;
-    const gather = new WaitGather(client.awaitReply(spec), shardCount);
-    const request = frame.bytes();
-    for (let shard = 0; shard < shardCount; shard++) this.#ownConnection(client, shard).sendBatch([WAIT_NOOP, request], 1, gather);
+    const reply = client.awaitReply(spec);
+    const gather = new WaitGather(reply, shardCount);
+    const request = Buffer.from(frame.bytes());
+    const connections = Array.from({ length: shardCount }, (_, shard) => this.#ownConnection(client, shard));
     client.holdUntilReplied();
+    client.sendWhenFirst(reply, () => {
+      for (const connection of connections) connection.sendBatch([WAIT_NOOP, request], 1, gather);
+    });
   }
 
   #sendBySlot(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {

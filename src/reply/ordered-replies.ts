@@ -16,6 +16,11 @@ export class OrderedReplies {
     return this.#length;
   }
 
+  /** The oldest slot still waiting to be written, or null. */
+  get head(): ReplySlot | null {
+    return this.#head;
+  }
+
   get isHeadDone(): boolean {
     return this.#head !== null && this.#head.reply !== null;
   }
