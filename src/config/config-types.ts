@@ -28,6 +28,25 @@ export interface ProxyConfig {
   readonly listen: Address;
   /** HTTP address for /metrics and /healthz; null disables it. @default null */
   readonly metrics: Address | null;
+  /**
+   * HTTP admin endpoint for online resharding (what `slotproxy reshard/add-shard/remove-shard/
+   * rebalance` talk to); null disables it. Keep it on loopback: it moves data. @default null
+   */
+  readonly admin: Address | null;
+  /** Reload this file when it changes, as SIGHUP does (shards added or removed are rebalanced). @default false */
+  readonly watchConfig: boolean;
+  /** Keys per background batch while slots move (DUMP on the source, RESTORE on the target). @default 50 */
+  readonly migrateBatchKeys: number;
+  /**
+   * Slots each source shard has migrating at once. Commands on a migrating slot take one more
+   * round trip, so fewer keeps client latency flatter. @default 48
+   */
+  readonly migrateSlotsInFlight: number;
+  /**
+   * Background moves per second over all shards, at most (0 = no limit): the mover shares the
+   * shards and the proxy with client traffic, and pacing it keeps their latency flat. @default 12000
+   */
+  readonly migrateKeysPerSecond: number;
   /** A node that fails to answer for this long is failed, like cluster-node-timeout. @default 5000 */
   readonly nodeTimeoutMs: number;
   /** Runtime topology the proxy rewrites (like nodes.conf), resolved against the YAML's folder. */
@@ -64,4 +83,6 @@ export interface ProxyConfig {
   /** @default info */
   readonly logLevel: LogLevel;
   readonly shards: readonly ShardConfig[];
+  /** The YAML file it was read from (absolute path); null when read from text. Not a YAML key. */
+  readonly configFile: string | null;
 }

@@ -17,6 +17,11 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 export const DEFAULT_SETTINGS = {
   listen: { host: '127.0.0.1', port: 7000 },
   metrics: null,
+  admin: null,
+  watchConfig: false,
+  migrateBatchKeys: 50,
+  migrateSlotsInFlight: 48,
+  migrateKeysPerSecond: 12000,
   nodeTimeoutMs: 5000,
   stateFile: null,
   connectionsPerNode: 1,
@@ -31,7 +36,7 @@ export const DEFAULT_SETTINGS = {
   workers: 1,
   backendPassword: null,
   logLevel: 'info',
-} as const satisfies Omit<ProxyConfig, 'shards'>;
+} as const satisfies Omit<ProxyConfig, 'shards' | 'configFile'>;
 
 const NO_REPLICA_WRITES_VALUES = ['refuse', 'accept'] as const satisfies readonly NoReplicaWrites[];
 const READ_FROM_VALUES = ['primary', 'preferReplica', 'replica'] as const satisfies readonly ReadFrom[];
@@ -40,6 +45,11 @@ const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const satisfies readonl
 const TOP_LEVEL_KEYS = [
   'listen',
   'metrics',
+  'admin',
+  'watchConfig',
+  'migrateBatchKeys',
+  'migrateSlotsInFlight',
+  'migrateKeysPerSecond',
   'nodeTimeoutMs',
   'stateFile',
   'connectionsPerNode',
@@ -132,7 +142,7 @@ export function loadConfigFile(file: string): ProxyConfig {
   } catch (err) {
     throw new ConfigError(file, '', null, `cannot read the file: ${err instanceof Error ? err.message : String(err)}`);
   }
-  return loadConfig(text, file, nodePath.dirname(nodePath.resolve(file)));
+  return { ...loadConfig(text, file, nodePath.dirname(nodePath.resolve(file))), configFile: nodePath.resolve(file) };
 }
 
 /** One value to validate: where it is in the YAML and the node holding it. */
@@ -197,15 +207,21 @@ class ConfigReader {
 
     const listen = this.#optional(top, 'listen', (f) => this.#address(f), DEFAULT_SETTINGS.listen);
     const metrics = this.#optional(top, 'metrics', (f) => this.#nullable(f, (g) => this.#address(g)), DEFAULT_SETTINGS.metrics);
+    const admin = this.#optional(top, 'admin', (f) => this.#nullable(f, (g) => this.#address(g)), DEFAULT_SETTINGS.admin);
     const stateFile = this.#optional(
       top,
       'stateFile',
       (f) => this.#nullable(f, (g) => nodePath.resolve(this.#baseDir, this.#string(g))),
       DEFAULT_SETTINGS.stateFile,
     );
-    const settings: Omit<ProxyConfig, 'shards'> = {
+    const settings: Omit<ProxyConfig, 'shards' | 'configFile'> = {
       listen,
       metrics,
+      admin,
+      watchConfig: this.#optional(top, 'watchConfig', (f) => this.#boolean(f), DEFAULT_SETTINGS.watchConfig),
+      migrateBatchKeys: this.#optional(top, 'migrateBatchKeys', (f) => this.#integer(f, 1, 10_000), DEFAULT_SETTINGS.migrateBatchKeys),
+      migrateSlotsInFlight: this.#optional(top, 'migrateSlotsInFlight', (f) => this.#integer(f, 1, SLOT_COUNT), DEFAULT_SETTINGS.migrateSlotsInFlight),
+      migrateKeysPerSecond: this.#optional(top, 'migrateKeysPerSecond', (f) => this.#integer(f, 0, 10_000_000), DEFAULT_SETTINGS.migrateKeysPerSecond),
       nodeTimeoutMs: this.#optional(top, 'nodeTimeoutMs', (f) => this.#integer(f, 1, MAX_TIMER_MS), DEFAULT_SETTINGS.nodeTimeoutMs),
       stateFile,
       connectionsPerNode: this.#optional(top, 'connectionsPerNode', (f) => this.#integer(f, 1, 64), DEFAULT_SETTINGS.connectionsPerNode),
@@ -225,7 +241,7 @@ class ConfigReader {
     const drafts = this.#items(shardsField, 'a list of shards').map((f, i) => this.#shard(f, i));
     if (drafts.length === 0) this.#fail(shardsField, 'must list at least one shard');
     this.#checkNames(drafts);
-    this.#checkAddresses(drafts, top, listen, metrics);
+    this.#checkAddresses(drafts, top, listen, metrics, admin);
     const slots = this.#assignSlots(drafts, shardsField);
 
     const shards: ShardConfig[] = drafts.map((d, i) => ({
@@ -234,7 +250,7 @@ class ConfigReader {
       replicas: d.replicas.map((r) => r.address),
       slots: slots[i] ?? [],
     }));
-    return { ...settings, shards };
+    return { ...settings, shards, configFile: null };
   }
 
   #shard(field: Field, index: number): ShardDraft {
@@ -304,6 +320,7 @@ class ConfigReader {
     top: Entries<(typeof TOP_LEVEL_KEYS)[number]>,
     listen: Address,
     metrics: Address | null,
+    admin: Address | null,
   ): void {
     const seen = new Map<string, string>();
     const claim = (address: Address, field: Field, owner: string): void => {
@@ -316,6 +333,8 @@ class ConfigReader {
     seen.set(addressKey(listen), listenField === undefined ? 'listen (the default)' : 'listen');
     const metricsField = top.get('metrics');
     if (metrics !== null && metricsField !== undefined) claim(metrics, metricsField, 'metrics');
+    const adminField = top.get('admin');
+    if (admin !== null && adminField !== undefined) claim(admin, adminField, 'admin');
     for (const draft of drafts) {
       claim(draft.primary, draft.primaryField, `${draft.primaryField.path} (${draft.name})`);
       for (const replica of draft.replicas) claim(replica.address, replica.field, `${replica.field.path} (${draft.name})`);
@@ -479,6 +498,13 @@ class ConfigReader {
     }
     // Never echo the value: it may be a real password with a typo in the quoting.
     this.#fail(field, 'must be a non-empty string');
+  }
+
+  #boolean(field: Field): boolean {
+    const node = field.node;
+    const value = isScalar(node) ? node.value : undefined;
+    if (typeof value !== 'boolean') this.#fail(field, `must be true or false, not ${this.#show(node)}`);
+    return value;
   }
 
   #oneOf<T extends string>(field: Field, values: readonly T[]): T {

@@ -140,6 +140,12 @@ describe('loadConfig: valid configs', () => {
     expect(config).toEqual({
       listen: { host: '0.0.0.0', port: 7100 },
       metrics: { host: '::1', port: 9121 },
+      admin: null,
+      watchConfig: false,
+      migrateBatchKeys: 50,
+      migrateSlotsInFlight: 48,
+      migrateKeysPerSecond: 12000,
+      configFile: fixture('valid.yaml'),
       nodeTimeoutMs: 3000,
       stateFile: path.join(FIXTURES, 'state', 'topology.json'),
       connectionsPerNode: 4,
@@ -173,11 +179,17 @@ describe('loadConfig: valid configs', () => {
 
   it('applies every default and splits slots evenly when no shard lists them', () => {
     const config = loadConfigFile(fixture('valid-even.yaml'));
-    const { shards, ...settings } = config;
+    const { shards, configFile, ...settings } = config;
+    expect(configFile).toBe(fixture('valid-even.yaml'));
     expect(settings).toEqual(DEFAULT_SETTINGS);
     expect(settings).toEqual({
       listen: { host: '127.0.0.1', port: 7000 },
       metrics: null,
+      admin: null,
+      watchConfig: false,
+      migrateBatchKeys: 50,
+      migrateSlotsInFlight: 48,
+      migrateKeysPerSecond: 12000,
       nodeTimeoutMs: 5000,
       stateFile: null,
       connectionsPerNode: 1,
