@@ -27,11 +27,14 @@ export interface MigratingRouterOptions {
 const PARK_TIMEOUT_MS = 30_000;
 /** A command answered BIG (a big key not locked yet) or a failed move is tried again after this. */
 const RETRY_DELAY_MS = 20;
+/** A command on a key the background mover has in flight (one batch, a millisecond or two) tries again after this. */
+const MOVING_DELAY_MS = 2;
 const MAX_RETRY_DELAY_MS = 500;
 /** How often parked commands are looked at while there are any. */
 const TICK_MS = 10;
 
 const BIG = Buffer.from('+BIG\r\n');
+const MOVING = Buffer.from('+MOVING\r\n');
 /** The script's body, encoded once: every on-demand move sends it as a view. */
 const EVAL_HEAD = Buffer.from(`$4\r\nEVAL\r\n$${Buffer.byteLength(KEY_MOVE_SCRIPT)}\r\n${KEY_MOVE_SCRIPT}\r\n`);
 const SHUTTING_DOWN = encodeError('ERR slotproxy is shutting down');
@@ -79,8 +82,10 @@ class KeyMove implements ReplySink {
 
   onReply(frame: Buffer): void {
     if (frame[0] === 43) {
-      // +OK: moved. +NOKEY: nothing of it left on the source. +BIG: a big key still on the source.
-      if (frame.equals(BIG)) this.router.park(this, RETRY_DELAY_MS);
+      // +OK: moved. +NOKEY: nothing of it left on the source. +BIG: a big key still on the
+      // source. +MOVING: the background mover has the key in flight.
+      if (frame.equals(MOVING)) this.router.park(this, MOVING_DELAY_MS);
+      else if (frame.equals(BIG)) this.router.park(this, RETRY_DELAY_MS);
       else this.router.afterMove(this);
       return;
     }
@@ -103,11 +108,13 @@ class KeyMove implements ReplySink {
  * Commands on keys of a migrating slot (Codis's way over plain Redis): each command's keys are
  * moved from the source to the target first, then the command runs on the target. The move is
  * the key-move script (topology/key-move-script.ts): atomic on the source, +NOKEY when the keys
- * are already gone, so a command never runs while its key exists on both shards, and +BIG for a
- * key too big to MIGRATE at once, which the control plane copies in chunks.
+ * are already gone, so a command never runs while its key exists on both shards; +BIG for a
+ * key too big to MIGRATE at once, which the control plane copies in chunks; +MOVING for a key
+ * the control plane's mover has in flight (a batch takes a millisecond or two).
  *
  * Commands that cannot go yet wait here ("parked"): keys the snapshot locks (a chunked copy
- * under way), keys the script answered BIG for, and moves that failed (retried with backoff).
+ * under way), keys the script answered BIG or MOVING for, and moves that failed (retried with
+ * backoff).
  * A command on a key that has a parked command waits behind it, so one client's commands on a
  * key keep their order. Parked commands go again when a snapshot arrives or their retry time
  * comes, and fail with TRYAGAIN only after PARK_TIMEOUT_MS.
@@ -201,7 +208,7 @@ export class MigratingRouter {
       return;
     }
     const target = this.#shards.primaryAddress(migration.to);
-    const args = keyMoveArgs({ host: target.host, port: target.port, timeoutMs: this.#options.migrateTimeoutMs, password: this.#options.password }, 'all');
+    const args = keyMoveArgs({ host: target.host, port: target.port, timeoutMs: this.#options.migrateTimeoutMs, password: this.#options.password });
     const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + args.length), EVAL_HEAD, bulk(String(move.keys.length))];
     for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
     for (const arg of args) parts.push(bulk(arg));

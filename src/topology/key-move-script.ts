@@ -1,47 +1,40 @@
 /**
- * The one way keys leave a migrating slot's source shard, shared by the data path (a command's
- * keys, on demand) and the control plane's background mover: a Lua script run on the source that
- * sizes each key and MIGRATEs (REPLACE) only the small ones, in one atomic step.
+ * How keys leave a migrating slot's source shard: Lua scripts run on the source, shared by the
+ * data path (a command's keys, moved on demand) and the control plane's background mover.
  *
- * A big key (a collection of more than BIG_KEY_MAX_ELEMENTS elements, or more than
- * BIG_KEY_MAX_BYTES by STRLEN or MEMORY USAGE) is never MIGRATEd whole: one MIGRATE of a 5 MB
- * list holds its shard for tens of milliseconds. The mover copies it in chunks instead, and
- * until that copy is done the key stays whole on the source, where this script answers BIG for
- * it: the data path then makes the command wait, so nothing reads or writes the key meanwhile.
+ * The rule that makes every path safe: while a key exists on the source, the source's copy is
+ * the authority. A command runs on the target only after a script found its keys gone from the
+ * source, so a copy on the target next to one on the source is a leftover (a timed-out MIGRATE,
+ * an interrupted copy) and may be replaced (MIGRATE ... REPLACE, RESTORE ... REPLACE).
  *
- * REPLACE is safe because the source is the authority for every key it still holds: a command
- * runs on the target only after this script found its keys gone from the source, so a copy on
- * the target next to one on the source is a leftover (a timed-out MIGRATE, a chunked copy
- * interrupted by a crash), never a newer value.
- *
- * KEYS: the keys. ARGV: target host, target port, MIGRATE timeout (ms), max elements, max bytes,
- * mode, and optionally the target's password.
- *   mode 'all'  (data path): +BIG when any key is big (nothing moved), else MIGRATE's reply,
- *                +OK (moved) or +NOKEY (none of the keys is on the source).
- *   mode 'some' (mover): moves the small keys; replies [moved count, big key, big key, ...].
+ * - On demand (KEY_MOVE_SCRIPT): sizes each key and MIGRATEs them in one atomic step. It answers
+ *   +BIG instead for a key too big to MIGRATE at once, and +MOVING for a key the background
+ *   mover has in flight: the command then waits and tries again.
+ * - In the background (DUMP_KEYS_SCRIPT, then RESTORE_KEYS_SCRIPT on the target, then RELEASE_KEYS_SCRIPT):
+ *   the mover marks a batch of keys as in flight in MOVING_KEYS (a hash on the source) and
+ *   reads them with DUMP in one step, restores them on the target, then deletes them from the
+ *   source and unmarks them in one step. Unlike MIGRATE, the source never waits for the target,
+ *   so a slow or descheduled target cannot stall the source's other clients. A crash in between
+ *   leaves the keys whole on the source (the next start deletes MOVING_KEYS).
+ * - Big keys (more than BIG_KEY_MAX_ELEMENTS elements, or more than BIG_KEY_MAX_BYTES by STRLEN
+ *   or MEMORY USAGE) are copied in chunks by the mover (control/big-key-copier.ts).
  */
 
-/** Collections with more elements than this are copied in chunks, not MIGRATEd. */
+/** Collections with more elements than this are copied in chunks, not moved whole. */
 export const BIG_KEY_MAX_ELEMENTS = 2000;
 /** Keys larger than this (STRLEN, or MEMORY USAGE for collections) are copied in chunks. */
 export const BIG_KEY_MAX_BYTES = 1024 * 1024;
-/** Keys per MIGRATE inside the script: Lua's unpack() has a bounded stack. */
-const KEYS_PER_MIGRATE = 500;
+/** The hash on a source shard naming the keys the background mover has in flight. */
+export const MOVING_KEYS = '{slotproxy}:moving-keys';
+/** Keys per MIGRATE / HDEL inside a script: Lua's unpack() has a bounded stack. */
+const KEYS_PER_CALL = 500;
 
-export type KeyMoveMode = 'all' | 'some';
-
-export const KEY_MOVE_SCRIPT = `
-local maxElements = tonumber(ARGV[4])
-local maxBytes = tonumber(ARGV[5])
-local small = {}
-local big = {}
-for i = 1, #KEYS do
-  local key = KEYS[i]
-  local kind = redis.call('TYPE', key)['ok']
-  if kind ~= 'none' then
+/** Lua: sets `isBig` for the existing key `key` of type `kind` (ARGV[maxElementsArg], ARGV[maxBytesArg]). */
+function sizeCheck(maxElementsArg: number, maxBytesArg: number): string {
+  return `
     local isBig
     if kind == 'string' then
-      isBig = redis.call('STRLEN', key) > maxBytes
+      isBig = redis.call('STRLEN', key) > tonumber(ARGV[${maxBytesArg}])
     else
       local n = 0
       if kind == 'hash' then n = redis.call('HLEN', key)
@@ -49,31 +42,101 @@ for i = 1, #KEYS do
       elseif kind == 'set' then n = redis.call('SCARD', key)
       elseif kind == 'zset' then n = redis.call('ZCARD', key)
       elseif kind == 'stream' then n = redis.call('XLEN', key) end
-      isBig = n > maxElements or (redis.call('MEMORY', 'USAGE', key) or 0) > maxBytes
-    end
-    if isBig then big[#big + 1] = key else small[#small + 1] = key end
+      isBig = n > tonumber(ARGV[${maxElementsArg}]) or (redis.call('MEMORY', 'USAGE', key) or 0) > tonumber(ARGV[${maxBytesArg}])
+    end`;
+}
+
+/**
+ * KEYS: the command's keys. ARGV: target host, target port, MIGRATE timeout (ms), max elements,
+ * max bytes, and optionally the target's password. Replies +MOVING, +BIG (nothing moved), or
+ * +OK (moved) / +NOKEY (none of the keys is on the source).
+ */
+export const KEY_MOVE_SCRIPT = `
+for i = 1, #KEYS do
+  if redis.call('HEXISTS', '${MOVING_KEYS}', KEYS[i]) == 1 then return redis.status_reply('MOVING') end
+end
+local present = {}
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'none' then
+    ${sizeCheck(4, 5)}
+    if isBig then return redis.status_reply('BIG') end
+    present[#present + 1] = key
   end
 end
-if ARGV[6] == 'all' and #big > 0 then return redis.status_reply('BIG') end
+if #present == 0 then return redis.status_reply('NOKEY') end
 local i = 1
-while i <= #small do
+while i <= #present do
   local args = {'MIGRATE', ARGV[1], ARGV[2], '', '0', ARGV[3], 'REPLACE'}
-  if ARGV[7] then
+  if ARGV[6] then
     args[#args + 1] = 'AUTH'
-    args[#args + 1] = ARGV[7]
+    args[#args + 1] = ARGV[6]
   end
   args[#args + 1] = 'KEYS'
-  for j = i, math.min(i + ${KEYS_PER_MIGRATE} - 1, #small) do args[#args + 1] = small[j] end
+  for j = i, math.min(i + ${KEYS_PER_CALL} - 1, #present) do args[#args + 1] = present[j] end
   redis.call(unpack(args))
-  i = i + ${KEYS_PER_MIGRATE}
+  i = i + ${KEYS_PER_CALL}
 end
-if ARGV[6] == 'all' then
-  if #small > 0 then return redis.status_reply('OK') end
-  return redis.status_reply('NOKEY')
+return redis.status_reply('OK')
+`;
+
+/**
+ * KEYS: keys found by the mover's scan. ARGV: max elements, max bytes. Marks the small ones as
+ * in flight and replies [n, key, dump, expire-at (ms, -1 for none), ... n times, big key, ...].
+ */
+export const DUMP_KEYS_SCRIPT = `
+local reply = {0}
+local big = {}
+local n = 0
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'none' then
+    ${sizeCheck(1, 2)}
+    if isBig then
+      big[#big + 1] = key
+    else
+      redis.call('HSET', '${MOVING_KEYS}', key, '1')
+      reply[#reply + 1] = key
+      reply[#reply + 1] = redis.call('DUMP', key)
+      reply[#reply + 1] = redis.call('PEXPIRETIME', key)
+      n = n + 1
+    end
+  end
 end
-local reply = {#small}
+reply[1] = n
 for j = 1, #big do reply[#reply + 1] = big[j] end
 return reply
+`;
+
+/**
+ * KEYS: keys now restored on the target: deleted here and unmarked. ARGV: keys that could not
+ * be restored: only unmarked (they stay whole here). Replies the number deleted.
+ */
+export const RELEASE_KEYS_SCRIPT = `
+local deleted = 0
+for i = 1, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
+local fields = {}
+for i = 1, #KEYS do fields[#fields + 1] = KEYS[i] end
+for i = 1, #ARGV do fields[#fields + 1] = ARGV[i] end
+local i = 1
+while i <= #fields do
+  redis.call('HDEL', '${MOVING_KEYS}', unpack(fields, i, math.min(i + ${KEYS_PER_CALL} - 1, #fields)))
+  i = i + ${KEYS_PER_CALL}
+end
+return deleted
+`;
+
+/**
+ * Run on the target: KEYS are the keys, ARGV holds expire-at (ms, 0 for none) and DUMP payload
+ * per key, in order. RESTOREs them all (REPLACE, ABSTTL) in one command; replies how many.
+ */
+export const RESTORE_KEYS_SCRIPT = `
+for i = 1, #KEYS do
+  redis.call('RESTORE', KEYS[i], ARGV[2 * i - 1], ARGV[2 * i], 'REPLACE', 'ABSTTL')
+end
+return #KEYS
 `;
 
 /** Where the keys go, and how. */
@@ -85,9 +148,12 @@ export interface KeyMoveTarget {
   readonly password: string | null;
 }
 
-/** The script's ARGV after the keys. */
-export function keyMoveArgs(target: KeyMoveTarget, mode: KeyMoveMode): string[] {
-  const args = [target.host, String(target.port), String(target.timeoutMs), String(BIG_KEY_MAX_ELEMENTS), String(BIG_KEY_MAX_BYTES), mode];
+/** KEY_MOVE_SCRIPT's ARGV after the keys. */
+export function keyMoveArgs(target: KeyMoveTarget): string[] {
+  const args = [target.host, String(target.port), String(target.timeoutMs), String(BIG_KEY_MAX_ELEMENTS), String(BIG_KEY_MAX_BYTES)];
   if (target.password !== null) args.push(target.password);
   return args;
 }
+
+/** DUMP_KEYS_SCRIPT's ARGV after the keys. */
+export const DUMP_KEYS_ARGS: readonly string[] = [String(BIG_KEY_MAX_ELEMENTS), String(BIG_KEY_MAX_BYTES)];
