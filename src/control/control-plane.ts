@@ -7,6 +7,8 @@ import { Failover, nodesOf } from './failover';
 import { HealthChecker } from './health-checker';
 import { StateFile } from './state-file';
 import { initialTopology } from './topology-builder';
+import { Resharding } from './resharding';
+import { withRuntimeMembership } from './runtime-membership';
 
 /**
  * Everything off the hot path, run once per proxy (in the primary process when there are
@@ -25,6 +27,8 @@ export class ControlPlane {
   /** The startup begun by the constructor; start() returns it. */
   readonly #started: Promise<void>;
   #isClosed = false;
+  /** Online resharding (plans, slot mover, admin endpoint, config reloads): resharding.ts. */
+  readonly resharding: Resharding;
 
   /**
    * Loads the first snapshot and begins health checks at once (see start()).
@@ -33,7 +37,9 @@ export class ControlPlane {
   constructor(config: ProxyConfig) {
     this.#config = config;
     this.#stateFile = config.stateFile === null ? null : new StateFile(config.stateFile);
-    const initial = initialTopology(config, this.#stateFile?.read() ?? null);
+    // Resharding: shards the YAML added or dropped since the state file was written keep the stored slots (runtime-membership.ts).
+    const membership = withRuntimeMembership(config, this.#stateFile?.read() ?? null);
+    const initial = initialTopology(membership.config, membership.state);
     for (const note of initial.notes) log.warn('state file not used as is', { file: config.stateFile, note });
     this.store = new TopologyStore(initial.topology);
     log.info('topology loaded', {
@@ -49,6 +55,9 @@ export class ControlPlane {
     this.#started = this.#start().catch((err: unknown) => {
       log.error('control plane start failed', { error: String(err) });
     });
+    // Resharding starts (or resumes) once the roles are settled.
+    this.resharding = new Resharding(this.store, config, this.#stateFile, membership);
+    void this.#started.then(() => this.resharding.start());
   }
 
   /**
@@ -84,6 +93,7 @@ export class ControlPlane {
   /** Stops probing; resolves when the state file has its last write. */
   async close(): Promise<void> {
     this.#isClosed = true;
+    await this.resharding.close();
     this.#failover?.close();
     this.#checker?.close();
     await this.#failover?.idle();

@@ -127,3 +127,24 @@ export const stateFileWritesTotal = new Counter({
   labelNames: ['outcome'] as const,
   registers: [registry],
 });
+
+// Online resharding (control/slot-migrator.ts, control/resharding.ts).
+export const migrationErrorsTotal = new Counter({
+  name: 'slotproxy_migration_errors_total',
+  help: 'Failed steps of the background slot mover, retried (kind: scan, migrate, big_key, journal).',
+  labelNames: ['kind'] as const,
+  registers: [registry],
+});
+
+export const bigKeysMovedTotal = new Counter({
+  name: 'slotproxy_migrated_big_keys_total',
+  help: 'Big keys moved by chunked copy (also counted in slotproxy_migrated_keys_total).',
+  registers: [registry],
+});
+
+export const reshardPlansTotal = new Counter({
+  name: 'slotproxy_reshard_plans_total',
+  help: 'Resharding plans run, by what started them (admin, reload, startup) and outcome (done, failed, aborted).',
+  labelNames: ['trigger', 'outcome'] as const,
+  registers: [registry],
+});

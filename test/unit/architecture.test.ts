@@ -16,7 +16,8 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   backend: ['resp', 'topology', 'io', 'metrics', 'log'],
   dispatch: ['routing', 'backend', 'reply', 'commands', 'resp', 'topology', 'metrics', 'io', 'log'],
   client: ['dispatch', 'reply', 'resp', 'io', 'metrics', 'log', 'commands'],
-  control: ['topology', 'config', 'metrics', 'log'],
+  // routing/ for its pure key -> slot function (the slot mover scans keys), never the data path's sockets.
+  control: ['topology', 'config', 'metrics', 'log', 'routing'],
   cli: ['*'],
 };
 

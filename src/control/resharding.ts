@@ -1,0 +1,644 @@
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import Redis from 'ioredis';
+import { AddressError, addressKey, parseAddress } from '../config/address';
+import type { Address, ProxyConfig } from '../config/config-types';
+import { ConfigError, loadConfigFile } from '../config/load-config';
+import { log } from '../log/logger';
+import { reshardPlansTotal } from '../metrics/metrics';
+import { nodeKey, Topology, type ShardInfo } from '../topology/topology';
+import type { TopologyStore } from '../topology/topology-store';
+import { AdminServer } from './admin-server';
+import { addShardToConfigFile, removeShardFromConfigFile, writeSlotsToConfigFile } from './config-file-editor';
+import {
+  countsAfter,
+  fromRanges,
+  groupMoves,
+  planRebalance,
+  planReshard,
+  PlanBusyError,
+  PlanError,
+  slotCounts,
+  slotMapOf,
+  toRanges,
+  type MoveGroup,
+  type SlotMap,
+  type SlotMove,
+} from './rebalance-planner';
+import type { RuntimeMembership } from './runtime-membership';
+import { MigrationAbortedError, MigrationProgress, SlotMigrator, type BigKeyEntry } from './slot-migrator';
+import { writeFileAtomic, type StateFile } from './state-file';
+
+/**
+ * Online resharding as a whole: it turns requests (from the admin endpoint, a config reload, or
+ * what a restart finds unfinished) into plans, runs one plan at a time with the slot migrator,
+ * and keeps the plan in a file next to the state file until it is done, so a proxy killed in
+ * the middle resumes it at its next start.
+ *
+ * A stored plan is a goal, not a list of moves: "rebalance (these weights, draining these
+ * shards)" or "move these slots from A to B". The moves are worked out again from the current
+ * slot table whenever the plan (re)starts, so a resumed plan moves only what is left.
+ */
+
+/** What a client of the admin endpoint (or a reload) asks for. */
+export type PlanRequest =
+  | { readonly op: 'reshard'; readonly from: string; readonly to: string; readonly slots: number }
+  | { readonly op: 'rebalance'; readonly weights?: Readonly<Record<string, number>> }
+  | { readonly op: 'add-shard'; readonly name: string; readonly primary: string; readonly replicas?: readonly string[]; readonly rebalance?: boolean }
+  | { readonly op: 'remove-shard'; readonly name: string };
+
+export type PlanTrigger = 'admin' | 'reload' | 'startup';
+
+/** A shard a plan adds. */
+interface ShardSpec {
+  readonly name: string;
+  readonly primary: Address;
+  readonly replicas: readonly Address[];
+}
+
+/** The plan file's contents. */
+interface StoredPlan {
+  readonly format: 'slotproxy-reshard';
+  readonly version: 1;
+  readonly id: string;
+  readonly op: PlanRequest['op'] | 'resume';
+  readonly trigger: PlanTrigger;
+  readonly createdAt: string;
+  readonly addShards: readonly ShardSpec[];
+  readonly removeShards: readonly string[];
+  /** Rebalance goal (weights by shard name, 1 when absent); null for an explicit reshard or none. */
+  readonly weights: Readonly<Record<string, number>> | null;
+  /** Explicit slots to move (reshard), as inclusive ranges. */
+  readonly reshard: { readonly from: string; readonly to: string; readonly slots: readonly (readonly [number, number])[] } | null;
+  /** Chunked copies under way: their temporary keys are removed before resuming. */
+  readonly bigKeys: readonly BigKeyEntry[];
+}
+
+/** A plan as shown before it runs and while it runs. */
+export interface PlanView {
+  readonly id: string;
+  readonly op: StoredPlan['op'];
+  readonly trigger: PlanTrigger;
+  readonly addShards: readonly { readonly name: string; readonly primary: string; readonly replicas: readonly string[] }[];
+  readonly removeShards: readonly string[];
+  readonly slotsToMove: number;
+  readonly moves: readonly MoveGroup[];
+  /** Slots per shard now and once the plan is done. */
+  readonly countsBefore: Readonly<Record<string, number>>;
+  readonly countsAfter: Readonly<Record<string, number>>;
+}
+
+export type RunState = 'idle' | 'running' | 'done' | 'failed' | 'aborted';
+
+/** GET /admin/status. */
+export interface ReshardStatus {
+  readonly state: RunState;
+  readonly plan: PlanView | null;
+  readonly error: string | null;
+  readonly progress: {
+    readonly slotsTotal: number;
+    readonly slotsDone: number;
+    readonly slotsMigrating: number;
+    readonly keysMoved: number;
+    readonly bigKeysMoved: number;
+    readonly keysEstimate: number;
+    readonly errors: number;
+    readonly lastError: string | null;
+    readonly elapsedMs: number;
+    readonly keysPerSecond: number;
+    readonly slotsPerSecond: number;
+    /** null until something has moved. */
+    readonly etaSeconds: number | null;
+  } | null;
+  readonly epoch: number;
+  readonly shards: readonly { readonly name: string; readonly primary: string; readonly slots: number }[];
+  readonly slotsMigrating: number;
+}
+
+
+const PLAN_FORMAT = 'slotproxy-reshard';
+/** After a shard's last slot leaves it, commands routed by older snapshots get this long to finish there. */
+const DROP_GRACE_MS = 200;
+const WATCH_INTERVAL_MS = 1_000;
+
+/** One plan being run (or the last one run). */
+interface Run {
+  readonly plan: StoredPlan;
+  readonly view: PlanView;
+  readonly progress: MigrationProgress;
+  state: RunState;
+  error: string | null;
+  finishedAt: number | null;
+}
+
+export class Resharding {
+  readonly #store: TopologyStore;
+  readonly #config: ProxyConfig;
+  readonly #stateFile: StateFile | null;
+  readonly #membership: RuntimeMembership;
+  readonly #planFile: string | null;
+  readonly #migrator: SlotMigrator;
+  #run: Run | null = null;
+  #running: Promise<void> | null = null;
+  /** A reload arrived while a plan ran: reconcile the YAML's shards once it is done. */
+  #isReloadPending = false;
+  #admin: AdminServer | null = null;
+  #isClosed = false;
+  readonly #onSighup = (): void => {
+    log.info('SIGHUP: reloading the config', { file: this.#config.configFile });
+    void this.reload('reload');
+  };
+  #watchedMtime = 0;
+
+  constructor(store: TopologyStore, config: ProxyConfig, stateFile: StateFile | null, membership: RuntimeMembership) {
+    this.#store = store;
+    this.#config = config;
+    this.#stateFile = stateFile;
+    this.#membership = membership;
+    this.#planFile = stateFile === null ? null : `${stateFile.file}.reshard`;
+    this.#migrator = new SlotMigrator(
+      store,
+      (topology) => this.#persist(topology),
+      { setBigKeys: (entries) => this.#saveBigKeys(entries) },
+      {
+        migrateTimeoutMs: config.migrateTimeoutMs,
+        password: config.backendPassword,
+        batchKeys: config.migrateBatchKeys,
+        slotsInFlight: config.migrateSlotsInFlight,
+        keysPerSecond: config.migrateKeysPerSecond,
+      },
+      config.logLevel,
+    );
+  }
+
+  /**
+   * Begun once the control plane has settled the roles: the admin endpoint, config reloads
+   * (SIGHUP, and the file watcher when watchConfig is on), then whatever the last run left:
+   * a stored plan resumes; slots left migrating without one are finished; shards the YAML
+   * added or removed while the proxy was down are rebalanced.
+   */
+  async start(): Promise<void> {
+    try {
+      await this.#start();
+    } catch (err) {
+      log.error('resharding start failed', { error: (err as Error).message ?? String(err) });
+    }
+  }
+
+  async #start(): Promise<void> {
+    if (this.#isClosed) return;
+    if (this.#config.admin !== null) {
+      try {
+        this.#admin = await AdminServer.start({ host: this.#config.admin.host, port: this.#config.admin.port, resharding: this });
+        log.info('admin listening', { address: `${this.#admin.host}:${this.#admin.port}` });
+      } catch (err) {
+        log.error('admin endpoint failed to start', { error: (err as Error).message });
+      }
+    }
+    if (this.#config.configFile !== null) {
+      process.on('SIGHUP', this.#onSighup);
+      if (this.#config.watchConfig) this.#watch(this.#config.configFile);
+    }
+    const stored = this.#readPlan();
+    if (stored !== null) {
+      log.info('resuming the resharding plan the last run left', { id: stored.id, op: stored.op });
+      if (stored.bigKeys.length > 0) await this.#migrator.cleanUp(stored.bigKeys);
+      this.#launch({ ...stored, bigKeys: [] });
+      return;
+    }
+    const { added, removed } = this.#membership;
+    if (added.length > 0 || removed.length > 0) {
+      log.info('the YAML adds or removes shards: rebalancing', { added: [...added], removed: [...removed] });
+      this.#startQuietly({ ...this.#newPlan('rebalance', 'startup'), removeShards: removed });
+    } else if (this.#store.current.migrations.size > 0) {
+      log.info('finishing slots left migrating', { slots: this.#store.current.migrations.size });
+      this.#startQuietly({ ...this.#newPlan('resume', 'startup'), weights: null });
+    }
+  }
+
+  /** The plan a request would run, without running it. */
+  async preview(request: PlanRequest): Promise<PlanView> {
+    const plan = await this.#planFor(request, 'admin');
+    return this.#view(plan, this.#movesFor(plan));
+  }
+
+  /** Starts the plan; resolves with its view once it has begun. */
+  async submit(request: PlanRequest, trigger: PlanTrigger = 'admin'): Promise<PlanView> {
+    if (this.#running !== null) throw new PlanBusyError(`plan ${this.#run?.plan.id} is still running`);
+    const plan = await this.#planFor(request, trigger);
+    if (this.#running !== null) throw new PlanBusyError(`plan ${this.#run?.plan.id} is still running`);
+    return this.#launch(plan);
+  }
+
+  status(): ReshardStatus {
+    const topology = this.#store.current;
+    const counts = slotCounts(slotMapOf(topology));
+    const run = this.#run;
+    let progress: ReshardStatus['progress'] = null;
+    if (run !== null) {
+      const p = run.progress;
+      const elapsedMs = (run.finishedAt ?? Date.now()) - p.startedAt;
+      const seconds = Math.max(0.001, elapsedMs / 1000);
+      const slotsPerSecond = p.slotsDone / seconds;
+      const keysPerSecond = p.keysMoved / seconds;
+      let etaSeconds: number | null = null;
+      if (run.state === 'running' && p.slotsDone > 0) {
+        etaSeconds = (p.slotsTotal - p.slotsDone) / slotsPerSecond;
+        if (p.keysEstimate > p.keysMoved && keysPerSecond > 0) etaSeconds = Math.max(etaSeconds, (p.keysEstimate - p.keysMoved) / keysPerSecond);
+      } else if (run.state !== 'running') {
+        etaSeconds = 0;
+      }
+      progress = {
+        slotsTotal: p.slotsTotal,
+        slotsDone: p.slotsDone,
+        slotsMigrating: p.slotsMigrating,
+        keysMoved: p.keysMoved,
+        bigKeysMoved: p.bigKeysMoved,
+        keysEstimate: p.keysEstimate,
+        errors: p.errors,
+        lastError: p.lastError,
+        elapsedMs,
+        keysPerSecond: Math.round(keysPerSecond),
+        slotsPerSecond: Math.round(slotsPerSecond * 10) / 10,
+        etaSeconds: etaSeconds === null ? null : Math.round(etaSeconds * 10) / 10,
+      };
+    }
+    return {
+      state: run?.state ?? 'idle',
+      plan: run?.view ?? null,
+      error: run?.error ?? null,
+      progress,
+      epoch: topology.epoch,
+      shards: topology.shards.map((s, i) => ({ name: s.name, primary: nodeKey(s.primary), slots: counts[i]! })),
+      slotsMigrating: topology.migrations.size,
+    };
+  }
+
+  /** Re-reads the YAML: shards it adds are rebalanced onto, shards it drops are drained and removed. */
+  async reload(trigger: PlanTrigger): Promise<void> {
+    const file = this.#config.configFile;
+    if (file === null || this.#isClosed) return;
+    if (this.#running !== null) {
+      this.#isReloadPending = true;
+      log.info('config reload deferred until the running plan is done', { file });
+      return;
+    }
+    let config: ProxyConfig;
+    try {
+      config = loadConfigFile(file);
+    } catch (err) {
+      reshardPlansTotal.inc({ trigger, outcome: 'failed' });
+      log.error('config reload failed; nothing changed', { file, error: err instanceof ConfigError ? err.message : String(err) });
+      return;
+    }
+    const topology = this.#store.current;
+    const names = new Set(topology.shards.map((s) => s.name));
+    const wanted = new Set(config.shards.map((s) => s.name));
+    const added = config.shards.filter((s) => !names.has(s.name)).map((s) => ({ name: s.name, primary: s.primary, replicas: s.replicas }));
+    const removed = topology.shards.filter((s) => !wanted.has(s.name)).map((s) => s.name);
+    if (added.length === 0 && removed.length === 0) {
+      log.info('config reloaded: no shard added or removed', { file });
+      return;
+    }
+    log.info('config reloaded: rebalancing', { file, added: added.map((s) => s.name), removed });
+    try {
+      for (const spec of added) await this.#checkNewShard(spec, topology);
+      this.#startQuietly({ ...this.#newPlan('rebalance', trigger), addShards: added, removeShards: removed });
+    } catch (err) {
+      reshardPlansTotal.inc({ trigger, outcome: 'failed' });
+      log.error('config reload: plan refused', { file, error: (err as Error).message });
+    }
+  }
+
+  /** Stops the running plan after its current step (it resumes at the next start) and the admin endpoint. */
+  async close(): Promise<void> {
+    this.#isClosed = true;
+    process.off('SIGHUP', this.#onSighup);
+    if (this.#config.configFile !== null) fs.unwatchFile(this.#config.configFile);
+    this.#migrator.abort();
+    await this.#admin?.close();
+    await this.#running;
+  }
+
+  // ---- plans ----
+
+  #newPlan(op: StoredPlan['op'], trigger: PlanTrigger): StoredPlan {
+    return {
+      format: PLAN_FORMAT,
+      version: 1,
+      id: randomBytes(4).toString('hex'),
+      op,
+      trigger,
+      createdAt: new Date().toISOString(),
+      addShards: [],
+      removeShards: [],
+      weights: {},
+      reshard: null,
+      bigKeys: [],
+    };
+  }
+
+  async #planFor(request: PlanRequest, trigger: PlanTrigger): Promise<StoredPlan> {
+    if (this.#stateFile === null) {
+      throw new PlanError('resharding needs stateFile in the config: without it a restart would route by the YAML\'s slots, not where keys were moved');
+    }
+    const topology = this.#store.current;
+    const names = topology.shards.map((s) => s.name);
+    switch (request.op) {
+      case 'reshard': {
+        const moves = planReshard(slotMapOf(topology), request.from, request.to, request.slots);
+        return { ...this.#newPlan('reshard', trigger), weights: null, reshard: { from: request.from, to: request.to, slots: toRanges(moves.map((m) => m.slot)) } };
+      }
+      case 'rebalance': {
+        const weights = request.weights ?? {};
+        planRebalance(slotMapOf(topology), weights);
+        return { ...this.#newPlan('rebalance', trigger), weights };
+      }
+      case 'add-shard': {
+        const spec = parseShardSpec(request.name, request.primary, request.replicas ?? []);
+        await this.#checkNewShard(spec, topology);
+        const plan = { ...this.#newPlan('add-shard', trigger), addShards: [spec] };
+        return request.rebalance === false ? { ...plan, weights: null } : plan;
+      }
+      case 'remove-shard': {
+        if (!names.includes(request.name)) throw new PlanError(`no shard named ${request.name}`);
+        if (names.length < 2) throw new PlanError('cannot remove the only shard');
+        return { ...this.#newPlan('remove-shard', trigger), removeShards: [request.name] };
+      }
+    }
+  }
+
+  /** The moves a plan needs from the current slot table (plus slots left migrating, to finish them). */
+  #movesFor(plan: StoredPlan): SlotMove[] {
+    const topology = this.#store.current;
+    let map = slotMapOf(topology);
+    const missing = plan.addShards.filter((s) => !map.names.includes(s.name)).map((s) => s.name);
+    if (missing.length > 0) map = { names: [...map.names, ...missing], owner: map.owner } satisfies SlotMap;
+    let moves: SlotMove[];
+    if (plan.reshard !== null) {
+      const { from, to } = plan.reshard;
+      moves = fromRanges(plan.reshard.slots).map((slot) => ({ slot, from, to }));
+    } else if (plan.weights === null) {
+      moves = [];
+    } else {
+      moves = planRebalance(map, plan.weights, plan.removeShards.filter((name) => map.names.includes(name)));
+    }
+    const planned = new Set(moves.map((m) => m.slot));
+    for (const [slot, m] of topology.migrations) {
+      if (!planned.has(slot)) moves.push({ slot, from: topology.shards[m.from]!.name, to: topology.shards[m.to]!.name });
+    }
+    return moves;
+  }
+
+  #view(plan: StoredPlan, moves: readonly SlotMove[]): PlanView {
+    const topology = this.#store.current;
+    let map = slotMapOf(topology);
+    const missing = plan.addShards.filter((s) => !map.names.includes(s.name)).map((s) => s.name);
+    if (missing.length > 0) map = { names: [...map.names, ...missing], owner: map.owner };
+    const before: Record<string, number> = {};
+    slotCounts(map).forEach((n, i) => (before[map.names[i]!] = n));
+    // Moves of slots already migrating are counted from their source.
+    const fromMap: SlotMap = { names: map.names, owner: Uint16Array.from(map.owner) };
+    for (const [slot, m] of topology.migrations) fromMap.owner[slot] = m.from;
+    return {
+      id: plan.id,
+      op: plan.op,
+      trigger: plan.trigger,
+      addShards: plan.addShards.map((s) => ({ name: s.name, primary: nodeKey(s.primary), replicas: s.replicas.map((r) => nodeKey(r)) })),
+      removeShards: plan.removeShards,
+      slotsToMove: moves.length,
+      moves: groupMoves(moves),
+      countsBefore: before,
+      countsAfter: countsAfter(fromMap, moves),
+    };
+  }
+
+  /** Refuses a shard the topology cannot take: a taken name or address, a node that is not an empty primary. */
+  async #checkNewShard(spec: ShardSpec, topology: Topology): Promise<void> {
+    if (topology.shards.some((s) => s.name === spec.name)) throw new PlanError(`a shard named ${spec.name} exists already`);
+    const used = new Map<string, string>();
+    for (const shard of topology.shards) for (const node of [shard.primary, ...shard.replicas]) used.set(addressKey(node), shard.name);
+    for (const node of [spec.primary, ...spec.replicas]) {
+      const owner = used.get(addressKey(node));
+      if (owner !== undefined) throw new PlanError(`${nodeKey(node)} already belongs to shard ${owner}`);
+    }
+    const redis = new Redis({
+      host: spec.primary.host,
+      port: spec.primary.port,
+      password: this.#config.backendPassword ?? undefined,
+      lazyConnect: true,
+      enableReadyCheck: false,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+      connectTimeout: this.#config.connectTimeoutMs,
+      commandTimeout: 5_000,
+    });
+    redis.on('error', () => undefined);
+    try {
+      await redis.connect();
+      const role = (await redis.call('ROLE')) as unknown[];
+      if (role[0] !== 'master') throw new PlanError(`${nodeKey(spec.primary)} is a ${String(role[0])}, not a primary`);
+      const keys = await redis.dbsize();
+      if (keys > 0) throw new PlanError(`${nodeKey(spec.primary)} holds ${keys} keys; a new shard must start empty`);
+    } catch (err) {
+      if (err instanceof PlanError) throw err;
+      throw new PlanError(`cannot reach ${nodeKey(spec.primary)}: ${(err as Error).message}`);
+    } finally {
+      redis.disconnect();
+    }
+  }
+
+  // ---- running ----
+
+  /** Starts a plan built elsewhere (startup, reload), logging instead of throwing. */
+  #startQuietly(plan: StoredPlan): void {
+    try {
+      this.#launch(plan);
+    } catch (err) {
+      log.error('resharding plan refused', { id: plan.id, error: (err as Error).message });
+    }
+  }
+
+  #launch(plan: StoredPlan): PlanView {
+    const view = this.#view(plan, this.#movesFor(plan));
+    const run: Run = { plan, view, progress: new MigrationProgress(), state: 'running', error: null, finishedAt: null };
+    this.#run = run;
+    log.info('resharding plan started', {
+      id: plan.id,
+      op: plan.op,
+      trigger: plan.trigger,
+      slots: view.slotsToMove,
+      added: plan.addShards.map((s) => s.name),
+      removed: [...plan.removeShards],
+    });
+    this.#running = this.#execute(run).finally(() => {
+      this.#running = null;
+      if (this.#isReloadPending && !this.#isClosed) {
+        this.#isReloadPending = false;
+        void this.reload('reload');
+      }
+    });
+    return view;
+  }
+
+  async #execute(run: Run): Promise<void> {
+    const { plan, progress } = run;
+    try {
+      await this.#savePlan(plan);
+      const file = this.#config.configFile;
+      for (const spec of plan.addShards) {
+        if (file !== null && plan.trigger === 'admin') await addShardToConfigFile(file, spec, this.#rangesByShard());
+        await this.#ensureShard(spec);
+      }
+      await this.#migrator.run(this.#movesFor(plan), progress);
+      for (const name of plan.removeShards) {
+        await this.#dropShard(name);
+        if (file !== null) await removeShardFromConfigFile(file, name, this.#rangesByShard());
+      }
+      if (file !== null) await writeSlotsToConfigFile(file, this.#rangesByShard());
+      await this.#deletePlan();
+      run.state = 'done';
+      log.info('resharding plan done', {
+        id: plan.id,
+        slots: progress.slotsDone,
+        keys: progress.keysMoved,
+        bigKeys: progress.bigKeysMoved,
+        errors: progress.errors,
+        ms: Date.now() - progress.startedAt,
+      });
+    } catch (err) {
+      if (err instanceof MigrationAbortedError) {
+        run.state = 'aborted';
+        run.error = err.message;
+        log.info('resharding plan stopped; it resumes at the next start', { id: plan.id });
+      } else {
+        run.state = 'failed';
+        run.error = (err as Error).message ?? String(err);
+        log.error('resharding plan failed', { id: plan.id, error: run.error });
+        await this.#deletePlan().catch(() => undefined);
+      }
+    } finally {
+      run.finishedAt = Date.now();
+      reshardPlansTotal.inc({ trigger: plan.trigger, outcome: run.state });
+    }
+  }
+
+  /** Adds a shard (no slots yet) to the topology, durably, unless it is there. */
+  async #ensureShard(spec: ShardSpec): Promise<void> {
+    await this.#publishDurably((base) => {
+      if (base.shards.some((s) => s.name === spec.name)) return null;
+      const shard: ShardInfo = {
+        index: base.shards.length,
+        name: spec.name,
+        primary: spec.primary,
+        replicas: spec.replicas,
+        readReplicas: spec.replicas,
+        isFailingOver: false,
+      };
+      return new Topology(base.epoch + 1, [...base.shards, shard], base.slotOwner, base.migrations);
+    });
+    log.info('shard added', { shard: spec.name, primary: nodeKey(spec.primary) });
+  }
+
+  /** Removes a drained shard from the topology, renumbering the shards after it. */
+  async #dropShard(name: string): Promise<void> {
+    await new Promise((resolve) => setTimeout(resolve, DROP_GRACE_MS));
+    await this.#publishDurably((base) => {
+      const index = base.shards.findIndex((s) => s.name === name);
+      if (index < 0) return null;
+      if (base.slotOwner.includes(index)) throw new PlanError(`shard ${name} still owns slots; not removed`);
+      for (const m of base.migrations.values()) if (m.from === index || m.to === index) throw new PlanError(`shard ${name} is in a migration; not removed`);
+      const renumber = (i: number): number => (i > index ? i - 1 : i);
+      const shards = base.shards.filter((s) => s.index !== index).map((s) => ({ ...s, index: renumber(s.index) }));
+      const owner = base.slotOwner.map(renumber);
+      const migrations = new Map([...base.migrations].map(([slot, m]) => [slot, { ...m, from: renumber(m.from), to: renumber(m.to) }]));
+      return new Topology(base.epoch + 1, shards, owner, migrations);
+    });
+    log.info('shard removed', { shard: name });
+  }
+
+  /** Writes the next snapshot to the state file, then publishes it (again if one was published meanwhile). */
+  async #publishDurably(build: (base: Topology) => Topology | null): Promise<void> {
+    for (;;) {
+      const base = this.#store.current;
+      const next = build(base);
+      if (next === null) return;
+      await this.#persist(next);
+      if (this.#store.current === base) {
+        this.#store.publish(next);
+        return;
+      }
+    }
+  }
+
+  async #persist(topology: Topology): Promise<void> {
+    if (this.#stateFile === null) throw new PlanError('resharding needs stateFile');
+    await this.#stateFile.save(topology);
+  }
+
+  #rangesByShard(): Map<string, [number, number][]> {
+    const topology = this.#store.current;
+    const ranges = topology.slotRanges();
+    return new Map(topology.shards.map((s, i) => [s.name, ranges[i]!]));
+  }
+
+  // ---- the plan file ----
+
+  #readPlan(): StoredPlan | null {
+    if (this.#planFile === null) return null;
+    let text: string;
+    try {
+      text = fs.readFileSync(this.#planFile, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.error('resharding plan file unreadable', { file: this.#planFile, error: (err as Error).message });
+      return null;
+    }
+    try {
+      const plan = JSON.parse(text) as StoredPlan;
+      if (plan.format !== PLAN_FORMAT || plan.version !== 1) throw new Error('not a slotproxy resharding plan');
+      return plan;
+    } catch (err) {
+      log.error('resharding plan file ignored', { file: this.#planFile, error: (err as Error).message });
+      return null;
+    }
+  }
+
+  async #savePlan(plan: StoredPlan): Promise<void> {
+    if (this.#planFile === null) throw new PlanError('resharding needs stateFile');
+    await writeFileAtomic(this.#planFile, `${JSON.stringify(plan, null, 2)}\n`);
+  }
+
+  async #saveBigKeys(entries: readonly BigKeyEntry[]): Promise<void> {
+    const run = this.#run;
+    if (run === null) return;
+    await this.#savePlan({ ...run.plan, bigKeys: entries });
+  }
+
+  async #deletePlan(): Promise<void> {
+    if (this.#planFile === null) return;
+    await fs.promises.unlink(this.#planFile).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+  }
+
+  #watch(file: string): void {
+    this.#watchedMtime = fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs ?? 0;
+    fs.watchFile(file, { interval: WATCH_INTERVAL_MS }, (stats) => {
+      if (stats.mtimeMs === this.#watchedMtime) return;
+      this.#watchedMtime = stats.mtimeMs;
+      log.info('config file changed: reloading', { file });
+      void this.reload('reload');
+    });
+  }
+}
+
+function parseShardSpec(name: string, primary: string, replicas: readonly string[]): ShardSpec {
+  if (typeof name !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(name)) throw new PlanError(`shard name ${JSON.stringify(name)} must be 1-64 letters, digits, _ . -`);
+  try {
+    return { name, primary: parseAddress(primary), replicas: replicas.map((r) => parseAddress(r)) };
+  } catch (err) {
+    if (err instanceof AddressError) throw new PlanError(err.message);
+    throw err;
+  }
+}

@@ -1,0 +1,157 @@
+import Redis from 'ioredis';
+import { keySlot } from '../routing/key-slot';
+import type { NodeAddress } from '../topology/topology';
+import type { RawConnection } from './raw-connection';
+import type { Pacer } from './slot-mover';
+
+/**
+ * The keys of the slots a source shard is giving away, found with one SCAN of the shard and
+ * kept complete afterwards by Redis's "new key" notifications (notify-keyspace-events `En`,
+ * Redis 7): a key created in one of those slots after the scan began arrives as an event. So
+ * each group of slots can be moved from the index, with no further scan of the whole shard,
+ * and the groups can be small, which keeps few slots (and few client commands) migrating at
+ * any time.
+ *
+ * Completeness rests on the subscription being unbroken from before the scan to the last
+ * take(): if the subscriber connection drops, the index says so (`isValid` false) and the
+ * caller builds it again (or falls back to full scans).
+ */
+
+/** The shard cannot send the notifications (older than Redis 7, or CONFIG refused). */
+export class KeyIndexUnavailableError extends Error {
+  override readonly name = 'KeyIndexUnavailableError';
+}
+
+const CHANNEL = '__keyevent@0__:new';
+/** Keys per SCAN step: small, so no step holds the shard or the proxy's event loop for long. */
+const SCAN_COUNT = 250;
+
+export interface KeyIndexOptions {
+  readonly address: NodeAddress;
+  readonly password: string | null;
+  /** Slots whose keys to keep. */
+  readonly slots: Iterable<number>;
+  readonly commandTimeoutMs: number;
+}
+
+export class SlotKeyIndex {
+  readonly address: NodeAddress;
+  /** slot -> its keys (as latin1 strings of their bytes: one small string each). Only wanted slots have an entry. */
+  readonly #keys = new Map<number, Set<string>>();
+  readonly #subscriber: Redis;
+  /** The notify-keyspace-events value before we added `En`; null when we changed nothing. */
+  #originalFlags: string | null = null;
+  #isValid = true;
+
+  private constructor(options: KeyIndexOptions, subscriber: Redis) {
+    this.address = options.address;
+    this.#subscriber = subscriber;
+    for (const slot of options.slots) this.#keys.set(slot, new Set());
+  }
+
+  /** Subscribes, turns the notifications on, then scans the shard once. */
+  static async build(options: KeyIndexOptions, control: Redis, scanner: RawConnection, pacer: Pacer): Promise<SlotKeyIndex> {
+    const subscriber = new Redis({
+      host: options.address.host,
+      port: options.address.port,
+      password: options.password ?? undefined,
+      enableReadyCheck: false,
+      maxRetriesPerRequest: 1,
+      connectTimeout: 2_000,
+      commandTimeout: options.commandTimeoutMs,
+      // A dropped subscription loses events: the index is then invalid, never silently resumed.
+      retryStrategy: () => null,
+      autoResubscribe: false,
+    });
+    subscriber.on('error', () => undefined);
+    const index = new SlotKeyIndex(options, subscriber);
+    subscriber.on('close', () => (index.#isValid = false));
+    subscriber.on('messageBuffer', (_channel: Buffer, key: Buffer) => index.#add(key));
+    try {
+      await index.#enableNotifications(control);
+      await subscriber.subscribe(CHANNEL);
+      let cursor = '0';
+      do {
+        const [next, keys] = (await scanner.send(['SCAN', cursor, 'COUNT', String(SCAN_COUNT)])) as [Buffer, Buffer[]];
+        cursor = next.toString();
+        for (const key of keys) index.#add(key);
+        await pacer.take(keys.length);
+      } while (cursor !== '0');
+    } catch (err) {
+      await index.close(control);
+      throw err;
+    }
+    return index;
+  }
+
+  get isValid(): boolean {
+    return this.#isValid;
+  }
+
+  /** Keys indexed for the wanted slots, in all. */
+  get size(): number {
+    let n = 0;
+    for (const keys of this.#keys.values()) n += keys.size;
+    return n;
+  }
+
+  /**
+   * Resolves once every notification the shard queued before this call has been received (a
+   * PING answered on the subscriber connection comes after them).
+   */
+  async barrier(): Promise<void> {
+    await this.#subscriber.ping();
+  }
+
+  /** Removes and returns the indexed keys of `slots`. */
+  take(slots: Iterable<number>): Buffer[] {
+    const keys: Buffer[] = [];
+    for (const slot of slots) {
+      const entry = this.#keys.get(slot);
+      if (entry === undefined) continue;
+      for (const key of entry) keys.push(Buffer.from(key, 'latin1'));
+      entry.clear();
+    }
+    return keys;
+  }
+
+  /** Puts keys back (a batch failed: the next take() tries them again). */
+  restore(keys: readonly Buffer[]): void {
+    for (const key of keys) this.#add(key);
+  }
+
+  /** Stops watching `slots` (they are done). */
+  forget(slots: Iterable<number>): void {
+    for (const slot of slots) this.#keys.delete(slot);
+  }
+
+  /** Unsubscribes and puts notify-keyspace-events back as it was. */
+  async close(control: Redis): Promise<void> {
+    this.#isValid = false;
+    this.#subscriber.disconnect();
+    if (this.#originalFlags !== null) {
+      await control.config('SET', 'notify-keyspace-events', this.#originalFlags).catch(() => undefined);
+      this.#originalFlags = null;
+    }
+  }
+
+  #add(key: Buffer): void {
+    const entry = this.#keys.get(keySlot(key, 0, key.length));
+    if (entry !== undefined) entry.add(key.toString('latin1'));
+  }
+
+  async #enableNotifications(control: Redis): Promise<void> {
+    let flags: string;
+    try {
+      const reply = (await control.config('GET', 'notify-keyspace-events')) as string[];
+      flags = reply[1] ?? '';
+      const wanted = `${flags}${flags.includes('E') ? '' : 'E'}${flags.includes('n') ? '' : 'n'}`;
+      if (wanted !== flags) {
+        await control.config('SET', 'notify-keyspace-events', wanted);
+        this.#originalFlags = flags;
+      }
+    } catch (err) {
+      throw new KeyIndexUnavailableError(`new-key notifications cannot be turned on: ${(err as Error).message}`);
+    }
+  }
+}

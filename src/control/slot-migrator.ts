@@ -1,0 +1,310 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import Redis from 'ioredis';
+import type { LogLevel } from '../log/logger';
+import { log } from '../log/logger';
+import { bigKeysMovedTotal, migratedKeysTotal, migratedSlotsTotal, migrationErrorsTotal } from '../metrics/metrics';
+import { topologyToJson, type TopologyJson } from '../topology/topology-codec';
+import { Topology, type SlotMigration } from '../topology/topology';
+import type { TopologyStore } from '../topology/topology-store';
+import { removeTempKey } from './big-key-copier';
+import type { SlotMove } from './rebalance-planner';
+import {
+  MigrationAbortedError,
+  MigrationProgress,
+  SlotMover,
+  type BigKeyEntry,
+  type MoverHost,
+  type QueuedSlot,
+  type SlotMigratorOptions,
+} from './slot-mover';
+
+export { MigrationAbortedError, MigrationProgress, type BigKeyEntry, type SlotMigratorOptions } from './slot-mover';
+
+/**
+ * Runs the slot mover (slot-mover.ts) for the control plane and makes the snapshot changes it
+ * asks for: each begins with the state file written, then the snapshot published.
+ *
+ * The mover runs on a worker thread of its own when the compiled mover-thread.js is there (it
+ * is, in the built proxy): its scanning, key copying and garbage then never hold up the data
+ * path's event loop, which only sees the snapshots it publishes. Without it (sources run by a
+ * test runner) the mover runs on this thread.
+ */
+
+/** Where the migrator keeps what a restart must clean up. */
+export interface MigrationJournal {
+  /** Persists the chunked copies under way; resolves once durable. */
+  setBigKeys(entries: readonly BigKeyEntry[]): Promise<void>;
+}
+
+/** Messages to the mover thread. */
+export type ToMover =
+  | { readonly type: 'start'; readonly moves: readonly SlotMove[]; readonly options: SlotMigratorOptions; readonly topology: TopologyJson; readonly logLevel: LogLevel }
+  | { readonly type: 'topology'; readonly topology: TopologyJson }
+  | { readonly type: 'reply'; readonly id: number; readonly error: string | null }
+  | { readonly type: 'abort' };
+
+/** Messages from the mover thread. */
+export type FromMover =
+  | { readonly type: 'call'; readonly id: number; readonly call: HostCall }
+  | { readonly type: 'error'; readonly kind: string }
+  | { readonly type: 'progress'; readonly progress: ProgressFields }
+  | { readonly type: 'end'; readonly error: string | null; readonly isAborted: boolean };
+
+/** A MoverHost call made from the thread. */
+export type HostCall =
+  | { readonly method: 'change'; readonly source: string; readonly done: readonly QueuedSlot[]; readonly begun: readonly QueuedSlot[] }
+  | { readonly method: 'setLock'; readonly slot: number; readonly key: string; readonly isLocked: boolean }
+  | { readonly method: 'setBigKeys'; readonly entries: readonly BigKeyEntry[] };
+
+/** MigrationProgress's counters, as the thread reports them. */
+export type ProgressFields = Omit<MigrationProgress, 'startedAt'>;
+
+const THREAD_FILE = path.join(__dirname, 'mover-thread.js');
+
+export class SlotMigrator {
+  readonly #store: TopologyStore;
+  readonly #persist: (topology: Topology) => Promise<void>;
+  readonly #journal: MigrationJournal;
+  readonly #options: SlotMigratorOptions;
+  readonly #logLevel: LogLevel;
+  /** Snapshot changes, one at a time. */
+  #commits: Promise<unknown> = Promise.resolve();
+  /** Slot changes asked for while a snapshot was being written: made together in the next one. */
+  #pendingChanges: PendingChange[] = [];
+  /** Stops the run under way; null when none runs. */
+  #abort: (() => void) | null = null;
+  #isAborted = false;
+
+  constructor(store: TopologyStore, persist: (topology: Topology) => Promise<void>, journal: MigrationJournal, options: SlotMigratorOptions, logLevel: LogLevel = 'info') {
+    this.#store = store;
+    this.#persist = persist;
+    this.#journal = journal;
+    this.#options = options;
+    this.#logLevel = logLevel;
+  }
+
+  /**
+   * Moves every slot of `moves` (those already moved are skipped, those already migrating are
+   * resumed); resolves when all are owned by their targets.
+   * @throws MigrationAbortedError when abort() was called first
+   */
+  run(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
+    if (this.#isAborted) return Promise.reject(new MigrationAbortedError('the migration was stopped'));
+    return fs.existsSync(THREAD_FILE) ? this.#runOnThread(moves, progress) : this.#runHere(moves, progress);
+  }
+
+  /** Stops the run after its current step; slots left migrating resume at the next start. */
+  abort(): void {
+    this.#isAborted = true;
+    this.#abort?.();
+  }
+
+  /** Removes the temporary keys of chunked copies a crash interrupted (from the journal). */
+  async cleanUp(entries: readonly BigKeyEntry[]): Promise<void> {
+    for (const entry of entries) {
+      const target = this.#store.current.shards.find((s) => s.name === entry.target)?.primary;
+      if (target === undefined) continue;
+      const redis = new Redis({ host: target.host, port: target.port, password: this.#options.password ?? undefined, maxRetriesPerRequest: 1, lazyConnect: true });
+      redis.on('error', () => undefined);
+      try {
+        await removeTempKey(redis, Buffer.from(entry.key, 'base64'));
+        log.info('interrupted big-key copy cleaned up', { target: entry.target, source: entry.source });
+      } finally {
+        redis.disconnect();
+      }
+    }
+  }
+
+  /** The MoverHost calls, made on the real store. */
+  call(call: HostCall): Promise<void> {
+    switch (call.method) {
+      case 'change':
+        return this.#change(call.source, call.done, call.begun);
+      case 'setLock':
+        return this.#commit(() => this.#setLock(call.slot, call.key, call.isLocked));
+      case 'setBigKeys':
+        return this.#journal.setBigKeys(call.entries);
+    }
+  }
+
+  async #runHere(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
+    const before = snapshotOf(progress);
+    const store = this.#store;
+    const host: MoverHost = {
+      get topology() {
+        return store.current;
+      },
+      change: (source, done, begun) => this.call({ method: 'change', source, done, begun }),
+      setLock: (slot, key, isLocked) => this.call({ method: 'setLock', slot, key, isLocked }),
+      setBigKeys: (entries) => this.call({ method: 'setBigKeys', entries }),
+      onError: (kind) => migrationErrorsTotal.inc({ kind }),
+    };
+    const mover = new SlotMover(host, this.#options);
+    this.#abort = () => mover.abort();
+    try {
+      await mover.run(moves, progress);
+    } finally {
+      this.#abort = null;
+      countProgress(before, snapshotOf(progress));
+    }
+  }
+
+  #runOnThread(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const worker = new Worker(THREAD_FILE);
+      let last = snapshotOf(progress);
+      const onChange = (next: Topology): void => {
+        worker.postMessage({ type: 'topology', topology: topologyToJson(next) } satisfies ToMover);
+      };
+      this.#store.on('change', onChange);
+      let isEnded = false;
+      const end = (err: Error | null): void => {
+        if (isEnded) return;
+        isEnded = true;
+        this.#abort = null;
+        this.#store.off('change', onChange);
+        void worker.terminate();
+        if (err === null) resolve();
+        else reject(err);
+      };
+      this.#abort = () => worker.postMessage({ type: 'abort' } satisfies ToMover);
+      worker.on('message', (message: FromMover) => {
+        switch (message.type) {
+          case 'call':
+            this.call(message.call).then(
+              () => worker.postMessage({ type: 'reply', id: message.id, error: null } satisfies ToMover),
+              (err: unknown) => worker.postMessage({ type: 'reply', id: message.id, error: (err as Error).message ?? String(err) } satisfies ToMover),
+            );
+            return;
+          case 'error':
+            migrationErrorsTotal.inc({ kind: message.kind });
+            return;
+          case 'progress': {
+            Object.assign(progress, message.progress);
+            const now = snapshotOf(progress);
+            countProgress(last, now);
+            last = now;
+            return;
+          }
+          case 'end':
+            end(message.error === null ? null : message.isAborted ? new MigrationAbortedError(message.error) : new Error(message.error));
+            return;
+        }
+      });
+      worker.on('error', (err) => end(err));
+      worker.on('exit', (code) => end(new Error(`the mover thread exited (code ${code})`)));
+      worker.postMessage({
+        type: 'start',
+        moves,
+        options: this.#options,
+        topology: topologyToJson(this.#store.current),
+        logLevel: this.#logLevel,
+      } satisfies ToMover);
+      if (this.#isAborted) this.#abort();
+    });
+  }
+
+  /**
+   * `done` slots owned by their targets, `begun` slots migrating. Changes asked for by several
+   * sources while a snapshot is being written go into the next snapshot together, so the
+   * state file is written once for them. A snapshot that begins slots is written to the state
+   * file before it is published, so a restart always knows a slot whose keys may be on both
+   * shards; finishing alone is published, then saved by the control plane (a crash in between
+   * finds the slots migrating with no key left on the source, and finishes them again).
+   */
+  #change(source: string, done: readonly QueuedSlot[], begun: readonly QueuedSlot[]): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#pendingChanges.push({ source, done, begun, resolve, reject });
+      if (this.#pendingChanges.length === 1) void this.#commit(() => this.#applyChanges());
+    });
+  }
+
+  async #applyChanges(): Promise<void> {
+    const changes = this.#pendingChanges;
+    this.#pendingChanges = [];
+    try {
+      for (;;) {
+        const base = this.#store.current;
+        const owner = changes.some((c) => c.done.length > 0) ? Uint16Array.from(base.slotOwner) : base.slotOwner;
+        const migrations = new Map(base.migrations);
+        for (const change of changes) {
+          for (const q of change.done) {
+            const migration = migrations.get(q.slot);
+            if (migration === undefined) continue;
+            owner[q.slot] = migration.to;
+            migrations.delete(q.slot);
+          }
+          const from = indexOf(base, change.source);
+          for (const q of change.begun) {
+            if (!migrations.has(q.slot) && owner[q.slot] === from) migrations.set(q.slot, { from, to: indexOf(base, q.to) });
+          }
+        }
+        const next = new Topology(base.epoch + 1, base.shards, owner, migrations);
+        if (changes.some((c) => c.begun.length > 0)) await this.#persist(next);
+        // A snapshot published meanwhile (a failover) is not to be lost: apply the changes to it.
+        if (this.#store.current === base) {
+          this.#store.publish(next);
+          break;
+        }
+      }
+    } catch (err) {
+      for (const change of changes) change.reject(err as Error);
+      return;
+    }
+    for (const change of changes) change.resolve();
+  }
+
+  #setLock(slot: number, key: string, isLocked: boolean): void {
+    const base = this.#store.current;
+    const migration = base.migrations.get(slot);
+    if (migration === undefined) return;
+    const locked = new Set(migration.lockedKeys ?? []);
+    if (isLocked) locked.add(key);
+    else locked.delete(key);
+    const next: SlotMigration = locked.size > 0 ? { from: migration.from, to: migration.to, lockedKeys: locked } : { from: migration.from, to: migration.to };
+    const migrations = new Map(base.migrations);
+    migrations.set(slot, next);
+    this.#store.publish(new Topology(base.epoch + 1, base.shards, base.slotOwner, migrations));
+  }
+
+  /** Runs snapshot changes one at a time (each reads the store, builds and publishes). */
+  #commit(change: () => Promise<void> | void): Promise<void> {
+    const result = this.#commits.then(change);
+    this.#commits = result.catch(() => undefined);
+    return result;
+  }
+}
+
+/** A slot change waiting for the next snapshot. */
+interface PendingChange {
+  readonly source: string;
+  readonly done: readonly QueuedSlot[];
+  readonly begun: readonly QueuedSlot[];
+  resolve(): void;
+  reject(err: Error): void;
+}
+
+/** The counters the metrics follow. */
+interface Counted {
+  readonly keys: number;
+  readonly slots: number;
+  readonly bigKeys: number;
+}
+
+function snapshotOf(progress: MigrationProgress): Counted {
+  return { keys: progress.keysMoved, slots: progress.slotsDone, bigKeys: progress.bigKeysMoved };
+}
+
+function countProgress(before: Counted, after: Counted): void {
+  if (after.keys > before.keys) migratedKeysTotal.inc(after.keys - before.keys);
+  if (after.slots > before.slots) migratedSlotsTotal.inc(after.slots - before.slots);
+  if (after.bigKeys > before.bigKeys) bigKeysMovedTotal.inc(after.bigKeys - before.bigKeys);
+}
+
+function indexOf(topology: Topology, name: string): number {
+  const index = topology.shards.findIndex((s) => s.name === name);
+  if (index < 0) throw new Error(`shard ${name} is not in the topology`);
+  return index;
+}

@@ -1,0 +1,611 @@
+import Redis from 'ioredis';
+import { log } from '../log/logger';
+import { keySlot } from '../routing/key-slot';
+import { DUMP_KEYS_ARGS, DUMP_KEYS_SCRIPT, MOVING_KEYS, RELEASE_KEYS_SCRIPT, RESTORE_KEYS_SCRIPT } from '../topology/key-move-script';
+import { nodeKey, type NodeAddress, type Topology } from '../topology/topology';
+import { moveBigKey, UnchunkableKeyError } from './big-key-copier';
+import { RawConnection } from './raw-connection';
+import { KeyIndexUnavailableError, SlotKeyIndex } from './slot-key-index';
+import type { SlotMove } from './rebalance-planner';
+
+/**
+ * The background mover of online resharding. For slots moving from shard A to shard B:
+ *
+ * 1. It writes a snapshot with the slots in `migrations` to the state file, then publishes it.
+ *    From then on every command on those slots moves its keys to B first (the data path's
+ *    migrating router), so no key of them is created or changed on A any more. Writing before
+ *    publishing means a restart always knows a slot whose keys may already be on both shards.
+ * 2. After `settleMs` (commands routed by the older snapshot have reached A by then) it moves
+ *    the slots' keys still on A in batches: marked and DUMPed on A, RESTOREd on B, deleted on A
+ *    (topology/key-move-script.ts). Big keys are copied in chunks (big-key-copier.ts) while the
+ *    published snapshot locks them.
+ * 3. When none of their keys is left on A, a snapshot with B as their owner is published.
+ *
+ * Finding the keys: a slot's keys on plain Redis can only be found by scanning the whole
+ * keyspace. Each source is scanned once, and an index of the keys of every slot it gives away
+ * is kept complete by Redis's new-key notifications (slot-key-index.ts); slots then migrate in
+ * small groups (`slotsInFlight`), each moved straight from the index, so few client commands
+ * pay the extra round trip of a migrating slot at any time. Where notifications cannot be
+ * turned on, each group needs a SCAN of the whole source that begins after its settle time
+ * (every key present from a SCAN's start to its end is returned, and none can appear), so the
+ * groups are larger there.
+ *
+ * Sources work in parallel, each with one batch in flight, all paced together
+ * (`keysPerSecond`). A failed batch leaves its slots migrating and its keys whole on A for the
+ * next attempt; nothing is given up while the run lasts.
+ */
+
+export interface SlotMigratorOptions {
+  /** MIGRATE's timeout inside the key-move script. */
+  readonly migrateTimeoutMs: number;
+  /** Backend password (control connections' AUTH and MIGRATE's AUTH); null when none. */
+  readonly password: string | null;
+  /** Keys per batch (one DUMP script, one RESTORE script, one release script). @default 50 */
+  readonly batchKeys?: number;
+  /** Slots each source has migrating at once, in three groups: one moving, two settling. @default 48 */
+  readonly slotsInFlight?: number;
+  /** Wait after publishing slots as migrating before a pass may finish them. @default 100 */
+  readonly settleMs?: number;
+  /** SCAN's COUNT. @default 1000 */
+  readonly scanCount?: number;
+  /**
+   * Keys moved per second over all sources, at most (0 = as fast as it goes). The mover shares
+   * its shards and the proxy's event loop with the clients' commands: pacing it is what keeps
+   * their latency flat. @default 0
+   */
+  readonly keysPerSecond?: number;
+}
+
+const DEFAULTS = { batchKeys: 50, slotsInFlight: 48, settleMs: 100, scanCount: 1000, keysPerSecond: 0 } as const;
+/** Keys scanned per key moved, at most, when pacing (a scanned key costs far less than a moved one). */
+const SCAN_PER_MOVE = 20;
+/** Groups a source has migrating at once: one moving, the others settling. */
+const GROUPS_IN_FLIGHT = 3;
+/** Without an index each group costs a full SCAN of the source: groups are at least this large. */
+const MIN_SCAN_GROUP = 256;
+const MAX_BACKOFF_MS = 5_000;
+/** MIGRATE timeout for a key no chunked copy exists for (moved whole, under its lock). */
+const WHOLE_KEY_MIGRATE_TIMEOUT_MS = 60_000;
+
+/** A chunked copy under way, as the journal stores it: a restart removes its temporary key. */
+export interface BigKeyEntry {
+  /** Shard names. */
+  readonly source: string;
+  readonly target: string;
+  /** The key's bytes, base64. */
+  readonly key: string;
+}
+
+/** What a run has done so far; read by the admin endpoint. */
+export class MigrationProgress {
+  slotsTotal = 0;
+  slotsDone = 0;
+  /** Keys the background mover moved (commands move some themselves; those are not counted). */
+  keysMoved = 0;
+  bigKeysMoved = 0;
+  /** Keys expected to move, from DBSIZE and the share of slots moving; 0 until known. */
+  keysEstimate = 0;
+  errors = 0;
+  lastError: string | null = null;
+  readonly startedAt = Date.now();
+  /** Slots published as migrating right now by this run. */
+  slotsMigrating = 0;
+}
+
+/** The run was stopped (the proxy is closing); migrating slots resume at the next start. */
+export class MigrationAbortedError extends Error {
+  override readonly name = 'MigrationAbortedError';
+}
+
+/** One slot of a source's queue. */
+export interface QueuedSlot {
+  readonly slot: number;
+  /** Target shard name. */
+  readonly to: string;
+}
+
+/** Slots published as migrating together. */
+interface Group {
+  /** Those not done yet. */
+  slots: QueuedSlot[];
+  /** Their keys may be moved from this time on (ms since the epoch). */
+  readonly settledAt: number;
+}
+
+/** A source's drain: its key index (null: full scans) and failed attempts in a row. */
+interface DrainState {
+  index: SlotKeyIndex | null;
+  failures: number;
+}
+
+/** A big key found by a pass, moved after the pass's batches. */
+interface FoundBigKey {
+  readonly key: Buffer;
+  readonly slot: number;
+  readonly to: string;
+}
+
+/**
+ * What the engine needs from where snapshots are published (the main thread): the current
+ * snapshot, and the changes to make to it. Each change resolves once published (and, when it
+ * begins migrations, written to the state file first).
+ */
+export interface MoverHost {
+  readonly topology: Topology;
+  /** `done` slots owned by their targets and `begun` slots migrating, in one snapshot. */
+  change(source: string, done: readonly QueuedSlot[], begun: readonly QueuedSlot[]): Promise<void>;
+  /** Locks (or unlocks) one key of a migrating slot: commands on it wait. */
+  setLock(slot: number, key: string, isLocked: boolean): Promise<void>;
+  /** Persists the chunked copies under way. */
+  setBigKeys(entries: readonly BigKeyEntry[]): Promise<void>;
+  /** A failed step, for the errors metric. */
+  onError(kind: string): void;
+}
+
+export class SlotMover {
+  readonly #host: MoverHost;
+  readonly #options: Required<SlotMigratorOptions>;
+  /** Control connections by `purpose host:port`. */
+  readonly #connections = new Map<string, Redis>();
+  readonly #rawConnections = new Map<string, RawConnection>();
+  readonly #bigKeys = new Map<string, BigKeyEntry>();
+  #isAborted = false;
+  /** Ends the sleeps under way (abort). */
+  readonly #wakers = new Set<() => void>();
+  readonly #pacer: Pacer;
+  /** Keys scanned per second over all sources (the first SCAN of each source), at most. */
+  readonly #scanPacer: Pacer;
+
+  constructor(host: MoverHost, options: SlotMigratorOptions) {
+    this.#host = host;
+    this.#options = { ...DEFAULTS, ...options } as Required<SlotMigratorOptions>;
+    this.#pacer = new Pacer(this.#options.keysPerSecond);
+    this.#scanPacer = new Pacer(this.#options.keysPerSecond * SCAN_PER_MOVE);
+  }
+
+  /**
+   * Moves every slot of `moves` (those already moved are skipped, those already migrating are
+   * resumed); resolves when all are owned by their targets.
+   * @throws MigrationAbortedError when abort() was called first
+   */
+  async run(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
+    const bySource = new Map<string, QueuedSlot[]>();
+    const current = this.#host.topology;
+    for (const move of moves) {
+      const from = indexOf(current, move.from);
+      const to = indexOf(current, move.to);
+      const migration = current.migrations.get(move.slot);
+      const isResumed = migration !== undefined && migration.from === from && migration.to === to;
+      if (!isResumed && (migration !== undefined || current.slotOwner[move.slot] !== from)) {
+        if (current.slotOwner[move.slot] !== to || migration !== undefined) {
+          log.warn('slot move skipped: the slot is not where the plan expects it', { slot: move.slot, from: move.from, to: move.to });
+        }
+        continue;
+      }
+      let queue = bySource.get(move.from);
+      if (queue === undefined) bySource.set(move.from, (queue = []));
+      queue.push({ slot: move.slot, to: move.to });
+    }
+    progress.slotsTotal = [...bySource.values()].reduce((sum, q) => sum + q.length, 0);
+    await this.#estimateKeys(bySource, progress);
+    try {
+      // Marks a crash left behind would make commands on those keys wait for nothing.
+      await this.#clearMarks([...bySource.keys()]);
+      await Promise.all([...bySource].map(([source, queue]) => this.#drain(source, queue, progress)));
+      await this.#clearMarks([...bySource.keys()]);
+    } finally {
+      this.#closeConnections();
+    }
+  }
+
+  async #clearMarks(sources: readonly string[]): Promise<void> {
+    await Promise.all(
+      sources.map(async (source) => {
+        const address = this.#address(source);
+        if (address !== null) await this.#raw('move', address).send(['DEL', MOVING_KEYS]);
+      }),
+    );
+  }
+
+  /** Stops every source after its current step; slots left migrating resume on the next run. */
+  abort(): void {
+    this.#isAborted = true;
+    for (const wake of this.#wakers) wake();
+  }
+
+  /**
+   * One source, a group of slots at a time: the next group is published (and settles) while
+   * the current one moves; a group is finished once none of its keys is left on the source.
+   */
+  async #drain(source: string, queue: QueuedSlot[], progress: MigrationProgress): Promise<void> {
+    queue.sort((a, b) => a.slot - b.slot);
+    const index = await this.#buildIndex(source, queue.map((q) => q.slot), progress);
+    const per = index === null ? Math.max(MIN_SCAN_GROUP, this.#options.slotsInFlight) : Math.max(1, Math.floor(this.#options.slotsInFlight / GROUPS_IN_FLIGHT));
+    const depth = index === null ? 2 : GROUPS_IN_FLIGHT;
+    const groups: Group[] = [];
+    // Slots already migrating (a resumed run) form the first group.
+    const resumed = queue.filter((q) => this.#host.topology.migrations.has(q.slot));
+    if (resumed.length > 0) groups.push({ slots: resumed, settledAt: Date.now() + this.#options.settleMs });
+    progress.slotsMigrating += resumed.length;
+    let waiting = queue.filter((q) => !this.#host.topology.migrations.has(q.slot));
+    let state: DrainState = { index, failures: 0 };
+    /** The next group to publish, taken from `waiting`. */
+    const nextGroup = (): QueuedSlot[] => {
+      const slots = waiting.slice(0, per);
+      waiting = waiting.slice(slots.length);
+      progress.slotsMigrating += slots.length;
+      return slots;
+    };
+    try {
+      // Several groups from the start: one moves while the next ones settle.
+      const first: QueuedSlot[][] = [];
+      while (groups.length + first.length < depth && waiting.length > 0) first.push(nextGroup());
+      if (first.length > 0) {
+        await this.#host.change(source, [], first.flat());
+        for (const slots of first) groups.push({ slots, settledAt: Date.now() + this.#options.settleMs });
+      }
+      while (groups.length > 0) {
+        this.#checkAborted();
+        const head = groups[0]!;
+        const wait = head.settledAt - Date.now();
+        if (wait > 0) {
+          await this.#sleep(wait);
+          continue;
+        }
+        state = await this.#ensureIndex(source, state, [...groups.flatMap((g) => g.slots), ...waiting], progress);
+        const failed = state.index === null ? await this.#pass(source, head.slots, progress) : await this.#moveFromIndex(source, head.slots, state.index, progress);
+        const done = head.slots.filter((q) => !failed.has(q.slot));
+        head.slots = head.slots.filter((q) => failed.has(q.slot));
+        // Finishing this group and starting the one after the next is one snapshot (one state-file write).
+        const next = head.slots.length === 0 && waiting.length > 0 ? nextGroup() : [];
+        if (done.length > 0 || next.length > 0) await this.#host.change(source, done, next);
+        if (done.length > 0) {
+          state.index?.forget(done.map((q) => q.slot));
+          progress.slotsDone += done.length;
+          progress.slotsMigrating -= done.length;
+        }
+        if (head.slots.length === 0) groups.shift();
+        if (next.length > 0) groups.push({ slots: next, settledAt: Date.now() + this.#options.settleMs });
+        if (failed.size > 0) {
+          state.failures++;
+          await this.#sleep(Math.min(MAX_BACKOFF_MS, 50 * 2 ** state.failures));
+        } else {
+          state.failures = 0;
+        }
+      }
+    } finally {
+      const address = this.#address(source);
+      if (state.index !== null && address !== null) await state.index.close(this.#connection('scan', address));
+    }
+  }
+
+  /** The key index of a source, or null (full scans) when the shard cannot send notifications. */
+  async #buildIndex(source: string, slots: readonly number[], progress: MigrationProgress): Promise<SlotKeyIndex | null> {
+    const address = this.#address(source);
+    if (address === null) return null;
+    try {
+      const startedAt = Date.now();
+      const index = await SlotKeyIndex.build(
+        { address, password: this.#options.password, slots, commandTimeoutMs: this.#options.migrateTimeoutMs + 10_000 },
+        this.#connection('scan', address),
+        this.#raw('scan', address),
+        this.#scanPacer,
+      );
+      log.info('source indexed', { source, slots: slots.length, keys: index.size, ms: Date.now() - startedAt });
+      return index;
+    } catch (err) {
+      if (!(err instanceof KeyIndexUnavailableError)) this.#recordError(progress, 'scan', source, err);
+      log.warn('moving without a key index: one full SCAN of the source per group of slots', { source, reason: (err as Error).message });
+      return null;
+    }
+  }
+
+  /** A lost subscription (or a failed-over source) means events may be missing: index again. */
+  async #ensureIndex(source: string, state: DrainState, remaining: readonly QueuedSlot[], progress: MigrationProgress): Promise<DrainState> {
+    const index = state.index;
+    if (index === null) return state;
+    const address = this.#address(source);
+    if (index.isValid && address !== null && nodeKey(address) === nodeKey(index.address)) return state;
+    this.#recordError(progress, 'scan', source, new Error('the key index lost its notifications; indexing again'));
+    await index.close(this.#connection('scan', index.address));
+    return { index: await this.#buildIndex(source, remaining.map((q) => q.slot), progress), failures: state.failures };
+  }
+
+  /**
+   * Moves a settled group's keys from the index, until the index has none left for it (after a
+   * barrier, so every key created before now is in). Returns the slots that are not done.
+   */
+  async #moveFromIndex(source: string, slots: readonly QueuedSlot[], index: SlotKeyIndex, progress: MigrationProgress): Promise<Set<number>> {
+    const targetOf = new Map(slots.map((q) => [q.slot, q.to]));
+    const failed = new Set<number>();
+    for (;;) {
+      this.#checkAborted();
+      await index.barrier();
+      const keys = index.take(slots.filter((q) => !failed.has(q.slot)).map((q) => q.slot));
+      if (keys.length === 0) return failed;
+      const byTarget = new Map<string, Buffer[]>();
+      for (const key of keys) {
+        const to = targetOf.get(keySlot(key, 0, key.length))!;
+        (byTarget.get(to) ?? byTarget.set(to, []).get(to)!).push(key);
+      }
+      const bigKeys: FoundBigKey[] = [];
+      for (const [to, list] of byTarget) {
+        for (let i = 0; i < list.length; i += this.#options.batchKeys) {
+          this.#checkAborted();
+          const batch = list.slice(i, i + this.#options.batchKeys);
+          await this.#pacer.take(batch.length);
+          const kept = await this.#moveBatch(source, to, batch, bigKeys, progress);
+          for (const key of kept) failed.add(keySlot(key, 0, key.length));
+          index.restore(kept);
+        }
+      }
+      for (const big of bigKeys) {
+        this.#checkAborted();
+        if (failed.has(big.slot)) index.restore([big.key]);
+        else if (!(await this.#moveBig(source, big, progress))) {
+          failed.add(big.slot);
+          index.restore([big.key]);
+        }
+      }
+    }
+  }
+
+  /**
+   * Without an index: one SCAN of the source's whole keyspace, moving the keys of `slots` as
+   * they are found (a batch in flight at a time), big keys afterwards. Returns the slots whose
+   * keys could not all be moved.
+   */
+  async #pass(source: string, slots: readonly QueuedSlot[], progress: MigrationProgress): Promise<Set<number>> {
+    const failed = new Set<number>();
+    const address = this.#address(source);
+    if (address === null) {
+      this.#recordError(progress, 'scan', source, new Error(`shard ${source} is not in the topology`));
+      return new Set(slots.map((q) => q.slot));
+    }
+    const targetOf = new Map(slots.map((q) => [q.slot, q.to]));
+    const bigKeys: FoundBigKey[] = [];
+    const batches = new Map<string, Buffer[]>();
+    let inFlight: Promise<void> = Promise.resolve();
+    const send = async (to: string, keys: Buffer[]): Promise<void> => {
+      await inFlight;
+      await this.#pacer.take(keys.length);
+      inFlight = this.#moveBatch(source, to, keys, bigKeys, progress).then((kept) => {
+        for (const key of kept) failed.add(keySlot(key, 0, key.length));
+      });
+    };
+    try {
+      let cursor = '0';
+      do {
+        this.#checkAborted();
+        const [next, keys] = (await this.#raw('scan', address).send(['SCAN', cursor, 'COUNT', String(this.#options.scanCount)])) as [Buffer, Buffer[]];
+        cursor = next.toString();
+        for (const key of keys) {
+          const to = targetOf.get(keySlot(key, 0, key.length));
+          if (to === undefined) continue;
+          const batch = batches.get(to) ?? batches.set(to, []).get(to)!;
+          batch.push(key);
+          if (batch.length >= this.#options.batchKeys) {
+            batches.set(to, []);
+            await send(to, batch);
+          }
+        }
+      } while (cursor !== '0');
+      for (const [to, batch] of batches) if (batch.length > 0) await send(to, batch);
+      await inFlight;
+    } catch (err) {
+      if (err instanceof MigrationAbortedError) throw err;
+      this.#recordError(progress, 'scan', source, err);
+      return new Set(slots.map((q) => q.slot));
+    }
+    for (const big of bigKeys) {
+      this.#checkAborted();
+      if (!failed.has(big.slot) && !(await this.#moveBig(source, big, progress))) failed.add(big.slot);
+    }
+    return failed;
+  }
+
+  /**
+   * One batch: the source marks the small keys as in flight and DUMPs them (one script), the
+   * target RESTOREs them (REPLACE, with their absolute expiry), the source deletes and unmarks
+   * them (one script). Big keys found are added to `bigKeys`. Returns the keys that could not
+   * be moved: they stay whole on the source.
+   */
+  async #moveBatch(source: string, to: string, keys: Buffer[], bigKeys: FoundBigKey[], progress: MigrationProgress): Promise<Buffer[]> {
+    const from = this.#address(source);
+    const target = this.#address(to);
+    if (from === null || target === null) {
+      this.#recordError(progress, 'migrate', source, new Error(`shard ${from === null ? source : to} is not in the topology`));
+      return keys;
+    }
+    const sourceConnection = this.#raw('move', from);
+    let dumped: (Buffer | number)[];
+    try {
+      dumped = (await sourceConnection.send(['EVAL', DUMP_KEYS_SCRIPT, String(keys.length), ...keys, ...DUMP_KEYS_ARGS])) as (Buffer | number)[];
+    } catch (err) {
+      this.#recordError(progress, 'migrate', source, err);
+      return keys;
+    }
+    const count = dumped[0] as number;
+    for (let i = 1 + 3 * count; i < dumped.length; i++) {
+      const key = dumped[i] as Buffer;
+      bigKeys.push({ key, slot: keySlot(key, 0, key.length), to });
+    }
+    if (count === 0) return [];
+    const moved: Buffer[] = [];
+    const args: (Buffer | string)[] = [];
+    for (let k = 0; k < count; k++) {
+      moved.push(dumped[1 + 3 * k] as Buffer);
+      const expireAt = dumped[3 + 3 * k] as number;
+      args.push(expireAt > 0 ? String(expireAt) : '0', dumped[2 + 3 * k] as Buffer);
+    }
+    let restored: Buffer[] = moved;
+    let kept: Buffer[] = [];
+    try {
+      // One command for the whole batch (one round trip, one write).
+      await this.#raw('restore', target).send(['EVAL', RESTORE_KEYS_SCRIPT, String(count), ...moved, ...args]);
+    } catch (err) {
+      // Some may be restored: none is deleted from the source, which stays their authority
+      // (the copies on the target are replaced when they move again).
+      restored = [];
+      kept = moved;
+      this.#recordError(progress, 'migrate', source, err);
+    }
+    try {
+      await sourceConnection.send(['EVAL', RELEASE_KEYS_SCRIPT, String(restored.length), ...restored, ...kept]);
+      progress.keysMoved += restored.length;
+      return kept;
+    } catch (err) {
+      // Still marked: marked, copied and released again by the next attempt.
+      this.#recordError(progress, 'migrate', source, err);
+      return [...restored, ...kept];
+    }
+  }
+
+  /** A big key: locked in the snapshot and journaled while it is copied in chunks. False when it failed. */
+  async #moveBig(source: string, big: FoundBigKey, progress: MigrationProgress): Promise<boolean> {
+    const from = this.#address(source);
+    const target = this.#address(big.to);
+    if (from === null || target === null) return false;
+    const name = big.key.toString('latin1');
+    const entry: BigKeyEntry = { source, target: big.to, key: big.key.toString('base64') };
+    const journalKey = `${source}\u0000${entry.key}`;
+    await this.#host.setLock(big.slot, name, true);
+    const startedAt = Date.now();
+    try {
+      this.#bigKeys.set(journalKey, entry);
+      await this.#host.setBigKeys([...this.#bigKeys.values()]);
+      let outcome: string;
+      try {
+        outcome = await moveBigKey(this.#connection('copy', from), this.#connection('copy', target), big.key);
+      } catch (err) {
+        if (!(err instanceof UnchunkableKeyError)) throw err;
+        // No chunked copy for it: one MIGRATE, under the lock.
+        const args = ['MIGRATE', target.host, String(target.port), '', '0', String(WHOLE_KEY_MIGRATE_TIMEOUT_MS), 'REPLACE'];
+        if (this.#options.password !== null) args.push('AUTH', this.#options.password);
+        await this.#connection('copy', from).callBuffer(...(args as [string, ...string[]]), 'KEYS', big.key);
+        outcome = 'moved whole';
+      }
+      if (outcome !== 'gone') {
+        progress.keysMoved++;
+        progress.bigKeysMoved++;
+      }
+      log.info('big key moved', { from: source, to: big.to, slot: big.slot, outcome, ms: Date.now() - startedAt });
+      return true;
+    } catch (err) {
+      this.#recordError(progress, 'big_key', source, err);
+      return false;
+    } finally {
+      this.#bigKeys.delete(journalKey);
+      await this.#host.setBigKeys([...this.#bigKeys.values()]).catch((err: unknown) => this.#recordError(progress, 'journal', source, err));
+      await this.#host.setLock(big.slot, name, false);
+    }
+  }
+
+  async #estimateKeys(bySource: ReadonlyMap<string, readonly QueuedSlot[]>, progress: MigrationProgress): Promise<void> {
+    const topology = this.#host.topology;
+    const owned = topology.shards.map(() => 0);
+    for (let slot = 0; slot < topology.slotOwner.length; slot++) owned[topology.slotOwner[slot]!]!++;
+    let estimate = 0;
+    for (const [source, queue] of bySource) {
+      const address = this.#address(source);
+      if (address === null) continue;
+      const keys = await this.#connection('scan', address).dbsize().catch(() => 0);
+      estimate += Math.round((keys * queue.length) / Math.max(1, owned[indexOf(topology, source)]!));
+    }
+    progress.keysEstimate = estimate;
+  }
+
+  #recordError(progress: MigrationProgress, kind: string, source: string, err: unknown): void {
+    if (err instanceof MigrationAbortedError) throw err;
+    progress.errors++;
+    progress.lastError = `${kind} on ${source}: ${(err as Error).message ?? String(err)}`;
+    this.#host.onError(kind);
+    log.warn('migration step failed; will retry', { kind, source, error: (err as Error).message ?? String(err) });
+  }
+
+  #checkAborted(): void {
+    if (this.#isAborted) throw new MigrationAbortedError('the migration was stopped; it resumes at the next start');
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const wake = (): void => {
+        clearTimeout(timer);
+        this.#wakers.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, Math.max(0, ms));
+      this.#wakers.add(wake);
+    });
+  }
+
+  /** The current primary of a shard, by name; null when the shard is gone. */
+  #address(name: string): NodeAddress | null {
+    return this.#host.topology.shards.find((s) => s.name === name)?.primary ?? null;
+  }
+
+  /** A lean connection for the hot loop (raw-connection.ts). */
+  #raw(purpose: 'scan' | 'move' | 'restore', address: NodeAddress): RawConnection {
+    const key = `${purpose} ${nodeKey(address)}`;
+    let connection = this.#rawConnections.get(key);
+    if (connection === undefined) {
+      connection = new RawConnection({ address, password: this.#options.password, timeoutMs: this.#options.migrateTimeoutMs + 10_000 });
+      this.#rawConnections.set(key, connection);
+    }
+    return connection;
+  }
+
+  #connection(purpose: 'scan' | 'copy', address: NodeAddress): Redis {
+    const key = `${purpose} ${nodeKey(address)}`;
+    let redis = this.#connections.get(key);
+    if (redis === undefined) {
+      redis = new Redis({
+        host: address.host,
+        port: address.port,
+        password: this.#options.password ?? undefined,
+        enableReadyCheck: false,
+        maxRetriesPerRequest: 1,
+        connectTimeout: 2_000,
+        commandTimeout: this.#options.migrateTimeoutMs + 10_000,
+        retryStrategy: (times) => Math.min(times * 200, 2_000),
+      });
+      // Failures surface through the rejected commands; without a listener ioredis prints them.
+      redis.on('error', () => undefined);
+      this.#connections.set(key, redis);
+    }
+    return redis;
+  }
+
+  #closeConnections(): void {
+    for (const redis of this.#connections.values()) redis.disconnect();
+    this.#connections.clear();
+    for (const connection of this.#rawConnections.values()) connection.close();
+    this.#rawConnections.clear();
+  }
+}
+
+function indexOf(topology: Topology, name: string): number {
+  const index = topology.shards.findIndex((s) => s.name === name);
+  if (index < 0) throw new Error(`shard ${name} is not in the topology`);
+  return index;
+}
+
+/** A token bucket: take(n) waits until n more units fit in the rate (unlimited when the rate is 0). */
+export class Pacer {
+  readonly #perMs: number;
+  /** When the units taken so far are paid for (ms, performance.now()). */
+  #paidUntil = 0;
+
+  constructor(perSecond: number) {
+    this.#perMs = perSecond / 1000;
+  }
+
+  async take(units: number): Promise<void> {
+    if (this.#perMs <= 0) return;
+    const now = performance.now();
+    // At most 20 ms of credit builds up while idle, so a pause is not followed by a burst.
+    this.#paidUntil = Math.max(this.#paidUntil, now - 20) + units / this.#perMs;
+    const wait = this.#paidUntil - now;
+    if (wait > 1) await new Promise((resolve) => setTimeout(resolve, wait));
+  }
+}
