@@ -14,6 +14,12 @@ Usage:
   slotproxy create HOST:PORT... --replicas N [--out FILE] [--listen HOST:PORT] [--force] [--yes]
                                    wire blank redis-servers into shards and write the YAML
   slotproxy check --config FILE    slot coverage, roles, replication links, misplaced keys
+  slotproxy reshard --from SHARD --to SHARD --slots N [--yes]
+  slotproxy add-shard NAME PRIMARY [--replicas HOST:PORT,...] [--no-rebalance] [--yes]
+  slotproxy remove-shard NAME [--yes]
+  slotproxy rebalance [--weights SHARD=W,...] [--yes]
+                                   move slots in a running proxy (found by --config FILE's
+                                   admin: address, or --proxy HOST:PORT); plan, then progress
   slotproxy --version
 `;
 
@@ -52,6 +58,13 @@ async function main(argv: readonly string[]): Promise<number> {
     case 'check': {
       const { runCheck } = await import('./cli/check');
       return runCheck(args);
+    }
+    case 'reshard':
+    case 'add-shard':
+    case 'remove-shard':
+    case 'rebalance': {
+      const { runResharding } = await import('./cli/resharding');
+      return runResharding(command, args);
     }
     case '--version':
     case 'version':
