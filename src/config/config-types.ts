@@ -38,8 +38,8 @@ export interface ProxyConfig {
   /** Keys per background batch while slots move (DUMP on the source, RESTORE on the target). @default 50 */
   readonly migrateBatchKeys: number;
   /**
-   * Slots each source shard has migrating at once. Commands on a migrating slot take one more
-   * round trip, so fewer keeps client latency flatter. @default 48
+   * Slots migrating at once, over all source shards. A command on a migrating slot takes one
+   * more round trip, so fewer keeps client latency flatter; more moves faster. @default 192
    */
   readonly migrateSlotsInFlight: number;
   /**

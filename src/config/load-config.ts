@@ -20,7 +20,7 @@ export const DEFAULT_SETTINGS = {
   admin: null,
   watchConfig: false,
   migrateBatchKeys: 50,
-  migrateSlotsInFlight: 48,
+  migrateSlotsInFlight: 192,
   migrateKeysPerSecond: 12000,
   nodeTimeoutMs: 5000,
   stateFile: null,

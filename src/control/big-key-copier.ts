@@ -1,6 +1,6 @@
-import type Redis from 'ioredis';
 import { keySlot } from '../routing/key-slot';
 import { SLOT_COUNT } from '../topology/topology';
+import type { RawReply } from './raw-connection';
 
 /**
  * Moves one big key (a collection of thousands of elements, a multi-megabyte value) from the
@@ -19,8 +19,10 @@ import { SLOT_COUNT } from '../topology/topology';
  */
 
 /** Bytes a chunk should hold, roughly: large enough to be quick, small enough not to hold a shard. */
-const CHUNK_BYTES = 128 * 1024;
-const MAX_CHUNK_ELEMENTS = 1000;
+const CHUNK_BYTES = 64 * 1024;
+const MAX_CHUNK_ELEMENTS = 500;
+/** A string's bytes count as elements at this rate, for pacing. */
+const BYTES_PER_ELEMENT = 100;
 const MIN_CHUNK_ELEMENTS = 10;
 /** Chunk writes awaited at once: reads of the next chunk overlap them. */
 const WRITES_IN_FLIGHT = 2;
@@ -63,33 +65,38 @@ export function tempKeyFor(key: Buffer): Buffer {
   return Buffer.concat([Buffer.from(`{${tagForSlot(keySlot(key, 0, key.length))}}slotproxy:moving:`), key]);
 }
 
+/** Waits before a chunk of `elements` elements is read (the mover's pacing). */
+export type Pace = (elements: number) => Promise<void>;
+
+/** A connection to send commands on (RawConnection; anything with the same send()). */
+export interface CommandSender {
+  send(args: readonly (Buffer | string)[]): Promise<RawReply>;
+}
+
 /**
  * Copies `key` from `source` to `target` in chunks, then replaces it on the target and removes
  * it from the source. 'gone' when the key no longer exists (or expired) on the source.
  * @throws UnchunkableKeyError before anything is written, for types it cannot chunk
  */
-export async function moveBigKey(source: Redis, target: Redis, key: Buffer): Promise<BigKeyOutcome> {
+export async function moveBigKey(source: CommandSender, target: CommandSender, key: Buffer, pace: Pace): Promise<BigKeyOutcome> {
   const temp = tempKeyFor(key);
-  const type = String(await source.type(key));
+  const type = String(await source.send(['TYPE', key]));
   if (type === 'none') return 'gone';
   if (type === 'stream') {
-    const groups = (await source.xinfo('GROUPS', key)) as unknown[];
+    const groups = (await source.send(['XINFO', 'GROUPS', key])) as RawReply[];
     if (groups.length > 0) throw new UnchunkableKeyError('a stream with consumer groups is moved whole');
   } else if (!['string', 'hash', 'set', 'zset', 'list'].includes(type)) {
     throw new UnchunkableKeyError(`type ${type} has no chunked copy`);
   }
-  await target.unlink(temp);
+  await target.send(['UNLINK', temp]);
   try {
     const writes = new ChunkWriter();
-    const expected = await copyChunks(type, source, target, key, temp, writes);
+    const expected = await copyChunks(type, source, target, key, temp, writes, pace);
     await writes.drain();
     const copied = await sizeOf(type, target, temp);
-    const [expireAt, exists] = (await source.multi().pexpiretime(key).exists(key).exec())!.map(([err, value]) => {
-      if (err !== null) throw err;
-      return Number(value);
-    });
+    const [expireAt, exists] = (await transaction(source, [['PEXPIRETIME', key], ['EXISTS', key]])) as number[];
     if (exists === 0) {
-      await target.unlink(temp);
+      await target.send(['UNLINK', temp]);
       return 'gone';
     }
     const now = await sizeOf(type, source, key);
@@ -97,21 +104,31 @@ export async function moveBigKey(source: Redis, target: Redis, key: Buffer): Pro
       throw new CopyMismatchError(`copied ${copied} of ${type} ${expected} (source now ${now})`);
     }
     // UNLINK first: a copy left on the target by an interrupted move is stale (the source is the authority).
-    const finish = target.multi().unlink(key).rename(temp, key);
-    if (expireAt! > 0) finish.pexpireat(key, expireAt!);
-    const results = await finish.exec();
-    for (const [err] of results ?? []) if (err !== null) throw err;
+    const finish: (Buffer | string)[][] = [
+      ['UNLINK', key],
+      ['RENAME', temp, key],
+    ];
+    if (expireAt! > 0) finish.push(['PEXPIREAT', key, String(expireAt)]);
+    await transaction(target, finish);
   } catch (err) {
-    await target.unlink(temp).catch(() => undefined);
+    await target.send(['UNLINK', temp]).catch(() => undefined);
     throw err;
   }
-  await source.unlink(key);
+  await source.send(['UNLINK', key]);
   return 'moved';
 }
 
 /** Removes a temporary key a crashed move left on the target (from the journal). */
-export async function removeTempKey(target: Redis, key: Buffer): Promise<void> {
-  await target.unlink(tempKeyFor(key));
+export async function removeTempKey(target: CommandSender, key: Buffer): Promise<void> {
+  await target.send(['UNLINK', tempKeyFor(key)]);
+}
+
+/** MULTI, the commands, EXEC: EXEC's replies (an error in any rejects). */
+async function transaction(connection: CommandSender, commands: readonly (readonly (Buffer | string)[])[]): Promise<RawReply[]> {
+  const queued = [connection.send(['MULTI']), ...commands.map((c) => connection.send(c))];
+  const exec = connection.send(['EXEC']);
+  await Promise.all(queued);
+  return (await exec) as RawReply[];
 }
 
 /** Writes awaited a few at a time, so reading the next chunk overlaps writing the last. */
@@ -136,27 +153,29 @@ function chunkElements(count: number, bytes: number): number {
   return Math.max(MIN_CHUNK_ELEMENTS, Math.min(MAX_CHUNK_ELEMENTS, Math.floor(CHUNK_BYTES / perElement)));
 }
 
-async function memoryUsage(redis: Redis, key: Buffer): Promise<number> {
-  return Number((await redis.call('MEMORY', 'USAGE', key)) ?? 0);
+async function memoryUsage(connection: CommandSender, key: Buffer): Promise<number> {
+  return Number((await connection.send(['MEMORY', 'USAGE', key])) ?? 0);
 }
 
 /** Copies every element to `temp`; returns the source's size when the copy began. */
-async function copyChunks(type: string, source: Redis, target: Redis, key: Buffer, temp: Buffer, writes: ChunkWriter): Promise<number> {
+async function copyChunks(type: string, source: CommandSender, target: CommandSender, key: Buffer, temp: Buffer, writes: ChunkWriter, pace: Pace): Promise<number> {
   switch (type) {
     case 'string': {
-      const length = await source.strlen(key);
+      const length = (await source.send(['STRLEN', key])) as number;
       for (let offset = 0; offset < length; offset += CHUNK_BYTES) {
-        const piece = await source.getrangeBuffer(key, offset, Math.min(length, offset + CHUNK_BYTES) - 1);
-        await writes.add(target.append(temp, piece));
+        await pace(CHUNK_BYTES / BYTES_PER_ELEMENT);
+        const piece = (await source.send(['GETRANGE', key, String(offset), String(Math.min(length, offset + CHUNK_BYTES) - 1)])) as Buffer;
+        await writes.add(target.send(['APPEND', temp, piece]));
       }
       return length;
     }
     case 'list': {
-      const length = await source.llen(key);
+      const length = (await source.send(['LLEN', key])) as number;
       const step = chunkElements(length, await memoryUsage(source, key));
       for (let start = 0; start < length; start += step) {
-        const items = await source.lrangeBuffer(key, start, start + step - 1);
-        if (items.length > 0) await writes.add(target.rpush(temp, ...items));
+        await pace(step);
+        const items = (await source.send(['LRANGE', key, String(start), String(start + step - 1)])) as Buffer[];
+        if (items.length > 0) await writes.add(target.send(['RPUSH', temp, ...items]));
       }
       return length;
     }
@@ -167,37 +186,39 @@ async function copyChunks(type: string, source: Redis, target: Redis, key: Buffe
       const count = chunkElements(length, await memoryUsage(source, key));
       let cursor = '0';
       do {
-        const [next, items] = (await source.callBuffer(SCAN_OF[type], key, cursor, 'COUNT', String(count))) as [Buffer, Buffer[]];
+        await pace(count);
+        const [next, items] = (await source.send([SCAN_OF[type], key, cursor, 'COUNT', String(count)])) as [Buffer, Buffer[]];
         cursor = next.toString();
         if (items.length === 0) continue;
-        if (type === 'hash') await writes.add(target.hset(temp, ...items));
-        else if (type === 'set') await writes.add(target.sadd(temp, ...items));
+        if (type === 'hash') await writes.add(target.send(['HSET', temp, ...items]));
+        else if (type === 'set') await writes.add(target.send(['SADD', temp, ...items]));
         else {
           // ZSCAN answers member, score; ZADD takes score, member.
           const args: Buffer[] = [];
           for (let i = 0; i < items.length; i += 2) args.push(items[i + 1]!, items[i]!);
-          await writes.add(target.callBuffer('ZADD', temp, ...args));
+          await writes.add(target.send(['ZADD', temp, ...args]));
         }
       } while (cursor !== '0');
       return length;
     }
     case 'stream': {
-      const length = await source.xlen(key);
+      const length = (await source.send(['XLEN', key])) as number;
       const count = chunkElements(length, await memoryUsage(source, key));
       let start = '-';
       for (;;) {
-        const entries = (await source.callBuffer('XRANGE', key, start, '+', 'COUNT', String(count))) as [Buffer, Buffer[]][];
+        await pace(count);
+        const entries = (await source.send(['XRANGE', key, start, '+', 'COUNT', String(count)])) as [Buffer, Buffer[]][];
         if (entries.length === 0) break;
-        for (const [id, fields] of entries) await writes.add(target.callBuffer('XADD', temp, id, ...fields));
+        for (const [id, fields] of entries) await writes.add(target.send(['XADD', temp, id, ...fields]));
         start = `(${entries[entries.length - 1]![0].toString()}`;
         if (entries.length < count) break;
       }
       // Keep the stream's ID state, so new entries get the IDs they would have on the source.
-      const info = (await source.call('XINFO', 'STREAM', key)) as unknown[];
-      const field = (name: string): string => String(info[info.indexOf(name) + 1]);
+      const info = (await source.send(['XINFO', 'STREAM', key])) as RawReply[];
+      const field = (name: string): string => String(info[info.findIndex((item) => Buffer.isBuffer(item) && item.toString() === name) + 1]);
       await writes.drain();
-      if (length > 0 || field('last-generated-id') !== '0-0') {
-        await target.call('XSETID', temp, field('last-generated-id'), 'ENTRIESADDED', field('entries-added'), 'MAXDELETEDID', field('max-deleted-entry-id'));
+      if (length > 0) {
+        await target.send(['XSETID', temp, field('last-generated-id'), 'ENTRIESADDED', field('entries-added'), 'MAXDELETEDID', field('max-deleted-entry-id')]);
       }
       return length;
     }
@@ -208,21 +229,9 @@ async function copyChunks(type: string, source: Redis, target: Redis, key: Buffe
 
 const SCAN_OF = { hash: 'HSCAN', set: 'SSCAN', zset: 'ZSCAN' } as const;
 
-async function sizeOf(type: string, redis: Redis, key: Buffer): Promise<number> {
-  switch (type) {
-    case 'string':
-      return redis.strlen(key);
-    case 'list':
-      return redis.llen(key);
-    case 'hash':
-      return redis.hlen(key);
-    case 'set':
-      return redis.scard(key);
-    case 'zset':
-      return redis.zcard(key);
-    case 'stream':
-      return redis.xlen(key);
-    default:
-      return 0;
-  }
+async function sizeOf(type: string, connection: CommandSender, key: Buffer): Promise<number> {
+  const command = SIZE_OF[type as keyof typeof SIZE_OF];
+  return command === undefined ? 0 : ((await connection.send([command, key])) as number);
 }
+
+const SIZE_OF = { string: 'STRLEN', list: 'LLEN', hash: 'HLEN', set: 'SCARD', zset: 'ZCARD', stream: 'XLEN' } as const;

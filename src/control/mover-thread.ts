@@ -6,8 +6,9 @@ import type { FromMover, HostCall, ProgressFields, ToMover } from './slot-migrat
 import { MigrationAbortedError, MigrationProgress, SlotMover, type MoverHost } from './slot-mover';
 
 /**
- * The slot mover's thread (see slot-migrator.ts): runs one SlotMover, asking the main thread
- * for every snapshot change and reporting progress; the snapshots it reads arrive as messages.
+ * The slot mover's thread (see slot-migrator.ts): runs SlotMovers one after another (one per
+ * 'start'), asking the main thread for every snapshot change and reporting progress; the
+ * snapshots it reads arrive as messages. It lives as long as the proxy, idle between runs.
  */
 
 /** How often progress goes to the main thread while the mover runs. */
@@ -47,6 +48,7 @@ function fieldsOf(progress: MigrationProgress): ProgressFields {
 port.on('message', (message: ToMover) => {
   switch (message.type) {
     case 'start': {
+      // One run at a time: the main thread starts the next only after this one's 'end'.
       log.setLevel(message.logLevel);
       topology = topologyFromJson(message.topology);
       const progress = new MigrationProgress();

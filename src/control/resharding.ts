@@ -187,6 +187,7 @@ export class Resharding {
 
   async #start(): Promise<void> {
     if (this.#isClosed) return;
+    if (this.#stateFile !== null) this.#migrator.warmUp();
     if (this.#config.admin !== null) {
       try {
         this.#admin = await AdminServer.start({ host: this.#config.admin.host, port: this.#config.admin.port, resharding: this });
@@ -318,6 +319,7 @@ export class Resharding {
     this.#migrator.abort();
     await this.#admin?.close();
     await this.#running;
+    await this.#migrator.close();
   }
 
   // ---- plans ----

@@ -1,7 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import Redis from 'ioredis';
 import type { LogLevel } from '../log/logger';
 import { log } from '../log/logger';
 import { bigKeysMovedTotal, migratedKeysTotal, migratedSlotsTotal, migrationErrorsTotal } from '../metrics/metrics';
@@ -9,6 +8,7 @@ import { topologyToJson, type TopologyJson } from '../topology/topology-codec';
 import { Topology, type SlotMigration } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
 import { removeTempKey } from './big-key-copier';
+import { RawConnection } from './raw-connection';
 import type { SlotMove } from './rebalance-planner';
 import {
   MigrationAbortedError,
@@ -75,6 +75,13 @@ export class SlotMigrator {
   #pendingChanges: PendingChange[] = [];
   /** Stops the run under way; null when none runs. */
   #abort: (() => void) | null = null;
+  /** The mover thread; null until started (or after it died). */
+  #worker: Worker | null = null;
+  /** Ends the run on the thread (with its error); null when none runs. */
+  #onRunEnd: ((err: Error | null) => void) | null = null;
+  /** The thread's run's progress, and what of it the metrics have counted. */
+  #runProgress: MigrationProgress | null = null;
+  #counted: Counted = { keys: 0, slots: 0, bigKeys: 0 };
   #isAborted = false;
 
   constructor(store: TopologyStore, persist: (topology: Topology) => Promise<void>, journal: MigrationJournal, options: SlotMigratorOptions, logLevel: LogLevel = 'info') {
@@ -106,13 +113,12 @@ export class SlotMigrator {
     for (const entry of entries) {
       const target = this.#store.current.shards.find((s) => s.name === entry.target)?.primary;
       if (target === undefined) continue;
-      const redis = new Redis({ host: target.host, port: target.port, password: this.#options.password ?? undefined, maxRetriesPerRequest: 1, lazyConnect: true });
-      redis.on('error', () => undefined);
+      const connection = new RawConnection({ address: target, password: this.#options.password, timeoutMs: 10_000 });
       try {
-        await removeTempKey(redis, Buffer.from(entry.key, 'base64'));
+        await removeTempKey(connection, Buffer.from(entry.key, 'base64'));
         log.info('interrupted big-key copy cleaned up', { target: entry.target, source: entry.source });
       } finally {
-        redis.disconnect();
+        connection.close();
       }
     }
   }
@@ -151,50 +157,55 @@ export class SlotMigrator {
     }
   }
 
+  /**
+   * Starts the mover thread ahead of a run, so its start-up (a new V8 isolate loading ioredis)
+   * is not paid while slots move. No-op when the thread file is missing.
+   */
+  warmUp(): void {
+    if (fs.existsSync(THREAD_FILE)) this.#thread();
+  }
+
+  /** Ends the mover thread (after abort(), when the proxy closes). */
+  async close(): Promise<void> {
+    const worker = this.#worker;
+    this.#worker = null;
+    await worker?.terminate();
+  }
+
+  /** The mover thread, started once and kept (idle between runs). */
+  #thread(): Worker {
+    if (this.#worker !== null) return this.#worker;
+    const worker = new Worker(THREAD_FILE);
+    worker.unref();
+    worker.on('message', (message: FromMover) => this.#onThreadMessage(worker, message));
+    const onGone = (err: Error): void => {
+      if (this.#worker === worker) this.#worker = null;
+      this.#onRunEnd?.(err);
+    };
+    worker.on('error', onGone);
+    worker.on('exit', (code) => onGone(new Error(`the mover thread exited (code ${code})`)));
+    this.#worker = worker;
+    return worker;
+  }
+
   #runOnThread(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
     return new Promise((resolve, reject) => {
-      const worker = new Worker(THREAD_FILE);
-      let last = snapshotOf(progress);
+      const worker = this.#thread();
       const onChange = (next: Topology): void => {
         worker.postMessage({ type: 'topology', topology: topologyToJson(next) } satisfies ToMover);
       };
       this.#store.on('change', onChange);
-      let isEnded = false;
-      const end = (err: Error | null): void => {
-        if (isEnded) return;
-        isEnded = true;
+      this.#runProgress = progress;
+      this.#counted = snapshotOf(progress);
+      this.#onRunEnd = (err) => {
+        this.#onRunEnd = null;
+        this.#runProgress = null;
         this.#abort = null;
         this.#store.off('change', onChange);
-        void worker.terminate();
         if (err === null) resolve();
         else reject(err);
       };
       this.#abort = () => worker.postMessage({ type: 'abort' } satisfies ToMover);
-      worker.on('message', (message: FromMover) => {
-        switch (message.type) {
-          case 'call':
-            this.call(message.call).then(
-              () => worker.postMessage({ type: 'reply', id: message.id, error: null } satisfies ToMover),
-              (err: unknown) => worker.postMessage({ type: 'reply', id: message.id, error: (err as Error).message ?? String(err) } satisfies ToMover),
-            );
-            return;
-          case 'error':
-            migrationErrorsTotal.inc({ kind: message.kind });
-            return;
-          case 'progress': {
-            Object.assign(progress, message.progress);
-            const now = snapshotOf(progress);
-            countProgress(last, now);
-            last = now;
-            return;
-          }
-          case 'end':
-            end(message.error === null ? null : message.isAborted ? new MigrationAbortedError(message.error) : new Error(message.error));
-            return;
-        }
-      });
-      worker.on('error', (err) => end(err));
-      worker.on('exit', (code) => end(new Error(`the mover thread exited (code ${code})`)));
       worker.postMessage({
         type: 'start',
         moves,
@@ -204,6 +215,32 @@ export class SlotMigrator {
       } satisfies ToMover);
       if (this.#isAborted) this.#abort();
     });
+  }
+
+  #onThreadMessage(worker: Worker, message: FromMover): void {
+    switch (message.type) {
+      case 'call':
+        this.call(message.call).then(
+          () => worker.postMessage({ type: 'reply', id: message.id, error: null } satisfies ToMover),
+          (err: unknown) => worker.postMessage({ type: 'reply', id: message.id, error: (err as Error).message ?? String(err) } satisfies ToMover),
+        );
+        return;
+      case 'error':
+        migrationErrorsTotal.inc({ kind: message.kind });
+        return;
+      case 'progress': {
+        const progress = this.#runProgress;
+        if (progress === null) return;
+        Object.assign(progress, message.progress);
+        const now = snapshotOf(progress);
+        countProgress(this.#counted, now);
+        this.#counted = now;
+        return;
+      }
+      case 'end':
+        this.#onRunEnd?.(message.error === null ? null : message.isAborted ? new MigrationAbortedError(message.error) : new Error(message.error));
+        return;
+    }
   }
 
   /**

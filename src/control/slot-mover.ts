@@ -24,7 +24,7 @@ import type { SlotMove } from './rebalance-planner';
  * Finding the keys: a slot's keys on plain Redis can only be found by scanning the whole
  * keyspace. Each source is scanned once, and an index of the keys of every slot it gives away
  * is kept complete by Redis's new-key notifications (slot-key-index.ts); slots then migrate in
- * small groups (`slotsInFlight`), each moved straight from the index, so few client commands
+ * small groups (`slotsInFlight` in all), each moved straight from the index, so few client commands
  * pay the extra round trip of a migrating slot at any time. Where notifications cannot be
  * turned on, each group needs a SCAN of the whole source that begins after its settle time
  * (every key present from a SCAN's start to its end is returned, and none can appear), so the
@@ -42,7 +42,10 @@ export interface SlotMigratorOptions {
   readonly password: string | null;
   /** Keys per batch (one DUMP script, one RESTORE script, one release script). @default 50 */
   readonly batchKeys?: number;
-  /** Slots each source has migrating at once, in three groups: one moving, two settling. @default 48 */
+  /**
+   * Slots migrating at once over all sources, shared between them; each source has its share
+   * in three groups: one moving, two settling. @default 192
+   */
   readonly slotsInFlight?: number;
   /** Wait after publishing slots as migrating before a pass may finish them. @default 100 */
   readonly settleMs?: number;
@@ -56,9 +59,11 @@ export interface SlotMigratorOptions {
   readonly keysPerSecond?: number;
 }
 
-const DEFAULTS = { batchKeys: 50, slotsInFlight: 48, settleMs: 100, scanCount: 1000, keysPerSecond: 0 } as const;
+const DEFAULTS = { batchKeys: 50, slotsInFlight: 192, settleMs: 100, scanCount: 1000, keysPerSecond: 0 } as const;
 /** Keys scanned per key moved, at most, when pacing (a scanned key costs far less than a moved one). */
 const SCAN_PER_MOVE = 20;
+/** Elements of a big key copied in chunks count as one key at this rate, for pacing. */
+const ELEMENTS_PER_KEY = 10;
 /** Groups a source has migrating at once: one moving, the others settling. */
 const GROUPS_IN_FLIGHT = 3;
 /** Without an index each group costs a full SCAN of the source: groups are at least this large. */
@@ -191,7 +196,8 @@ export class SlotMover {
     try {
       // Marks a crash left behind would make commands on those keys wait for nothing.
       await this.#clearMarks([...bySource.keys()]);
-      await Promise.all([...bySource].map(([source, queue]) => this.#drain(source, queue, progress)));
+      const share = Math.max(GROUPS_IN_FLIGHT, Math.floor(this.#options.slotsInFlight / Math.max(1, bySource.size)));
+      await Promise.all([...bySource].map(([source, queue]) => this.#drain(source, queue, share, progress)));
       await this.#clearMarks([...bySource.keys()]);
     } finally {
       this.#closeConnections();
@@ -217,10 +223,10 @@ export class SlotMover {
    * One source, a group of slots at a time: the next group is published (and settles) while
    * the current one moves; a group is finished once none of its keys is left on the source.
    */
-  async #drain(source: string, queue: QueuedSlot[], progress: MigrationProgress): Promise<void> {
+  async #drain(source: string, queue: QueuedSlot[], share: number, progress: MigrationProgress): Promise<void> {
     queue.sort((a, b) => a.slot - b.slot);
     const index = await this.#buildIndex(source, queue.map((q) => q.slot), progress);
-    const per = index === null ? Math.max(MIN_SCAN_GROUP, this.#options.slotsInFlight) : Math.max(1, Math.floor(this.#options.slotsInFlight / GROUPS_IN_FLIGHT));
+    const per = index === null ? Math.max(MIN_SCAN_GROUP, share) : Math.max(1, Math.floor(share / GROUPS_IN_FLIGHT));
     const depth = index === null ? 2 : GROUPS_IN_FLIGHT;
     const groups: Group[] = [];
     // Slots already migrating (a resumed run) form the first group.
@@ -476,13 +482,13 @@ export class SlotMover {
       await this.#host.setBigKeys([...this.#bigKeys.values()]);
       let outcome: string;
       try {
-        outcome = await moveBigKey(this.#connection('copy', from), this.#connection('copy', target), big.key);
+        outcome = await moveBigKey(this.#raw('copy', from), this.#raw('copy', target), big.key, (elements) => this.#pacer.take(elements / ELEMENTS_PER_KEY));
       } catch (err) {
         if (!(err instanceof UnchunkableKeyError)) throw err;
         // No chunked copy for it: one MIGRATE, under the lock.
         const args = ['MIGRATE', target.host, String(target.port), '', '0', String(WHOLE_KEY_MIGRATE_TIMEOUT_MS), 'REPLACE'];
         if (this.#options.password !== null) args.push('AUTH', this.#options.password);
-        await this.#connection('copy', from).callBuffer(...(args as [string, ...string[]]), 'KEYS', big.key);
+        await this.#raw('copy', from).send([...args, 'KEYS', big.key]);
         outcome = 'moved whole';
       }
       if (outcome !== 'gone') {
@@ -545,17 +551,19 @@ export class SlotMover {
   }
 
   /** A lean connection for the hot loop (raw-connection.ts). */
-  #raw(purpose: 'scan' | 'move' | 'restore', address: NodeAddress): RawConnection {
+  #raw(purpose: 'scan' | 'move' | 'restore' | 'copy', address: NodeAddress): RawConnection {
     const key = `${purpose} ${nodeKey(address)}`;
     let connection = this.#rawConnections.get(key);
     if (connection === undefined) {
-      connection = new RawConnection({ address, password: this.#options.password, timeoutMs: this.#options.migrateTimeoutMs + 10_000 });
+      // A key with no chunked copy is MIGRATEd whole on the copy connection: give it that long.
+      const timeoutMs = purpose === 'copy' ? WHOLE_KEY_MIGRATE_TIMEOUT_MS + 10_000 : this.#options.migrateTimeoutMs + 10_000;
+      connection = new RawConnection({ address, password: this.#options.password, timeoutMs });
       this.#rawConnections.set(key, connection);
     }
     return connection;
   }
 
-  #connection(purpose: 'scan' | 'copy', address: NodeAddress): Redis {
+  #connection(purpose: 'scan', address: NodeAddress): Redis {
     const key = `${purpose} ${nodeKey(address)}`;
     let redis = this.#connections.get(key);
     if (redis === undefined) {

@@ -30,8 +30,8 @@ const RETRY_DELAY_MS = 20;
 /** A command on a key the background mover has in flight (one batch, a millisecond or two) tries again after this. */
 const MOVING_DELAY_MS = 2;
 const MAX_RETRY_DELAY_MS = 500;
-/** How often parked commands are looked at while there are any. */
-const TICK_MS = 10;
+/** Parked commands are looked at least this often (deadlines, locks a lost snapshot never lifts). */
+const MAX_TICK_MS = 250;
 
 const BIG = Buffer.from('+BIG\r\n');
 const MOVING = Buffer.from('+MOVING\r\n');
@@ -130,6 +130,8 @@ export class MigratingRouter {
   /** Keys of parked commands -> how many parked commands hold each. */
   readonly #parkedKeys = new Map<string, number>();
   #timer: NodeJS.Timeout | null = null;
+  /** When #timer fires (ms since the epoch). */
+  #timerAt = 0;
 
   constructor(shards: ShardConnections, options: MigratingRouterOptions) {
     this.#shards = shards;
@@ -189,10 +191,19 @@ export class MigratingRouter {
     move.retryAt = Date.now() + delayMs;
     this.#parked.push(move);
     for (const name of move.names) this.#parkedKeys.set(name, (this.#parkedKeys.get(name) ?? 0) + 1);
-    if (this.#timer === null) {
-      this.#timer = setInterval(() => this.#release(false), TICK_MS);
-      this.#timer.unref();
-    }
+    this.#wakeAt(move.retryAt);
+  }
+
+  /** Makes sure the parked commands are looked at by `at` (one timer, for the earliest). */
+  #wakeAt(at: number): void {
+    if (this.#timer !== null && this.#timerAt <= at) return;
+    this.#stopTimer();
+    this.#timerAt = at;
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#release(false);
+    }, Math.max(1, at - Date.now()));
+    this.#timer.unref();
   }
 
   #route(move: KeyMove): void {
@@ -250,11 +261,17 @@ export class MigratingRouter {
         for (const name of move.names) held.add(name);
       }
     }
-    if (going.length === 0 && expired.length === 0) return;
-    this.#parked = kept;
-    this.#parkedKeys.clear();
-    for (const move of kept) for (const name of move.names) this.#parkedKeys.set(name, (this.#parkedKeys.get(name) ?? 0) + 1);
+    if (going.length > 0 || expired.length > 0) {
+      this.#parked = kept;
+      this.#parkedKeys.clear();
+      for (const move of kept) for (const name of move.names) this.#parkedKeys.set(name, (this.#parkedKeys.get(name) ?? 0) + 1);
+    }
     if (kept.length === 0) this.#stopTimer();
+    else {
+      let next = now + MAX_TICK_MS;
+      for (const move of kept) if (move.retryAt > now && move.retryAt < next) next = move.retryAt;
+      this.#wakeAt(next);
+    }
     for (const move of expired) {
       move.sink.onFailure(encodeError(`TRYAGAIN slotproxy could not move the key to its new shard in time${move.lastError === '' ? '' : `: ${move.lastError}`}`));
     }
@@ -263,7 +280,7 @@ export class MigratingRouter {
 
   #stopTimer(): void {
     if (this.#timer !== null) {
-      clearInterval(this.#timer);
+      clearTimeout(this.#timer);
       this.#timer = null;
     }
   }
