@@ -1,0 +1,107 @@
+import * as fs from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startShards, type Shards } from '../helpers/redis-harness';
+import {
+  checkPlacement,
+  loadKeys,
+  lockMigrationTests,
+  ownerFromStateFile,
+  planWindow,
+  runCli,
+  sleep,
+  startLoad,
+  startMigrationProxy,
+  type MigrationProxy,
+  type ShardSpec,
+} from './migration-harness';
+
+/**
+ * The main acceptance test of online resharding: 200,000 keys over 3 shards, a 4th shard added
+ * with `slotproxy add-shard ... --yes` (the CLI finds the proxy through the YAML's admin:
+ * address) and the slots rebalanced while 20 clients write and read 5,000 commands a second.
+ */
+
+const KEYS = 200_000;
+const CLIENTS = 20;
+const OPS_PER_SECOND = 5_000;
+const BASELINE_MS = 4_000;
+
+describe('add a shard and rebalance under load', () => {
+  let shards: Shards;
+  let proxy: MigrationProxy;
+  let specs: ShardSpec[];
+  let unlock: () => void = () => undefined;
+
+  beforeAll(async () => {
+    unlock = await lockMigrationTests();
+    shards = await startShards(4);
+    specs = shards.primaries.map((node, i) => ({ name: `s${i + 1}`, node }));
+    // MIGRATION_EXTRA='{"migrateKeysPerSecond":20000}' tries other mover settings.
+    proxy = await startMigrationProxy(specs.slice(0, 3), JSON.parse(process.env['MIGRATION_EXTRA'] ?? '{}') as Record<string, unknown>);
+  }, 300_000);
+
+  afterAll(async () => {
+    await proxy?.stop();
+    await shards?.stopAll();
+    unlock();
+  });
+
+  it('moves a quarter of 200,000 keys with no error, no lost write, and p99 at most twice the baseline', async () => {
+    await loadKeys(shards.primaries.slice(0, 3), KEYS);
+    const load = await startLoad(proxy.port, { clients: CLIENTS, opsPerSecond: OPS_PER_SECOND, keys: KEYS });
+    const loadStart = Date.now();
+    await sleep(BASELINE_MS);
+
+    const cliStart = Date.now();
+    const cli = await runCli(['add-shard', 's4', `${specs[3]!.node.host}:${specs[3]!.node.port}`, '--config', proxy.configPath, '--yes']);
+    const cliEnd = Date.now();
+    await sleep(1_000);
+    const report = await load.stop();
+
+    expect(cli.code, `${cli.stdout}\n${cli.stderr}\n${proxy.logs().slice(-3000)}`).toBe(0);
+    expect(cli.stdout).toMatch(/move 136\d slots s1 -> s4/);
+    expect(cli.stderr).toMatch(/\[#+\] 4096\/4096 slots/);
+    const status = await proxy.status();
+    expect(status.state).toBe('done');
+    const counts = status.shards.map((s) => s.slots);
+    expect(Math.max(...counts) - Math.min(...counts)).toBeLessThanOrEqual(1);
+    expect(status.shards.map((s) => s.name)).toEqual(['s1', 's2', 's3', 's4']);
+    // The YAML lists the new shard now, so a restart finds the same shards there as in the state file.
+    expect(fs.readFileSync(proxy.configPath, 'utf8')).toMatch(/name: s4/);
+
+    const { owner, migrations } = ownerFromStateFile(proxy.stateFile);
+    expect(migrations).toBe(0);
+    const placement = await checkPlacement(specs, owner, KEYS, load.expected);
+    expect(placement.misplaced.slice(0, 5)).toEqual([]);
+    expect(placement.missing.slice(0, 5)).toEqual([]);
+    expect(placement.wrongValues.slice(0, 5)).toEqual([]);
+    expect(report.errors.slice(0, 5)).toEqual([]);
+    expect(report.staleReads.slice(0, 5)).toEqual([]);
+
+    // The move is the plan's run (the CLI's own start-up and the plan preview are not part of it).
+    const p = status.progress!;
+    const { start: moveStart, end: moveEnd } = planWindow(proxy.logs());
+    const before = report.p99(moveStart - (BASELINE_MS - 500), moveStart);
+    const during = report.p99(moveStart, moveEnd);
+    console.log(
+      'add-shard figures',
+      JSON.stringify({
+        keysMoved: p.keysMoved,
+        keysPerSecond: p.keysPerSecond,
+        slotsPerSecond: p.slotsPerSecond,
+        planSeconds: p.elapsedMs / 1000,
+        cliSeconds: (cliEnd - cliStart) / 1000,
+        p99BeforeMs: Number(before.toFixed(2)),
+        p99DuringMs: Number(during.toFixed(2)),
+        p99AfterMs: Number(report.p99(cliEnd, cliEnd + 1_000).toFixed(2)),
+        commandsDuring: report.count(moveStart, moveEnd),
+        commands: report.ops,
+        keysPerShard: placement.keysPerShard,
+        loadSeconds: (Date.now() - loadStart) / 1000,
+      }),
+    );
+    expect(p.keysMoved).toBeGreaterThan(KEYS / 4 - 5_000);
+    expect(p.keysPerSecond).toBeGreaterThanOrEqual(8_200);
+    expect(during).toBeLessThanOrEqual(2 * before);
+  }, 240_000);
+});
