@@ -259,7 +259,14 @@ export class SlotMover {
           continue;
         }
         state = await this.#ensureIndex(source, state, [...groups.flatMap((g) => g.slots), ...waiting], progress);
-        const failed = state.index === null ? await this.#pass(source, head.slots, progress) : await this.#moveFromIndex(source, head.slots, state.index, progress);
+        let failed: Set<number>;
+        try {
+          failed = state.index === null ? await this.#pass(source, head.slots, progress) : await this.#moveFromIndex(source, head.slots, state.index, progress);
+        } catch (err) {
+          // A lost connection, a failed barrier: the group stays migrating and is tried again.
+          this.#recordError(progress, 'migrate', source, err);
+          failed = new Set(head.slots.map((q) => q.slot));
+        }
         const done = head.slots.filter((q) => !failed.has(q.slot));
         head.slots = head.slots.filter((q) => failed.has(q.slot));
         // Finishing this group and starting the one after the next is one snapshot (one state-file write).

@@ -59,6 +59,8 @@ class KeyMove implements ReplySink {
   readonly deadline: number;
   /** Failed attempts so far (errors, not BIG answers). */
   failures = 0;
+  /** MOVING answers so far: a key left marked (the mover is restarting) is tried less and less often. */
+  movingAnswers = 0;
   /** Parked: not retried before this time, unless a new snapshot comes first. */
   retryAt = 0;
   /** The last error, for the reply if the deadline passes. */
@@ -84,7 +86,7 @@ class KeyMove implements ReplySink {
     if (frame[0] === 43) {
       // +OK: moved. +NOKEY: nothing of it left on the source. +BIG: a big key still on the
       // source. +MOVING: the background mover has the key in flight.
-      if (frame.equals(MOVING)) this.router.park(this, MOVING_DELAY_MS);
+      if (frame.equals(MOVING)) this.router.park(this, Math.min(MAX_RETRY_DELAY_MS, MOVING_DELAY_MS * 2 ** Math.min(8, this.movingAnswers++)));
       else if (frame.equals(BIG)) this.router.park(this, RETRY_DELAY_MS);
       else this.router.afterMove(this);
       return;
