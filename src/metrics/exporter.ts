@@ -1,6 +1,6 @@
 import cluster from 'node:cluster';
 import { AggregatorRegistry, type Metric, type Registry } from 'prom-client';
-import { COMMAND_CLASSES, LATENCY_BUCKETS, type DataPathStats, type LatencyHistogram } from './data-path-stats';
+import { COMMAND_CLASSES, LATENCY_BUCKETS, type DataPathStats, type LatencyHistogram, type NodeStats } from './data-path-stats';
 import {
   enableProcessMetrics,
   registry,
@@ -47,6 +47,36 @@ const FAN_OUT_BOUNDS: readonly number[] = [1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 
 /** Pipeline depth bucket b holds reads with 2^(b-1) < requests <= 2^b; the last bucket is +Inf. */
 const PIPELINE_BOUNDS: readonly number[] = Array.from({ length: 15 }, (_, b) => 2 ** b);
 
+/** A family of one sample without labels: a process-wide counter or gauge. */
+function unlabelled(value: (stats: DataPathStats) => number): DataPathMetric['read'] {
+  return (stats, out) => void out.push({ labels: {}, value: value(stats) });
+}
+
+/** The labels every per-node family carries. */
+function nodeLabels(node: NodeStats): Labels {
+  return { shard: node.shard, node: node.node };
+}
+
+/** A family of one sample per backend node. */
+function perNode(value: (node: NodeStats) => number): DataPathMetric['read'] {
+  return (stats, out) => {
+    for (const node of stats.nodes.values()) out.push({ labels: nodeLabels(node), value: value(node) });
+  };
+}
+
+/**
+ * A family of one sample per backend node and value of `label`, in the order of `values`
+ * (label value -> reading): a node's outcomes or states side by side.
+ */
+function perNodeBy(label: string, values: Readonly<Record<string, (node: NodeStats) => number>>): DataPathMetric['read'] {
+  const readings = Object.entries(values);
+  return (stats, out) => {
+    for (const node of stats.nodes.values()) {
+      for (const [labelValue, value] of readings) out.push({ labels: { ...nodeLabels(node), [label]: labelValue }, value: value(node) });
+    }
+  };
+}
+
 /** Every data-path metric family, declared once (names follow the Prometheus naming guide). */
 export const DATA_PATH_METRICS = [
   {
@@ -88,97 +118,75 @@ export const DATA_PATH_METRICS = [
     name: 'slotproxy_clients_connected',
     help: 'Client connections open now.',
     type: 'gauge',
-    read: (stats, out) => void out.push({ labels: {}, value: stats.clients.connected }),
+    read: unlabelled((stats) => stats.clients.connected),
   },
   {
     name: 'slotproxy_clients_accepted_total',
     help: 'Client connections accepted.',
     type: 'counter',
-    read: (stats, out) => void out.push({ labels: {}, value: stats.clients.accepted }),
+    read: unlabelled((stats) => stats.clients.accepted),
   },
   {
     name: 'slotproxy_clients_rejected_total',
     help: 'Client connections refused because the proxy was at its connection limit.',
     type: 'counter',
-    read: (stats, out) => void out.push({ labels: {}, value: stats.clients.rejected }),
+    read: unlabelled((stats) => stats.clients.rejected),
   },
   {
     name: 'slotproxy_client_bytes_received_total',
     help: 'Bytes read from client sockets.',
     type: 'counter',
-    read: (stats, out) => void out.push({ labels: {}, value: stats.clients.bytesIn }),
+    read: unlabelled((stats) => stats.clients.bytesIn),
   },
   {
     name: 'slotproxy_client_bytes_sent_total',
     help: 'Bytes written to client sockets.',
     type: 'counter',
-    read: (stats, out) => void out.push({ labels: {}, value: stats.clients.bytesOut }),
+    read: unlabelled((stats) => stats.clients.bytesOut),
   },
   {
     name: 'slotproxy_backend_requests_total',
     help: 'Requests sent to a backend node (a fan-out command sends one per shard).',
     type: 'counter',
-    read: (stats, out) => {
-      for (const node of stats.nodes.values()) out.push({ labels: { shard: node.shard, node: node.node }, value: node.requests });
-    },
+    read: perNode((node) => node.requests),
   },
   {
     name: 'slotproxy_backend_errors_total',
     help: 'Backend requests that went wrong: kind="reply" for an error reply, kind="failure" for no reply (connection lost, timeout).',
     type: 'counter',
-    read: (stats, out) => {
-      for (const node of stats.nodes.values()) {
-        out.push(
-          { labels: { shard: node.shard, node: node.node, kind: 'reply' }, value: node.errors },
-          { labels: { shard: node.shard, node: node.node, kind: 'failure' }, value: node.failures },
-        );
-      }
-    },
+    read: perNodeBy('kind', { reply: (node) => node.errors, failure: (node) => node.failures }),
   },
   {
     name: 'slotproxy_backend_duration_seconds',
     help: 'Time from queueing a request on a backend connection to its reply.',
     type: 'histogram',
     read: (stats, out) => {
-      for (const node of stats.nodes.values()) pushLatency(out, 'slotproxy_backend_duration_seconds', { shard: node.shard, node: node.node }, node.latency);
+      for (const node of stats.nodes.values()) pushLatency(out, 'slotproxy_backend_duration_seconds', nodeLabels(node), node.latency);
     },
   },
   {
     name: 'slotproxy_backend_in_flight',
     help: 'Requests sent to a backend node and awaiting their reply.',
     type: 'gauge',
-    read: (stats, out) => {
-      for (const node of stats.nodes.values()) out.push({ labels: { shard: node.shard, node: node.node }, value: node.inFlight });
-    },
+    read: perNode((node) => node.inFlight),
   },
   {
     name: 'slotproxy_backend_connections',
     help: 'Connections to a backend node by state: ready, or down (reconnect backoff after a failure).',
     type: 'gauge',
-    read: (stats, out) => {
-      for (const node of stats.nodes.values()) {
-        out.push(
-          { labels: { shard: node.shard, node: node.node, state: 'ready' }, value: node.connectionsReady },
-          { labels: { shard: node.shard, node: node.node, state: 'down' }, value: node.connectionsDown },
-        );
-      }
-    },
+    read: perNodeBy('state', { ready: (node) => node.connectionsReady, down: (node) => node.connectionsDown }),
   },
   {
     name: 'slotproxy_backend_bytes_sent_total',
     help: 'Bytes written to backend node sockets.',
     type: 'counter',
-    read: (stats, out) => {
-      for (const node of stats.nodes.values()) out.push({ labels: { shard: node.shard, node: node.node }, value: node.bytesOut });
-    },
+    read: perNode((node) => node.bytesOut),
   },
   {
     name: 'slotproxy_backend_bytes_received_total',
     help: 'Bytes read from backend node sockets.',
     type: 'counter',
-    read: (stats, out) => {
-      for (const node of stats.nodes.values()) out.push({ labels: { shard: node.shard, node: node.node }, value: node.bytesIn });
-    },
+    read: perNode((node) => node.bytesIn),
   },
 ] as const satisfies readonly DataPathMetric[];
 

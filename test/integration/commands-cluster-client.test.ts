@@ -1,8 +1,9 @@
 import calculateSlot from 'cluster-key-slot';
-import Redis, { Cluster } from 'ioredis';
+import { Cluster, type Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runRedisCli, startProxyProcess, type ProxyProcess } from '../helpers/proxy-harness';
-import { startShards, startSingleRedis, type Shards, type SingleRedis } from '../helpers/redis-harness';
+import { keysOnEveryShard, ownerOf, startDeployment, type Deployment } from '../helpers/deployment';
+import { runRedisCli, type ProxyProcess } from '../helpers/proxy-harness';
+import type { SingleRedis } from '../helpers/redis-harness';
 
 /**
  * Issue 6, cluster-aware clients: the proxy answers CLUSTER SLOTS / NODES as one node owning all
@@ -11,45 +12,14 @@ import { startShards, startSingleRedis, type Shards, type SingleRedis } from '..
  * redis-server.
  */
 
-const SHARD_COUNT = 3;
-/** redis-cli's even split, which the proxy uses when the YAML gives no `slots`. */
-const SLOT_RANGES = [
-  [0, 5460],
-  [5461, 10922],
-  [10923, 16383],
-] as const;
-
-let shards: Shards;
+let deployment: Deployment;
 let single: SingleRedis;
 let proxy: ProxyProcess;
 let cluster: Cluster;
 let direct: Redis;
-let primaries: Redis[] = [];
+let primaries: readonly Redis[] = [];
 
-function ownerOf(key: string): number {
-  const slot = calculateSlot(key);
-  return SLOT_RANGES.findIndex(([from, to]) => slot >= from && slot <= to);
-}
-
-/** `count` keys on each shard, interleaved. */
-function keysOnEveryShard(prefix: string, count: number): string[] {
-  const perShard: string[][] = Array.from({ length: SHARD_COUNT }, () => []);
-  for (let n = 0; perShard.some((keys) => keys.length < count); n++) {
-    const keys = perShard[ownerOf(`${prefix}${n}`)]!;
-    if (keys.length < count) keys.push(`${prefix}${n}`);
-  }
-  return Array.from({ length: count }, (_, i) => perShard.map((keys) => keys[i]!)).flat();
-}
-
-function connect(node: { readonly host: string; readonly port: number }): Redis {
-  const redis = new Redis({ host: node.host, port: node.port, protocol: 2 });
-  redis.on('error', () => undefined);
-  return redis;
-}
-
-async function flushEverything(): Promise<void> {
-  await Promise.all([...primaries.map((p) => p.flushall()), direct.flushall()]);
-}
+const flushEverything = (): Promise<void> => deployment.flushEverything();
 
 /** A Cluster client through the proxy, ready. */
 async function openCluster(): Promise<Cluster> {
@@ -64,32 +34,14 @@ async function openCluster(): Promise<Cluster> {
 
 describe('cluster-aware clients through slotproxy (issue 6)', () => {
   beforeAll(async () => {
-    const [startedShards, startedSingle] = await Promise.all([startShards(SHARD_COUNT, { replicas: 1 }), startSingleRedis()]);
-    shards = startedShards;
-    single = startedSingle;
-    proxy = await startProxyProcess({
-      shards: shards.primaries.map((primary, i) => ({
-        name: `s${i + 1}`,
-        primary,
-        replicas: shards.replicas[i]!.map((replica) => ({ host: replica.host, port: replica.port })),
-      })),
-      extra: { connectTimeoutMs: 1_000 },
-    });
-    direct = connect(single.redis);
-    primaries = shards.primaries.map((primary) => connect(primary));
+    deployment = await startDeployment();
+    ({ single, proxy, direct, primaries } = deployment);
     cluster = await openCluster();
   }, 40_000);
 
   afterAll(async () => {
     cluster?.disconnect();
-    for (const redis of [direct, ...primaries]) redis?.disconnect();
-    const failures: unknown[] = [];
-    for (const stop of [() => proxy?.stop(), () => shards?.stopAll(), () => single?.stopAll()]) {
-      await Promise.resolve()
-        .then(stop)
-        .catch((err: unknown) => failures.push(err));
-    }
-    if (failures.length > 0) throw failures[0];
+    await deployment?.stop();
   }, 30_000);
 
   describe('ioredis Cluster', () => {

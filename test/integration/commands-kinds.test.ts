@@ -1,10 +1,18 @@
 import { createHash } from 'node:crypto';
-import calculateSlot from 'cluster-key-slot';
-import Redis from 'ioredis';
+import type Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lookupCommand } from '../../src/commands/command-table';
+import {
+  SHARD_COUNT,
+  connect,
+  keysOnEveryShard,
+  keysOnShard,
+  ownerOf,
+  startDeployment,
+  type Deployment,
+} from '../helpers/deployment';
 import { rawCommands, runRedisCli, startProxyProcess, type ProxyProcess } from '../helpers/proxy-harness';
-import { startShards, startSingleRedis, type Shards, type SingleRedis } from '../helpers/redis-harness';
+import type { Shards, SingleRedis } from '../helpers/redis-harness';
 
 /**
  * Issue 6, one handling kind at a time (docs/commands.md): real clients (ioredis standalone,
@@ -13,16 +21,10 @@ import { startShards, startSingleRedis, type Shards, type SingleRedis } from '..
  * the servers; each flushes what it depends on.
  */
 
-const SHARD_COUNT = 3;
-/** redis-cli's even split, which the proxy uses when the YAML gives no `slots`. */
-const SLOT_RANGES = [
-  [0, 5460],
-  [5461, 10922],
-  [10923, 16383],
-] as const;
 const CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot";
 const NOT_ALLOWED = (name: string): string => `ERR command '${name}' is not allowed through slotproxy`;
 
+let deployment: Deployment;
 let shards: Shards;
 let single: SingleRedis;
 let proxy: ProxyProcess;
@@ -31,37 +33,11 @@ let viaProxy: Redis;
 /** The reference Redis, RESP2 like the proxy. */
 let direct: Redis;
 /** Each shard's primary, directly, in shard order. */
-let primaries: Redis[] = [];
+let primaries: readonly Redis[] = [];
 /** Each shard's replica, directly, in shard order. */
-let replicas: Redis[] = [];
+let replicas: readonly Redis[] = [];
 
-function ownerOf(key: string): number {
-  const slot = calculateSlot(key);
-  return SLOT_RANGES.findIndex(([from, to]) => slot >= from && slot <= to);
-}
-
-/** The first `count` keys `prefix<n>` that live on `shard`. */
-function keysOnShard(shard: number, prefix: string, count: number): string[] {
-  const keys: string[] = [];
-  for (let n = 0; keys.length < count; n++) if (ownerOf(`${prefix}${n}`) === shard) keys.push(`${prefix}${n}`);
-  return keys;
-}
-
-/** `count` keys on each shard, interleaved so every shard appears early. */
-function keysOnEveryShard(prefix: string, count: number): string[] {
-  const perShard = Array.from({ length: SHARD_COUNT }, (_, s) => keysOnShard(s, prefix, count));
-  return Array.from({ length: count }, (_, i) => perShard.map((keys) => keys[i]!)).flat();
-}
-
-function connect(node: { readonly host: string; readonly port: number }, protocol?: 2): Redis {
-  const redis = new Redis({ host: node.host, port: node.port, ...(protocol === undefined ? {} : { protocol }) });
-  redis.on('error', () => undefined);
-  return redis;
-}
-
-async function flushEverything(): Promise<void> {
-  await Promise.all([...primaries.map((p) => p.flushall()), direct.flushall()]);
-}
+const flushEverything = (): Promise<void> => deployment.flushEverything();
 
 /** A reply, or the error text, so that replies and errors compare alike. */
 async function outcome(promise: Promise<unknown>): Promise<unknown> {
@@ -98,33 +74,11 @@ function sleep(ms: number): Promise<void> {
 
 describe('command kinds through slotproxy (issue 6)', () => {
   beforeAll(async () => {
-    const [startedShards, startedSingle] = await Promise.all([startShards(SHARD_COUNT, { replicas: 1 }), startSingleRedis()]);
-    shards = startedShards;
-    single = startedSingle;
-    proxy = await startProxyProcess({
-      shards: shards.primaries.map((primary, i) => ({
-        name: `s${i + 1}`,
-        primary,
-        replicas: shards.replicas[i]!.map((replica) => ({ host: replica.host, port: replica.port })),
-      })),
-      extra: { connectTimeoutMs: 1_000 },
-    });
-    viaProxy = connect(proxy);
-    direct = connect(single.redis, 2);
-    primaries = shards.primaries.map((primary) => connect(primary, 2));
-    replicas = shards.replicas.map((list) => connect(list[0]!, 2));
+    deployment = await startDeployment();
+    ({ shards, single, proxy, viaProxy, direct, primaries, replicas } = deployment);
   }, 40_000);
 
-  afterAll(async () => {
-    for (const redis of [viaProxy, direct, ...primaries, ...replicas]) redis?.disconnect();
-    const failures: unknown[] = [];
-    for (const stop of [() => proxy?.stop(), () => shards?.stopAll(), () => single?.stopAll()]) {
-      await Promise.resolve()
-        .then(stop)
-        .catch((err: unknown) => failures.push(err));
-    }
-    if (failures.length > 0) throw failures[0];
-  }, 30_000);
+  afterAll(() => deployment?.stop(), 30_000);
 
   describe('single: routed by the slot of its keys', () => {
     it('answers string, hash, list, set, zset, stream, HyperLogLog, geo and bitmap commands as one Redis', async () => {

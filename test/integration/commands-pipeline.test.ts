@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
-import Redis from 'ioredis';
+import type Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decodeReplies, rawCommands, startProxyProcess, type DecodedReply, type ProxyProcess } from '../helpers/proxy-harness';
-import { startShards, startSingleRedis, type Shards, type SingleRedis } from '../helpers/redis-harness';
+import { SHARD_COUNT, startDeployment, type Deployment } from '../helpers/deployment';
+import { decodeReplies, rawCommands, type DecodedReply, type ProxyProcess } from '../helpers/proxy-harness';
+import type { SingleRedis } from '../helpers/redis-harness';
 
 /**
  * Issue 6's acceptance at scale: a pipeline of 10,000 mixed commands covering every
@@ -11,27 +12,18 @@ import { startShards, startSingleRedis, type Shards, type SingleRedis } from '..
  * exist, also with MATCH, COUNT and TYPE.
  */
 
-const SHARD_COUNT = 3;
 const PIPELINE_COMMANDS = 10_000;
 
-let shards: Shards;
+let deployment: Deployment;
 let single: SingleRedis;
 let proxy: ProxyProcess;
 let viaProxy: Redis;
 let direct: Redis;
-let primaries: Redis[] = [];
+let primaries: readonly Redis[] = [];
 
 type Command = (string | number)[];
 
-function connect(node: { readonly host: string; readonly port: number }, protocol?: 2): Redis {
-  const redis = new Redis({ host: node.host, port: node.port, ...(protocol === undefined ? {} : { protocol }) });
-  redis.on('error', () => undefined);
-  return redis;
-}
-
-async function flushEverything(): Promise<void> {
-  await Promise.all([...primaries.map((p) => p.flushall()), direct.flushall()]);
-}
+const flushEverything = (): Promise<void> => deployment.flushEverything();
 
 /** A small seeded PRNG (mulberry32), so a failure can be replayed with the same pipeline. */
 function random(seed: number): () => number {
@@ -142,32 +134,11 @@ function firstDifference(commands: readonly Command[], a: readonly DecodedReply[
 
 describe('10,000-command pipelines and a full SCAN through slotproxy (issue 6)', () => {
   beforeAll(async () => {
-    const [startedShards, startedSingle] = await Promise.all([startShards(SHARD_COUNT, { replicas: 1 }), startSingleRedis()]);
-    shards = startedShards;
-    single = startedSingle;
-    proxy = await startProxyProcess({
-      shards: shards.primaries.map((primary, i) => ({
-        name: `s${i + 1}`,
-        primary,
-        replicas: shards.replicas[i]!.map((replica) => ({ host: replica.host, port: replica.port })),
-      })),
-      extra: { connectTimeoutMs: 1_000 },
-    });
-    viaProxy = connect(proxy);
-    direct = connect(single.redis, 2);
-    primaries = shards.primaries.map((primary) => connect(primary, 2));
+    deployment = await startDeployment();
+    ({ single, proxy, viaProxy, direct, primaries } = deployment);
   }, 40_000);
 
-  afterAll(async () => {
-    for (const redis of [viaProxy, direct, ...primaries]) redis?.disconnect();
-    const failures: unknown[] = [];
-    for (const stop of [() => proxy?.stop(), () => shards?.stopAll(), () => single?.stopAll()]) {
-      await Promise.resolve()
-        .then(stop)
-        .catch((err: unknown) => failures.push(err));
-    }
-    if (failures.length > 0) throw failures[0];
-  }, 30_000);
+  afterAll(() => deployment?.stop(), 30_000);
 
   describe('a mixed pipeline of 10,000 commands', () => {
     it('covers every deterministic handling kind', () => {

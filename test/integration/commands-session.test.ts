@@ -1,9 +1,9 @@
 import * as net from 'node:net';
-import calculateSlot from 'cluster-key-slot';
-import Redis from 'ioredis';
+import type Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { countReplies, encodeCommand, rawCommands, startProxyProcess, type ProxyProcess } from '../helpers/proxy-harness';
-import { startShards, startSingleRedis, type Shards, type SingleRedis } from '../helpers/redis-harness';
+import { SHARD_COUNT, connect, keysOnShard, onePerShard, ownerOf, startDeployment, type Deployment } from '../helpers/deployment';
+import { countReplies, encodeCommand, rawCommands, type ProxyProcess } from '../helpers/proxy-harness';
+import type { SingleRedis } from '../helpers/redis-harness';
 
 /**
  * Issue 6, the commands that change the state of their connection: MULTI / EXEC / DISCARD /
@@ -12,52 +12,20 @@ import { startShards, startSingleRedis, type Shards, type SingleRedis } from '..
  * deterministic. Tests run in file order and share the servers.
  */
 
-const SHARD_COUNT = 3;
-/** redis-cli's even split, which the proxy uses when the YAML gives no `slots`. */
-const SLOT_RANGES = [
-  [0, 5460],
-  [5461, 10922],
-  [10923, 16383],
-] as const;
 const CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot";
 /** A blocked client must not slow anyone else down by more than this. */
 const LATENCY_BOUND_MS = 50;
 
-let shards: Shards;
+let deployment: Deployment;
 let single: SingleRedis;
 let proxy: ProxyProcess;
 let viaProxy: Redis;
 let direct: Redis;
-let primaries: Redis[] = [];
+let primaries: readonly Redis[] = [];
 
 type Command = readonly (string | number)[];
 
-function ownerOf(key: string): number {
-  const slot = calculateSlot(key);
-  return SLOT_RANGES.findIndex(([from, to]) => slot >= from && slot <= to);
-}
-
-/** The first `count` names `prefix<n>` whose slot lives on `shard`. */
-function namesOnShard(shard: number, prefix: string, count: number): string[] {
-  const names: string[] = [];
-  for (let n = 0; names.length < count; n++) if (ownerOf(`${prefix}${n}`) === shard) names.push(`${prefix}${n}`);
-  return names;
-}
-
-/** One name per shard, in shard order. */
-function onePerShard(prefix: string): string[] {
-  return Array.from({ length: SHARD_COUNT }, (_, s) => namesOnShard(s, prefix, 1)[0]!);
-}
-
-function connect(node: { readonly host: string; readonly port: number }, protocol?: 2): Redis {
-  const redis = new Redis({ host: node.host, port: node.port, ...(protocol === undefined ? {} : { protocol }) });
-  redis.on('error', () => undefined);
-  return redis;
-}
-
-async function flushEverything(): Promise<void> {
-  await Promise.all([...primaries.map((p) => p.flushall()), direct.flushall()]);
-}
+const flushEverything = (): Promise<void> => deployment.flushEverything();
 
 /** Sends the commands in one write to the proxy and to the direct Redis; both raw replies. */
 async function rawBoth(commands: readonly Command[]): Promise<{ proxy: string; direct: string }> {
@@ -184,32 +152,11 @@ async function publishBoth(pair: SubscriberPair, publishes: readonly Command[], 
 
 describe('transactions, blocking commands and Pub/Sub through slotproxy (issue 6)', () => {
   beforeAll(async () => {
-    const [startedShards, startedSingle] = await Promise.all([startShards(SHARD_COUNT, { replicas: 1 }), startSingleRedis()]);
-    shards = startedShards;
-    single = startedSingle;
-    proxy = await startProxyProcess({
-      shards: shards.primaries.map((primary, i) => ({
-        name: `s${i + 1}`,
-        primary,
-        replicas: shards.replicas[i]!.map((replica) => ({ host: replica.host, port: replica.port })),
-      })),
-      extra: { connectTimeoutMs: 1_000 },
-    });
-    viaProxy = connect(proxy);
-    direct = connect(single.redis, 2);
-    primaries = shards.primaries.map((primary) => connect(primary, 2));
+    deployment = await startDeployment();
+    ({ single, proxy, viaProxy, direct, primaries } = deployment);
   }, 40_000);
 
-  afterAll(async () => {
-    for (const redis of [viaProxy, direct, ...primaries]) redis?.disconnect();
-    const failures: unknown[] = [];
-    for (const stop of [() => proxy?.stop(), () => shards?.stopAll(), () => single?.stopAll()]) {
-      await Promise.resolve()
-        .then(stop)
-        .catch((err: unknown) => failures.push(err));
-    }
-    if (failures.length > 0) throw failures[0];
-  }, 30_000);
+  afterAll(() => deployment?.stop(), 30_000);
 
   describe('MULTI / EXEC / DISCARD', () => {
     it('a same-slot transaction (hash tags) answers byte for byte as one Redis, on every shard', async () => {
@@ -331,7 +278,7 @@ describe('transactions, blocking commands and Pub/Sub through slotproxy (issue 6
   describe('blocking commands on a connection of the client\'s own', () => {
     it('a client blocked in BLPOP delays no one (< 50 ms per command); LPUSH from another client unblocks it with the value', async () => {
       await flushEverything();
-      const key = namesOnShard(1, 'queue', 1)[0]!;
+      const key = keysOnShard(1, 'queue', 1)[0]!;
       const blocked = connect(proxy);
       const pusher = connect(proxy);
       try {
@@ -360,7 +307,7 @@ describe('transactions, blocking commands and Pub/Sub through slotproxy (issue 6
 
     it('a blocked client that disconnects releases its backend connection within 1 s (and pops nothing after)', async () => {
       await flushEverything();
-      const key = namesOnShard(2, 'gone', 1)[0]!;
+      const key = keysOnShard(2, 'gone', 1)[0]!;
       const shard = primaries[2]!;
       const before = await blockedIn(shard, 'blpop');
       const leaving = connect(proxy);

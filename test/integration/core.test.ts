@@ -4,6 +4,16 @@ import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findFreePort, type LocalRedis } from '../../src/cli/local-redis';
 import {
+  CONNECT_TIMEOUT_MS,
+  SHARD_NAMES,
+  connect,
+  keysOnShard,
+  ownerOf,
+  ownerOfSlot,
+  startDeployment,
+  type Deployment,
+} from '../helpers/deployment';
+import {
   encodeCommand,
   rawCommands,
   rawExchange,
@@ -12,7 +22,7 @@ import {
   startProxyProcess,
   type ProxyProcess,
 } from '../helpers/proxy-harness';
-import { startShards, startSingleRedis, type Shards, type SingleRedis } from '../helpers/redis-harness';
+import type { Shards, SingleRedis } from '../helpers/redis-harness';
 
 /**
  * Issue 3's core acceptance, end to end: `dist/cli.js start` over 3 shards (1 replica each) of
@@ -20,16 +30,9 @@ import { startShards, startSingleRedis, type Shards, type SingleRedis } from '..
  * Tests run in file order and share the servers; each one flushes what it depends on.
  */
 
-const SHARD_NAMES = ['s1', 's2', 's3'] as const;
-/** redis-cli's even split of 16384 slots over 3 primaries, which the proxy uses without `slots`. */
-const SLOT_RANGES = [
-  [0, 5460],
-  [5461, 10922],
-  [10923, 16383],
-] as const;
-const CONNECT_TIMEOUT_MS = 1_000;
 const CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot";
 
+let deployment: Deployment;
 let shards: Shards;
 let single: SingleRedis;
 let proxy: ProxyProcess;
@@ -38,35 +41,9 @@ let viaProxy: Redis;
 /** The reference: a plain Redis. RESP2 like the proxy, so reply shapes are comparable. */
 let direct: Redis;
 /** Direct connections to each shard's primary, in shard order. */
-let primaries: Redis[] = [];
+let primaries: readonly Redis[] = [];
 
-function ownerOfSlot(slot: number): number {
-  return SLOT_RANGES.findIndex(([from, to]) => slot >= from && slot <= to);
-}
-
-function ownerOf(key: string | Buffer): number {
-  return ownerOfSlot(calculateSlot(key as string));
-}
-
-/** The first `prefix<n>` keys whose owner is `shard`. */
-function keysOnShard(shard: number, prefix: string, count: number): string[] {
-  const keys: string[] = [];
-  for (let n = 0; keys.length < count; n++) {
-    if (ownerOf(`${prefix}${n}`) === shard) keys.push(`${prefix}${n}`);
-  }
-  return keys;
-}
-
-function connect(node: { readonly host: string; readonly port: number }, protocol?: 2 | 3): Redis {
-  const redis = protocol === undefined ? new Redis({ host: node.host, port: node.port }) : new Redis({ host: node.host, port: node.port, protocol });
-  // Rejections reach each awaiting test; without a listener ioredis would print reconnect noise.
-  redis.on('error', () => undefined);
-  return redis;
-}
-
-async function flushEverything(): Promise<void> {
-  await Promise.all([...primaries.map((p) => p.flushall()), direct.flushall()]);
-}
+const flushEverything = (): Promise<void> => deployment.flushEverything();
 
 /** The rejection message of `promise`, or a failure naming what it resolved to. */
 async function errorOf(promise: Promise<unknown>): Promise<string> {
@@ -98,32 +75,11 @@ function sleep(ms: number): Promise<void> {
 
 describe('slotproxy core over 3 shards (issue 3)', () => {
   beforeAll(async () => {
-    const [startedShards, startedSingle] = await Promise.all([startShards(3, { replicas: 1 }), startSingleRedis()]);
-    shards = startedShards;
-    single = startedSingle;
-    proxy = await startProxyProcess({
-      shards: shards.primaries.map((primary, i) => ({
-        name: SHARD_NAMES[i]!,
-        primary,
-        replicas: shards.replicas[i]!.map((replica) => ({ host: replica.host, port: replica.port })),
-      })),
-      extra: { connectTimeoutMs: CONNECT_TIMEOUT_MS },
-    });
-    viaProxy = connect(proxy);
-    direct = connect(single.redis, 2);
-    primaries = shards.primaries.map((primary) => connect(primary, 2));
+    deployment = await startDeployment();
+    ({ shards, single, proxy, viaProxy, direct, primaries } = deployment);
   }, 40_000);
 
-  afterAll(async () => {
-    for (const redis of [viaProxy, direct, ...primaries]) redis?.disconnect();
-    const failures: unknown[] = [];
-    for (const stop of [() => proxy?.stop(), () => shards?.stopAll(), () => single?.stopAll()]) {
-      await Promise.resolve()
-        .then(stop)
-        .catch((err: unknown) => failures.push(err));
-    }
-    if (failures.length > 0) throw failures[0];
-  }, 30_000);
+  afterAll(() => deployment?.stop(), 30_000);
 
   it('routes 30,000 random keys: each shard holds 30-37% and every key sits on the owner of its slot', async () => {
     await flushEverything();
