@@ -1,4 +1,5 @@
 import type { BackendConnection, PushSink } from '../backend/backend-connection';
+import type { ReplySink } from '../backend/reply-sink';
 import type { CommandSpec } from '../commands/handling';
 import type { RequestFrame } from '../resp/request-parser';
 import { encodeCommand } from '../resp/resp-writer';
@@ -40,13 +41,56 @@ function confirmation(name: string, subject: Buffer | null, count: number): Buff
   return Buffer.concat([Buffer.from(head + body), subject ?? Buffer.alloc(0), Buffer.from(subject === null ? `:${count}\r\n` : `\r\n:${count}\r\n`)]);
 }
 
+/** A (un)subscribe command whose reply waits for every shard it went to. */
+class PendingConfirmation {
+  readonly #slot: ReplySink;
+  readonly #reply: Buffer;
+  #shardsLeft: number;
+
+  constructor(slot: ReplySink, reply: Buffer, shards: number) {
+    this.#slot = slot;
+    this.#reply = reply;
+    this.#shardsLeft = shards;
+  }
+
+  shardDone(): void {
+    if (--this.#shardsLeft === 0) this.#slot.onReply(this.#reply);
+  }
+}
+
+/** Confirmations owed by one shard for one command. */
+interface Expectation {
+  readonly pending: PendingConfirmation;
+  remaining: number;
+}
+
+/** Tells the session which shard's connection a frame came from. */
+class ShardPushSink implements PushSink {
+  readonly #session: PubSubSession;
+  readonly #shard: number;
+
+  constructor(session: PubSubSession, shard: number) {
+    this.#session = session;
+    this.#shard = shard;
+  }
+
+  onPush(frame: Buffer): void {
+    this.#session.onShardPush(this.#shard, frame);
+  }
+
+  onPushClosed(): void {
+    this.#session.onPushClosed();
+  }
+}
+
 /**
  * A subscribed client. Channels live on the shard owning the channel name's slot (where
  * PUBLISH through the proxy goes too), patterns on every shard; each shard is reached through
  * a Pub/Sub connection of the client's own. The proxy writes the subscribe confirmations itself,
- * with the counts one Redis would give, and forwards the messages as they come.
+ * with the counts one Redis would give, once every shard involved has confirmed, and forwards
+ * the messages as they come.
  */
-export class PubSubSession implements PushSink {
+export class PubSubSession {
   readonly #client: ClientContext;
   readonly #shards: PubSubShards;
   /** Subscriptions by kind, keyed by the name's latin1 text. */
@@ -56,6 +100,8 @@ export class PubSubSession implements PushSink {
     shard: new Map(),
   };
   readonly #connections = new Map<number, BackendConnection>();
+  /** Per shard, the confirmations still owed for each command sent there, in order. */
+  readonly #expectations = new Map<number, Expectation[]>();
   #isClosed = false;
 
   constructor(client: ClientContext, shards: PubSubShards) {
@@ -97,18 +143,36 @@ export class PubSubSession implements PushSink {
       }
     }
     if (replies.length === 0) replies.push(confirmation(spec.name, null, this.#count(kind)));
-    this.#client.reply(Buffer.concat(replies), spec);
+    const reply = Buffer.concat(replies);
+    if (perShard.size === 0) {
+      this.#client.reply(reply, spec);
+      return;
+    }
+    // The client hears the confirmation only once every shard involved has confirmed, so a
+    // PUBLISH it sends right after cannot miss the new subscription.
+    const pending = new PendingConfirmation(this.#client.awaitReply(spec), reply, perShard.size);
     for (const [shard, list] of perShard) {
-      const connection = this.#connection(shard);
-      connection.sendToPush(encodeCommand([spec.name.toUpperCase(), ...list]));
+      this.#expected(shard).push({ pending, remaining: list.length });
+      this.#connection(shard).sendToPush(encodeCommand([spec.name.toUpperCase(), ...list]));
     }
   }
 
-  onPush(frame: Buffer): void {
+  /** A frame read on the Pub/Sub connection to `shard`. */
+  onShardPush(shard: number, frame: Buffer): void {
     if (this.#isClosed) return;
     const type = pushType(frame);
-    // Confirmations were answered by the proxy; only messages go on.
-    if (type === 'message' || type === 'pmessage' || type === 'smessage') this.#client.push(frame);
+    if (type === 'message' || type === 'pmessage' || type === 'smessage') {
+      this.#client.push(frame);
+      return;
+    }
+    // A confirmation: one per name, in the order the commands were sent to this shard.
+    const queue = this.#expectations.get(shard);
+    const head = queue?.[0];
+    if (head === undefined) return;
+    if (--head.remaining === 0) {
+      queue!.shift();
+      head.pending.shardDone();
+    }
   }
 
   onPushClosed(): void {
@@ -134,9 +198,18 @@ export class PubSubSession implements PushSink {
   #connection(shard: number): BackendConnection {
     let connection = this.#connections.get(shard);
     if (connection === undefined) {
-      connection = this.#shards.openPushConnection(shard, this);
+      connection = this.#shards.openPushConnection(shard, new ShardPushSink(this, shard));
       this.#connections.set(shard, connection);
     }
     return connection;
+  }
+
+  #expected(shard: number): Expectation[] {
+    let queue = this.#expectations.get(shard);
+    if (queue === undefined) {
+      queue = [];
+      this.#expectations.set(shard, queue);
+    }
+    return queue;
   }
 }
