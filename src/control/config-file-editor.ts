@@ -93,3 +93,15 @@ export async function writeSlotsToConfigFile(file: string, slotsByShard: Readonl
   await writeFileAtomic(file, after);
   return true;
 }
+
+/** Parses and writes YAML text in memory (nothing is saved): the editor's code paths, warmed. */
+export function rewriteForWarmUp(text: string): string {
+  const doc = parseDocument(text);
+  const shards = doc.get('shards', true);
+  if (isSeq(shards)) {
+    const node = doc.createNode({ name: 'warm-up', primary: '127.0.0.1:1', slots: ['0-1'] });
+    node.flow = false;
+    shards.add(node);
+  }
+  return doc.toString();
+}

@@ -9,7 +9,7 @@ import { reshardPlansTotal } from '../metrics/metrics';
 import { nodeKey, Topology, type ShardInfo } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
 import { AdminServer } from './admin-server';
-import { addShardToConfigFile, removeShardFromConfigFile, writeSlotsToConfigFile } from './config-file-editor';
+import { addShardToConfigFile, removeShardFromConfigFile, rewriteForWarmUp, writeSlotsToConfigFile } from './config-file-editor';
 import {
   countsAfter,
   fromRanges,
@@ -187,7 +187,10 @@ export class Resharding {
 
   async #start(): Promise<void> {
     if (this.#isClosed) return;
-    if (this.#stateFile !== null) this.#migrator.warmUp();
+    if (this.#stateFile !== null) {
+      this.#migrator.warmUp();
+      this.#warmUp();
+    }
     if (this.#config.admin !== null) {
       try {
         this.#admin = await AdminServer.start({ host: this.#config.admin.host, port: this.#config.admin.port, resharding: this });
@@ -204,7 +207,7 @@ export class Resharding {
     if (stored !== null) {
       log.info('resuming the resharding plan the last run left', { id: stored.id, op: stored.op });
       if (stored.bigKeys.length > 0) await this.#migrator.cleanUp(stored.bigKeys);
-      this.#launch({ ...stored, bigKeys: [] });
+      this.#startQuietly({ ...stored, bigKeys: [] });
       return;
     }
     const { added, removed } = this.#membership;
@@ -322,6 +325,24 @@ export class Resharding {
     await this.#migrator.close();
   }
 
+  /**
+   * Runs the planning code and the YAML writer once, on a copy, at start: their first run is
+   * slow (cold code), and it would otherwise come at the start of a plan, on the data path's
+   * thread, while clients wait.
+   */
+  #warmUp(): void {
+    try {
+      const map = slotMapOf(this.#store.current);
+      const spare = { names: [...map.names, '\u0000spare'], owner: map.owner };
+      const moves = planRebalance(spare);
+      groupMoves(moves);
+      countsAfter(spare, moves);
+      if (this.#config.configFile !== null) rewriteForWarmUp(fs.readFileSync(this.#config.configFile, 'utf8'));
+    } catch {
+      // Only a warm-up.
+    }
+  }
+
   // ---- plans ----
 
   #newPlan(op: StoredPlan['op'], trigger: PlanTrigger): StoredPlan {
@@ -373,9 +394,7 @@ export class Resharding {
   /** The moves a plan needs from the current slot table (plus slots left migrating, to finish them). */
   #movesFor(plan: StoredPlan): SlotMove[] {
     const topology = this.#store.current;
-    let map = slotMapOf(topology);
-    const missing = plan.addShards.filter((s) => !map.names.includes(s.name)).map((s) => s.name);
-    if (missing.length > 0) map = { names: [...map.names, ...missing], owner: map.owner } satisfies SlotMap;
+    const map = planMap(topology, plan);
     let moves: SlotMove[];
     if (plan.reshard !== null) {
       const { from, to } = plan.reshard;
@@ -394,14 +413,11 @@ export class Resharding {
 
   #view(plan: StoredPlan, moves: readonly SlotMove[]): PlanView {
     const topology = this.#store.current;
-    let map = slotMapOf(topology);
-    const missing = plan.addShards.filter((s) => !map.names.includes(s.name)).map((s) => s.name);
-    if (missing.length > 0) map = { names: [...map.names, ...missing], owner: map.owner };
-    const before: Record<string, number> = {};
-    slotCounts(map).forEach((n, i) => (before[map.names[i]!] = n));
-    // Moves of slots already migrating are counted from their source.
-    const fromMap: SlotMap = { names: map.names, owner: Uint16Array.from(map.owner) };
+    // Slots already migrating count as their source's until they are moved.
+    const fromMap = planMap(topology, plan);
     for (const [slot, m] of topology.migrations) fromMap.owner[slot] = m.from;
+    const before: Record<string, number> = {};
+    slotCounts(fromMap).forEach((n, i) => (before[fromMap.names[i]!] = n));
     return {
       id: plan.id,
       op: plan.op,
@@ -493,6 +509,8 @@ export class Resharding {
         if (file !== null && plan.trigger === 'admin') await addShardToConfigFile(file, spec, this.#rangesByShard());
         await this.#ensureShard(spec);
       }
+      // Let the data path run between the synchronous steps of a plan's start.
+      await new Promise((resolve) => setImmediate(resolve));
       await this.#migrator.run(this.#movesFor(plan), progress);
       for (const name of plan.removeShards) {
         await this.#dropShard(name);
@@ -633,6 +651,13 @@ export class Resharding {
       void this.reload('reload');
     });
   }
+}
+
+/** The slot map the plan works on: the snapshot's (migrating slots as their targets'), plus the shards the plan adds. */
+function planMap(topology: Topology, plan: StoredPlan): SlotMap {
+  const map = slotMapOf(topology);
+  const added = plan.addShards.filter((s) => !map.names.includes(s.name)).map((s) => s.name);
+  return added.length === 0 ? map : { names: [...map.names, ...added], owner: map.owner };
 }
 
 function parseShardSpec(name: string, primary: string, replicas: readonly string[]): ShardSpec {

@@ -36,7 +36,7 @@ import type { SlotMove } from './rebalance-planner';
  */
 
 export interface SlotMigratorOptions {
-  /** MIGRATE's timeout inside the key-move script. */
+  /** Control connections' command timeout is this plus 10 s (MIGRATE's own timeout on the data path). */
   readonly migrateTimeoutMs: number;
   /** Backend password (control connections' AUTH and MIGRATE's AUTH); null when none. */
   readonly password: string | null;
@@ -61,7 +61,7 @@ export interface SlotMigratorOptions {
 
 const DEFAULTS = { batchKeys: 50, slotsInFlight: 192, settleMs: 100, scanCount: 1000, keysPerSecond: 0 } as const;
 /** Keys scanned per key moved, at most, when pacing (a scanned key costs far less than a moved one). */
-const SCAN_PER_MOVE = 20;
+const SCAN_PER_MOVE = 10;
 /** Elements of a big key copied in chunks count as one key at this rate, for pacing. */
 const ELEMENTS_PER_KEY = 10;
 /** Groups a source has migrating at once: one moving, the others settling. */
