@@ -10,6 +10,10 @@ import { PubSubSession } from './pubsub-session';
 import type { ShardAccess } from './shard-access';
 import { EXEC_REQUEST, Transaction, UNWATCH_REQUEST } from './transaction';
 
+/** How long a transaction, WATCH or blocking command waits for its slot to settle. */
+const SETTLE_WAIT_MS = 30_000;
+const SETTLE_POLL_MS = 5;
+const NOT_SETTLED = encodeError('TRYAGAIN the slot is being moved or its shard failed over; try again');
 const EXECABORT = encodeError('EXECABORT Transaction discarded because of previous errors.');
 const QUEUED_REPLY = Buffer.from('+QUEUED\r\n');
 const PONG_SUBSCRIBED = Buffer.from('*2\r\n$4\r\npong\r\n$0\r\n\r\n');
@@ -135,13 +139,16 @@ export class SessionCommands {
       client.reply(CROSSSLOT, spec);
       return;
     }
-    const shard = slot === NO_KEYS ? this.#shards.anyShard() : this.#shards.topology.slotOwner[slot]!;
-    const connection = this.#ownConnection(client, shard);
     // A copy: the request may wait for the client's earlier replies, past this chunk's life.
     const request = Buffer.from(frame.bytes());
     const reply = client.awaitReply(spec);
     client.holdUntilReplied();
-    client.sendWhenFirst(reply, () => connection.send(request, reply));
+    client.sendWhenFirst(reply, () =>
+      this.#whenSettled(slot, reply, () => {
+        const shard = slot === NO_KEYS ? this.#shards.anyShard() : this.#shards.topology.slotOwner[slot]!;
+        this.#ownConnection(client, shard).send(request, reply);
+      }),
+    );
   }
 
   pubsub(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
@@ -199,12 +206,47 @@ export class SessionCommands {
       client.reply(EXECABORT, spec);
       return;
     }
-    const shards = this.#shards;
-    const shard =
-      watch !== null ? watch.shard : transaction.slot === NO_KEYS ? shards.anyShard() : shards.topology.slotOwner[transaction.slot]!;
-    const connection = watch !== null ? watch.connection : shards.primaryConnection(shard, client.id);
+    const reply = client.awaitReply(spec);
     // MULTI and the queued commands were answered +OK/+QUEUED already; only EXEC's reply goes on.
-    connection.sendBatch([...transaction.parts, EXEC_REQUEST], transaction.count + 1, client.awaitReply(spec));
+    const batch = [...transaction.parts, EXEC_REQUEST];
+    if (watch !== null) {
+      // A key that migrated since WATCH counts as modified: EXEC answers null, as it should.
+      watch.connection.sendBatch(batch, transaction.count + 1, reply);
+      return;
+    }
+    const slot = transaction.slot;
+    if (!this.#isSettled(slot)) client.holdUntilReplied();
+    this.#whenSettled(slot, reply, () => {
+      const shards = this.#shards;
+      const shard = slot === NO_KEYS ? shards.anyShard() : shards.topology.slotOwner[slot]!;
+      shards.primaryConnection(shard, client.id).sendBatch(batch, transaction.count + 1, reply);
+    });
+  }
+
+  /** The slot's shard can take a command now: the slot is not migrating, the shard not failing over. */
+  #isSettled(slot: number): boolean {
+    if (slot === NO_KEYS) return true;
+    const topology = this.#shards.topology;
+    return !topology.migrations.has(slot) && !topology.shards[topology.slotOwner[slot]!]!.isFailingOver;
+  }
+
+  /**
+   * Runs `send` once the slot is settled. Transactions, WATCH and blocking commands run on one
+   * connection to one shard, so they cannot follow a key mid-move or a primary mid-failover;
+   * they wait instead (slots migrate for about a second), bounded like a failover wait.
+   */
+  #whenSettled(slot: number, reply: ReplySink, send: () => void): void {
+    if (this.#isSettled(slot)) {
+      send();
+      return;
+    }
+    const deadline = Date.now() + SETTLE_WAIT_MS;
+    const retry = (): void => {
+      if (this.#isSettled(slot)) send();
+      else if (Date.now() > deadline) reply.onReply(NOT_SETTLED);
+      else setTimeout(retry, SETTLE_POLL_MS);
+    };
+    setTimeout(retry, SETTLE_POLL_MS);
   }
 
   #watch(frame: RequestFrame, spec: CommandSpec, client: ClientContext, pins: ClientPins): void {
@@ -217,10 +259,21 @@ export class SessionCommands {
       client.reply(CROSSSLOT, spec);
       return;
     }
-    const shard = this.#shards.topology.slotOwner[slot]!;
-    const connection = this.#ownConnection(client, shard);
-    pins.watch = { slot, shard, connection };
-    connection.send(frame.bytes(), client.awaitReply(spec));
+    const request = Buffer.from(frame.bytes());
+    const reply = client.awaitReply(spec);
+    const send = (): void => {
+      const shard = this.#shards.topology.slotOwner[slot]!;
+      const connection = this.#ownConnection(client, shard);
+      pins.watch = { slot, shard, connection };
+      connection.send(request, reply);
+    };
+    if (this.#isSettled(slot)) {
+      send();
+      return;
+    }
+    // The MULTI that follows must find the watch in place: read nothing more until it is.
+    client.holdUntilReplied();
+    this.#whenSettled(slot, reply, send);
   }
 
   #unwatch(pins: ClientPins, sink: ReplySink | null): void {
