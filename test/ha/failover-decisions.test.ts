@@ -11,9 +11,9 @@ import { TopologyStore } from '../../src/topology/topology-store';
  * Shard "a": primary P, replicas R1, R2 (configured order).
  */
 
-const P = { host: '10.0.0.1', port: 6379 };
-const R1 = { host: '10.0.0.2', port: 6379 };
-const R2 = { host: '10.0.0.3', port: 6379 };
+const P = { host: '127.0.0.11', port: 7379 };
+const R1 = { host: '127.0.0.12', port: 7379 };
+const R2 = { host: '127.0.0.13', port: 7379 };
 const NODE_TIMEOUT_MS = 1000;
 
 type Partial = Omit<NodeReport, 'address' | 'key' | 'lastOkAt' | 'failedAt' | 'failReason' | 'offset' | 'masterLinkStatus' | 'following'> &
@@ -111,7 +111,7 @@ describe('Failover decisions', () => {
     expect(published[0]!.shards[0]!.primary).toEqual(P);
     const shard = store.current.shards[0]!;
     expect(shard).toMatchObject({ primary: R2, replicas: [R1, P], readReplicas: [R1], isFailingOver: false });
-    expect(nodes.commands).toEqual([`${nodeKey(R2)} REPLICAOF NO ONE`, `${nodeKey(R1)} REPLICAOF 10.0.0.3 6379`]);
+    expect(nodes.commands).toEqual([`${nodeKey(R2)} REPLICAOF NO ONE`, `${nodeKey(R1)} REPLICAOF 127.0.0.13 7379`]);
   });
 
   it('breaks an offset tie by configured order', async () => {
@@ -185,7 +185,7 @@ describe('Failover decisions', () => {
     nodes.primary(R1, 20);
     nodes.primary(P, 15);
     await reconcile(failover);
-    expect(nodes.commands.at(-1)).toBe(`${nodeKey(P)} REPLICAOF 10.0.0.2 6379`);
+    expect(nodes.commands.at(-1)).toBe(`${nodeKey(P)} REPLICAOF 127.0.0.12 7379`);
     expect(store.current.shards[0]!.readReplicas).toEqual([]);
     // Not sent again while it syncs.
     const sent = nodes.commands.length;
@@ -204,7 +204,7 @@ describe('Failover decisions', () => {
     nodes.replica(R1, R2, 5);
     nodes.replica(R2, P, 5);
     await reconcile(failover);
-    expect(nodes.commands).toEqual([`${nodeKey(R1)} REPLICAOF 10.0.0.1 6379`]);
+    expect(nodes.commands).toEqual([`${nodeKey(R1)} REPLICAOF 127.0.0.11 7379`]);
     expect(store.current.shards[0]!.readReplicas).toEqual([R2]);
     nodes.failed(R2);
     nodes.replica(R1, P, 5);

@@ -55,7 +55,7 @@ describe('parseAddress / formatAddress / addressKey', () => {
     ['localhost:1', { host: 'localhost', port: 1 }],
     ['redis_1.example-net:65535', { host: 'redis_1.example-net', port: 65535 }],
     ['[::1]:7001', { host: '::1', port: 7001 }],
-    ['[2001:db8::42]:6379', { host: '2001:db8::42', port: 6379 }],
+    ['[2001:db8::42]:7379', { host: '2001:db8::42', port: 7379 }],
   ])('parses %s', (text, address) => {
     expect(parseAddress(text)).toEqual(address);
     expect(formatAddress(parseAddress(text))).toBe(text);
