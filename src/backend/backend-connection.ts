@@ -7,7 +7,7 @@ import { OutputBuffer } from '../io/output-buffer';
 import { ReplyScanner, type ReplyFrameSink } from '../resp/reply-scanner';
 import { encodeCommand, encodeError } from '../resp/resp-writer';
 import { nodeKey, type NodeAddress } from '../topology/topology';
-import type { ReplySink } from './reply-sink';
+import { IGNORE_REPLY, type ReplySink } from './reply-sink';
 
 export type ConnectionState = 'idle' | 'connecting' | 'ready' | 'down' | 'closed';
 
@@ -46,11 +46,7 @@ export interface PushSink {
   onPushClosed(reason: string): void;
 }
 
-/** Swallows the replies a transaction's MULTI and queued commands get: only EXEC's matters. */
-const IGNORE: ReplySink = {
-  onReply(): void {},
-  onFailure(): void {},
-};
+
 
 const MIN_BACKOFF_MS = 100;
 const MAX_BACKOFF_MS = 5000;
@@ -157,29 +153,9 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     return this.#state;
   }
 
-  get inFlightCount(): number {
-    return this.#inFlight.length;
-  }
-
-  /** Queues a request (one buffer or several, written back to back) for this turn's flush. */
-  send(request: Buffer, sink: ReplySink): void {
-    if (!this.#isUsable()) {
-      sink.onFailure(this.#unavailableReply());
-      return;
-    }
-    this.#out.push(request);
-    this.#push(sink);
-    scheduleFlush(this);
-  }
-
-  sendParts(parts: readonly Buffer[], sink: ReplySink): void {
-    if (!this.#isUsable()) {
-      sink.onFailure(this.#unavailableReply());
-      return;
-    }
-    for (const part of parts) this.#out.push(part);
-    this.#push(sink);
-    scheduleFlush(this);
+  /** Queues a request (one buffer, or several written back to back) for this turn's flush. */
+  send(request: Buffer | readonly Buffer[], sink: ReplySink): void {
+    if (this.#queue(request, sink)) this.#push(sink);
   }
 
   /**
@@ -188,14 +164,9 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
    * client's command can come between them on this shared connection.
    */
   sendBatch(parts: readonly Buffer[], ignored: number, sink: ReplySink): void {
-    if (!this.#isUsable()) {
-      sink.onFailure(this.#unavailableReply());
-      return;
-    }
-    for (const part of parts) this.#out.push(part);
-    for (let i = 0; i < ignored; i++) this.#push(IGNORE);
+    if (!this.#queue(parts, sink)) return;
+    for (let i = 0; i < ignored; i++) this.#push(IGNORE_REPLY);
     this.#push(sink);
-    scheduleFlush(this);
   }
 
   /** Pub/Sub mode: writes a command whose answers arrive at the push sink. */
@@ -212,16 +183,25 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
    * of the connection), so the cost is one round trip to the replicas per batch, not per write.
    */
   sendDurable(request: Buffer | readonly Buffer[], sink: ReplySink): void {
-    if (!this.#isUsable()) {
-      sink.onFailure(this.#unavailableReply());
-      return;
-    }
-    if (Buffer.isBuffer(request)) this.#out.push(request);
-    else for (const part of request) this.#out.push(part);
+    if (!this.#queue(request, sink)) return;
     const write = new DurableWrite(sink);
     this.#durableWrites.push(write);
     this.#push(write);
+  }
+
+  /**
+   * Queues the request's bytes for this turn's flush; false (and `sink` failed) when the node
+   * cannot be reached. The caller then pushes the sinks that await its replies.
+   */
+  #queue(request: Buffer | readonly Buffer[], sink: ReplySink): boolean {
+    if (!this.#isUsable()) {
+      sink.onFailure(this.#unavailableReply());
+      return false;
+    }
+    if (Buffer.isBuffer(request)) this.#out.push(request);
+    else for (const part of request) this.#out.push(part);
     scheduleFlush(this);
+    return true;
   }
 
   flush(): void {

@@ -11,3 +11,9 @@ export interface ReplySink {
    */
   onFailure(error: Buffer): void;
 }
+
+/** Swallows a reply nobody waits for (MULTI's +OK inside a batch, a fire-and-forget UNWATCH). */
+export const IGNORE_REPLY: ReplySink = {
+  onReply(): void {},
+  onFailure(): void {},
+};

@@ -30,10 +30,6 @@ export class Listener {
     this.#server = createServer((socket) => this.#accept(socket));
   }
 
-  get clientCount(): number {
-    return this.#sessions.size;
-  }
-
   listen(): Promise<{ host: string; port: number }> {
     return new Promise((resolve, reject) => {
       this.#server.once('error', reject);

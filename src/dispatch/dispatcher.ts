@@ -415,12 +415,15 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
         return;
       }
     }
-    if (Buffer.isBuffer(request)) connection.send(request, sink);
-    else connection.sendParts(request, sink);
+    connection.send(request, sink);
   }
 
   send(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean): void {
     this.#send(shard, request, sink, clientId, isWrite, isReadonly);
+  }
+
+  sendSingle(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    this.#single(frame, spec, client);
   }
 
   sendToShard(shard: number, request: Buffer, sink: ReplySink, clientId: number): void {

@@ -1,4 +1,5 @@
 import type { ReplySink } from '../backend/reply-sink';
+import { PieceSink, type PieceOwner } from '../reply/gather';
 import { decodeReply } from '../resp/reply-decoder';
 import { encodeBulk } from '../resp/resp-writer';
 
@@ -52,7 +53,7 @@ function sumKeyspace(texts: readonly string[]): string[] {
  * Gathers every shard's INFO and answers with the proxy's section first, the first shard's
  * sections next (servers are configured alike), and the keyspace summed over all shards.
  */
-export class InfoSink {
+export class InfoSink implements PieceOwner {
   readonly #target: ReplySink;
   readonly #proxySection: string | null;
   readonly #wantsKeyspace: boolean;
@@ -67,13 +68,10 @@ export class InfoSink {
   }
 
   piece(index: number): ReplySink {
-    return {
-      onReply: (frame: Buffer) => this.#onPiece(index, frame),
-      onFailure: (error: Buffer) => this.#onPiece(index, error),
-    };
+    return new PieceSink(this, index);
   }
 
-  #onPiece(index: number, frame: Buffer): void {
+  onPiece(index: number, frame: Buffer): void {
     this.#replies[index] = frame;
     if (++this.#received < this.#replies.length) return;
     // A shard that is down must not make INFO fail: clients (ioredis's ready check) and

@@ -33,11 +33,6 @@ function encode(value: RespValue): Buffer {
 
 const b = (text: string | number): Buffer => Buffer.from(String(text));
 
-/** The `name|sub` lowercase name the error messages use ("client|setname"). */
-function arityName(spec: CommandSpec): string {
-  return spec.name;
-}
-
 /**
  * Replies the proxy makes itself: connection state that lives in the proxy (name, protocol,
  * database) and the single-node cluster picture cluster-aware clients ask for.
@@ -150,7 +145,7 @@ export class LocalCommands {
         );
       }
       default:
-        return encodeError(`ERR slotproxy has no local handler for '${arityName(spec)}'`);
+        return encodeError(`ERR slotproxy has no local handler for '${spec.name}'`);
     }
   }
 

@@ -225,7 +225,7 @@ export class MigratingRouter {
     const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + args.length), EVAL_HEAD, bulk(String(move.keys.length))];
     for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
     for (const arg of args) parts.push(bulk(arg));
-    this.#shards.primaryConnection(migration.from, move.clientId).sendParts(parts, move);
+    this.#shards.primaryConnection(migration.from, move.clientId).send(parts, move);
   }
 
   #holdsParkedKey(move: KeyMove): boolean {

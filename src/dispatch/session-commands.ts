@@ -1,7 +1,7 @@
-import type { ReplySink } from '../backend/reply-sink';
+import { IGNORE_REPLY, type ReplySink } from '../backend/reply-sink';
 import type { CommandSpec } from '../commands/handling';
 import type { RequestFrame } from '../resp/request-parser';
-import { CROSSSLOT, encodeError, OK } from '../resp/resp-writer';
+import { CROSSSLOT, encodeError, OK, QUEUED } from '../resp/resp-writer';
 import { commandSlot, CROSS_SLOT, NO_KEYS } from '../routing/route-planner';
 import type { ClientContext } from './client-context';
 import { ClientPins } from './client-pins';
@@ -15,7 +15,6 @@ const SETTLE_WAIT_MS = 30_000;
 const SETTLE_POLL_MS = 5;
 const NOT_SETTLED = encodeError('TRYAGAIN the slot is being moved or its shard failed over; try again');
 const EXECABORT = encodeError('EXECABORT Transaction discarded because of previous errors.');
-const QUEUED_REPLY = Buffer.from('+QUEUED\r\n');
 const PONG_SUBSCRIBED = Buffer.from('*2\r\n$4\r\npong\r\n$0\r\n\r\n');
 
 /** Commands a subscribed RESP2 client may send (redis-server's list). */
@@ -126,8 +125,8 @@ export class SessionCommands {
   blocking(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
     const isStreamRead = spec.name === 'xread' || spec.name === 'xreadgroup';
     if (isStreamRead && !hasBlockOption(frame)) {
-      // XREAD without BLOCK never blocks: an ordinary single-slot command.
-      this.#sendBySlot(frame, spec, client);
+      // XREAD without BLOCK never blocks: an ordinary single-slot command (migrations included).
+      this.#shards.sendSingle(frame, spec, client);
       return;
     }
     if (spec.name === 'wait') {
@@ -188,7 +187,7 @@ export class SessionCommands {
     }
     if (slot !== NO_KEYS) transaction.slot = slot;
     transaction.queue(frame.bytes());
-    client.reply(QUEUED_REPLY, spec);
+    client.reply(QUEUED, spec);
   }
 
   #exec(spec: CommandSpec, client: ClientContext, pins: ClientPins): void {
@@ -202,7 +201,7 @@ export class SessionCommands {
     pins.watch = null;
     if (transaction.isAborted) {
       // Redis unwatches on EXEC whatever happens.
-      watch?.connection.send(UNWATCH_REQUEST, IGNORE);
+      watch?.connection.send(UNWATCH_REQUEST, IGNORE_REPLY);
       client.reply(EXECABORT, spec);
       return;
     }
@@ -280,7 +279,7 @@ export class SessionCommands {
     const watch = pins.watch;
     pins.watch = null;
     if (watch === null) return;
-    watch.connection.send(UNWATCH_REQUEST, sink ?? IGNORE);
+    watch.connection.send(UNWATCH_REQUEST, sink ?? IGNORE_REPLY);
   }
 
   /**
@@ -302,16 +301,6 @@ export class SessionCommands {
     });
   }
 
-  #sendBySlot(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
-    const slot = commandSlot(frame, spec);
-    if (slot === CROSS_SLOT) {
-      client.reply(CROSSSLOT, spec);
-      return;
-    }
-    const shard = slot === NO_KEYS ? this.#shards.anyShard() : this.#shards.topology.slotOwner[slot]!;
-    this.#shards.send(shard, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
-  }
-
   #ownConnection(client: ClientContext, shard: number): ReturnType<ShardAccess['dedicatedConnection']> {
     const pins = (client.pins ??= new ClientPins());
     let connection = pins.connections.get(shard);
@@ -323,7 +312,6 @@ export class SessionCommands {
   }
 }
 
-const IGNORE: ReplySink = { onReply(): void {}, onFailure(): void {} };
 
 /** WAIT's replies from every shard: the smallest count, or the first error. */
 class WaitGather implements ReplySink {

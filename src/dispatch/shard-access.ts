@@ -1,5 +1,8 @@
 import type { BackendConnection, PushSink } from '../backend/backend-connection';
 import type { ReplySink } from '../backend/reply-sink';
+import type { CommandSpec } from '../commands/handling';
+import type { RequestFrame } from '../resp/request-parser';
+import type { ClientContext } from './client-context';
 import type { Topology } from '../topology/topology';
 
 /** What the command handlers beside the dispatcher need of it: the shards and how to reach them. */
@@ -11,6 +14,8 @@ export interface ShardAccess {
   primaryConnection(shard: number, clientId: number): BackendConnection;
   /** A new connection of the client's own to a shard's primary; the caller closes it. */
   dedicatedConnection(shard: number, pushSink?: PushSink): BackendConnection;
+  /** Routes a command by the slot of its keys, exactly as plain commands go (migrations too). */
+  sendSingle(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void;
   /** A shard for a keyless command, rotating. */
   anyShard(): number;
 }

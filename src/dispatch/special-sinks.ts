@@ -1,5 +1,6 @@
 import type { BackendConnection } from '../backend/backend-connection';
 import type { ReplySink } from '../backend/reply-sink';
+import { PieceSink, type PieceOwner } from '../reply/gather';
 import { decodeReply } from '../resp/reply-decoder';
 import { encodeCommand, encodeError, encodeValue, type RespValue } from '../resp/resp-writer';
 
@@ -130,7 +131,7 @@ export class NoScriptSink implements ReplySink {
 }
 
 /** CONFIG SET on every node: +OK when all agree, else an error naming the nodes that refused. */
-export class EveryNodeSink {
+export class EveryNodeSink implements PieceOwner {
   readonly #target: ReplySink;
   readonly #names: readonly string[];
   readonly #replies: (Buffer | undefined)[];
@@ -143,13 +144,10 @@ export class EveryNodeSink {
   }
 
   piece(index: number): ReplySink {
-    return {
-      onReply: (frame: Buffer) => this.#onPiece(index, frame),
-      onFailure: (error: Buffer) => this.#onPiece(index, error),
-    };
+    return new PieceSink(this, index);
   }
 
-  #onPiece(index: number, frame: Buffer): void {
+  onPiece(index: number, frame: Buffer): void {
     this.#replies[index] = frame;
     if (++this.#received < this.#names.length) return;
     const refused: string[] = [];

@@ -12,12 +12,17 @@ import {
   mergeUnion,
 } from './reducers';
 
-/** One piece's callback object: tells the gather which piece answered, without a closure. */
-class PieceSink implements ReplySink {
-  readonly #gather: Gather;
+/** Whatever collects the replies of several pieces (a fan-out's gather, INFO, CONFIG SET). */
+export interface PieceOwner {
+  onPiece(index: number, frame: Buffer): void;
+}
+
+/** One piece's callback object: tells its owner which piece answered, without a closure. */
+export class PieceSink implements ReplySink {
+  readonly #gather: PieceOwner;
   readonly #index: number;
 
-  constructor(gather: Gather, index: number) {
+  constructor(gather: PieceOwner, index: number) {
     this.#gather = gather;
     this.#index = index;
   }
@@ -36,7 +41,7 @@ class PieceSink implements ReplySink {
  * in, builds the one reply and hands it to the client's slot. One failed piece fails the whole
  * command with its error.
  */
-export class Gather {
+export class Gather implements PieceOwner {
   readonly #target: ReplySink;
   readonly #merge: Merge;
   readonly #keyFragment: Int32Array | null;
