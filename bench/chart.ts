@@ -28,6 +28,9 @@ const PANEL_BOTTOM = HEIGHT - 60;
 const PANEL_GAP = 60;
 const MARGIN_LEFT = 80;
 const MARGIN_RIGHT = 20;
+const VALUE_FONT_SIZE = 9.5;
+/** Bars narrower than this get vertical value labels ("82.2k" at 9.5 px is about 25 px wide). */
+const MIN_BAR_WIDTH_FOR_FLAT_LABELS = 24;
 
 export function formatOps(value: number): string {
   if (value >= 1e6) return `${(value / 1e6).toFixed(value >= 1e7 ? 1 : 2)}M`;
@@ -70,14 +73,20 @@ export function renderBarChart(input: ChartInput): string {
   const panelCount = input.panels.length;
   const panelWidth = (WIDTH - MARGIN_LEFT - MARGIN_RIGHT - PANEL_GAP * (panelCount - 1)) / panelCount;
   const plotHeight = PANEL_BOTTOM - PANEL_TOP;
+  const groupWidth = panelWidth / input.groups.length;
+  const barWidth = Math.min(34, (groupWidth * 0.8) / input.series.length);
+  // Up to 4 bars per group (26 px each) the value labels fit above their bars. With more, they would
+  // run into each other: they are written vertically, which needs more room above the highest bar.
+  const isVertical = barWidth < MIN_BAR_WIDTH_FOR_FLAT_LABELS;
+  const headroom = isVertical ? 1.14 : 1.08;
   input.panels.forEach((panel, panelIndex) => {
     const left = MARGIN_LEFT + panelIndex * (panelWidth + PANEL_GAP);
     let max = 0;
     for (const group of input.groups) {
       for (const series of input.series) max = Math.max(max, input.value(panel.id, group.id, series.id) ?? 0);
     }
-    const step = niceStep(max > 0 ? max * 1.08 : 1, 5);
-    const top = Math.max(step, Math.ceil((max * 1.08) / step) * step);
+    const step = niceStep(max > 0 ? max * headroom : 1, 5);
+    const top = Math.max(step, Math.ceil((max * headroom) / step) * step);
     const y = (value: number): number => PANEL_BOTTOM - (value / top) * plotHeight;
 
     out.push(
@@ -94,8 +103,6 @@ export function renderBarChart(input: ChartInput): string {
       `<text transform="translate(${left - 58} ${(PANEL_TOP + PANEL_BOTTOM) / 2}) rotate(-90)" text-anchor="middle" font-size="12">ops/s (higher is better)</text>`,
     );
 
-    const groupWidth = panelWidth / input.groups.length;
-    const barWidth = Math.min(34, (groupWidth * 0.8) / input.series.length);
     input.groups.forEach((group, groupIndex) => {
       const groupLeft = left + groupIndex * groupWidth + (groupWidth - barWidth * input.series.length) / 2;
       input.series.forEach((series, seriesIndex) => {
@@ -109,9 +116,12 @@ export function renderBarChart(input: ChartInput): string {
           return;
         }
         const barTop = y(value);
+        const valueLabel = isVertical
+          ? `<text transform="translate(${(centre + VALUE_FONT_SIZE * 0.35).toFixed(1)} ${(barTop - 4).toFixed(1)}) rotate(-90)" font-size="${VALUE_FONT_SIZE}" fill="#222">${formatOps(value)}</text>`
+          : `<text x="${centre.toFixed(1)}" y="${(barTop - 4).toFixed(1)}" text-anchor="middle" font-size="${VALUE_FONT_SIZE}" fill="#222">${formatOps(value)}</text>`;
         out.push(
           `<rect x="${(x + 1).toFixed(1)}" y="${barTop.toFixed(1)}" width="${(barWidth - 2).toFixed(1)}" height="${(PANEL_BOTTOM - barTop).toFixed(1)}" fill="${series.color}"><title>${escapeXml(`${series.label} ${group.label} ${panel.label}: ${Math.round(value)} ops/s`)}</title></rect>`,
-          `<text x="${centre.toFixed(1)}" y="${(barTop - 4).toFixed(1)}" text-anchor="middle" font-size="9.5" fill="#222">${formatOps(value)}</text>`,
+          valueLabel,
         );
       });
       out.push(

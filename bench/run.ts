@@ -1,6 +1,7 @@
 /**
- * `npm run bench`: one run comparing direct Redis, Twemproxy and slotproxy (workers 1 and 2) with
- * redis-benchmark, then the proxies' memory under 10,000 idle connections and under a slow reader.
+ * `npm run bench`: one run comparing direct Redis, Twemproxy (as shipped, and with `-v 4`) and
+ * slotproxy (workers 1 and 2) with redis-benchmark, then the proxies' memory under 10,000 idle
+ * connections and under a slow reader (Twemproxy as shipped only).
  * Loopback only, bounded in time, every process stopped by PID at the end (also on error / SIGINT).
  * See bench/README.md for what each number means.
  */
@@ -69,6 +70,7 @@ const MEMORY_TIMEOUT_MS = 70_000;
 const COLORS: Readonly<Record<TargetId, string>> = {
   direct: '#4e79a7',
   twemproxy: '#f28e2b',
+  'twemproxy-v4': '#ffbe7d',
   'slotproxy-w1': '#2e8540',
   'slotproxy-w2': '#8cd17d',
 };
@@ -237,7 +239,8 @@ async function main(): Promise<void> {
   tempDir = mkdtempSync(join(tmpdir(), 'slotproxy-bench-'));
 
   // 1. The topology.
-  const [p1, p2, p3, directPort, twemPort, twemStatsPort, sp1Port, sp2Port] = await freePorts(8);
+  const [p1, p2, p3, directPort, twemPort, twemStatsPort, twemV4Port, twemV4StatsPort, sp1Port, sp2Port] =
+    await freePorts(10);
   const shards = await Promise.all([
     startRedis(registry, tempDir, 's1', p1),
     startRedis(registry, tempDir, 's2', p2),
@@ -245,8 +248,11 @@ async function main(): Promise<void> {
   ]);
   const direct = await startRedis(registry, tempDir, 'direct', directPort);
   say(`redis-server shards on ${shards.map((s) => s.port).join(', ')}, direct on ${direct.port}`);
-  const twemproxy = await startTwemproxy(registry, tempDir, twemPort, twemStatsPort, shards);
-  say(`twemproxy on ${twemPort} (stats ${twemStatsPort}), fd limit ${twemproxy.fdLimit}`);
+  // Twemproxy twice over the same shards: as shipped (default verbosity) and tuned (-v 4).
+  const twemproxy = await startTwemproxy(registry, tempDir, 'twemproxy', twemPort, twemStatsPort, shards);
+  say(`${twemproxy.label} (default verbosity) on ${twemPort} (stats ${twemStatsPort}), fd limit ${twemproxy.fdLimit}`);
+  const twemproxyV4 = await startTwemproxy(registry, tempDir, 'twemproxy-v4', twemV4Port, twemV4StatsPort, shards);
+  say(`${twemproxyV4.label} on ${twemV4Port} (stats ${twemV4StatsPort}), fd limit ${twemproxyV4.fdLimit}`);
   const [slotproxyW1, slotproxyW2] = await Promise.all([
     startSlotproxy(registry, REPO_ROOT, tempDir, 'slotproxy-w1', sp1Port, 1, shards),
     startSlotproxy(registry, REPO_ROOT, tempDir, 'slotproxy-w2', sp2Port, 2, shards),
@@ -259,7 +265,7 @@ async function main(): Promise<void> {
     unavailableReason: null,
     fdLimit: null,
   };
-  const targets: readonly Target[] = [directTarget, twemproxy, slotproxyW1, slotproxyW2];
+  const targets: readonly Target[] = [directTarget, twemproxy, twemproxyV4, slotproxyW1, slotproxyW2];
   for (const target of [slotproxyW1, slotproxyW2]) {
     if (target.unavailableReason === null) {
       const processes = target.process === null ? 0 : registry.treeOf(target.process).length;
@@ -415,13 +421,9 @@ async function main(): Promise<void> {
   const figuresOf = (cell: Cell, id: TargetId): BenchFigures | null => medians[cell.id][id].figures;
   const ratios: Record<string, Record<string, Ratio | null>> = {};
   for (const cell of cells) {
-    ratios[cell.id] = {
-      'slotproxy(w1)/twemproxy': ratio(figuresOf(cell, 'slotproxy-w1'), figuresOf(cell, 'twemproxy')),
-      'slotproxy(w1)/direct': ratio(figuresOf(cell, 'slotproxy-w1'), figuresOf(cell, 'direct')),
-      'slotproxy(w2)/twemproxy': ratio(figuresOf(cell, 'slotproxy-w2'), figuresOf(cell, 'twemproxy')),
-      'slotproxy(w2)/direct': ratio(figuresOf(cell, 'slotproxy-w2'), figuresOf(cell, 'direct')),
-      'twemproxy/direct': ratio(figuresOf(cell, 'twemproxy'), figuresOf(cell, 'direct')),
-    };
+    ratios[cell.id] = Object.fromEntries(
+      RATIO_PAIRS.map(([of, to]) => [ratioName(of, to), ratio(figuresOf(cell, of), figuresOf(cell, to))]),
+    );
   }
   const cpuByTarget: Record<string, { runs: number; requests: number; processes: Record<string, number> }> = {};
   for (const target of targets) {
@@ -436,7 +438,10 @@ async function main(): Promise<void> {
   // 5. Memory, in a child with a raised fd limit.
   let memory: MemoryResult | null = null;
   const memoryStarted = Date.now();
-  const memoryTargets = targets.filter((t) => t.id !== 'direct' && t.unavailableReason === null && t.process !== null);
+  // Memory: Twemproxy as shipped only; the -v 4 instance is there for the per-request cost.
+  const memoryTargets = targets.filter(
+    (t) => t.id !== 'direct' && t.id !== 'twemproxy-v4' && t.unavailableReason === null && t.process !== null,
+  );
   if (SKIP_MEMORY) {
     say('memory part skipped (BENCH_SKIP_MEMORY=1)');
   } else if (memoryTargets.length === 0) {
@@ -477,20 +482,26 @@ async function main(): Promise<void> {
   );
   console.log('');
   console.log('Ratios: throughput (higher is better for the first) and p99 (lower is better for the first)');
-  const ratioNames = ['slotproxy(w1)/twemproxy', 'slotproxy(w1)/direct', 'slotproxy(w2)/twemproxy', 'slotproxy(w2)/direct', 'twemproxy/direct'];
-  console.log(
-    formatTable(
-      ['test', ...ratioNames.flatMap(() => ['ops/s', 'p99'])],
-      cells.map((cell) => [
-        `${cell.test.label} -P ${cell.pipeline}`,
-        ...ratioNames.flatMap((name) => {
-          const r = ratios[cell.id][name];
-          return [formatRatio(r?.throughput), formatRatio(r?.p99)];
-        }),
-      ]),
-      [{ label: '', span: 1 }, ...ratioNames.map((name) => ({ label: name, span: 2 }))],
-    ),
-  );
+  // Two tables (against the Twemproxys, against direct), so that each stays readable in a terminal.
+  const ratioTables = [
+    RATIO_PAIRS.filter(([, to]) => to !== 'direct'),
+    RATIO_PAIRS.filter(([, to]) => to === 'direct'),
+  ].map((pairs) => pairs.map(([of, to]) => ratioName(of, to)));
+  for (const ratioNames of ratioTables) {
+    console.log(
+      formatTable(
+        ['test', ...ratioNames.flatMap(() => ['ops/s', 'p99'])],
+        cells.map((cell) => [
+          `${cell.test.label} -P ${cell.pipeline}`,
+          ...ratioNames.flatMap((name) => {
+            const r = ratios[cell.id][name];
+            return [formatRatio(r?.throughput), formatRatio(r?.p99)];
+          }),
+        ]),
+        [{ label: '', span: 1 }, ...ratioNames.map((name) => ({ label: name, span: 2 }))],
+      ),
+    );
+  }
   for (const target of shownTargets) {
     if (target.unavailableReason !== null) console.log(`${target.label}: not measured - ${target.unavailableReason}`);
   }
@@ -617,7 +628,7 @@ async function main(): Promise<void> {
   writeFileSync(
     join(RESULTS_DIR, 'latest.svg'),
     renderBarChart({
-      title: 'Redis ops/s: direct vs Twemproxy vs slotproxy',
+      title: 'Redis ops/s: direct vs Twemproxy (as shipped, -v 4) vs slotproxy',
       subtitle: `median of ${ROUNDS} rounds, redis-benchmark -c ${CLIENTS}; ${machine.cpuModel}, ${machine.nproc} cpus, node ${machine.node}, redis ${machine.redis}; ${String(machine.date).slice(0, 10)}`,
       panels: PIPELINES.map((pipeline) => ({ id: pipeline, label: `pipeline ${pipeline} (-P ${pipeline})` })),
       groups: tests.map((test) => ({ id: test.id, label: test.label })),
@@ -632,6 +643,25 @@ async function main(): Promise<void> {
   console.log('');
   say(`wrote bench/results/latest.json and bench/results/latest.svg`);
   say(`total ${totalSeconds.toFixed(1)} s (throughput ${throughputSeconds.toFixed(1)} s, memory ${memorySeconds.toFixed(1)} s)`);
+}
+
+/**
+ * The ratios of every cell, as [first, second]: each slotproxy against both Twemproxys and direct,
+ * then each Twemproxy against direct. Named `label/label` in latest.json and the tables.
+ */
+const RATIO_PAIRS: readonly (readonly [TargetId, TargetId])[] = [
+  ['slotproxy-w1', 'twemproxy'],
+  ['slotproxy-w1', 'twemproxy-v4'],
+  ['slotproxy-w1', 'direct'],
+  ['slotproxy-w2', 'twemproxy'],
+  ['slotproxy-w2', 'twemproxy-v4'],
+  ['slotproxy-w2', 'direct'],
+  ['twemproxy', 'direct'],
+  ['twemproxy-v4', 'direct'],
+];
+
+function ratioName(of: TargetId, to: TargetId): string {
+  return `${TARGET_LABELS[of]}/${TARGET_LABELS[to]}`;
 }
 
 /** Rows of the CPU table: client first, then proxies, then the redis-servers. */

@@ -1,7 +1,8 @@
 /**
  * Starts what the bench measures, on free loopback ports in one temp dir:
- * 3 redis-server shards, 1 direct redis-server, Twemproxy over the shards and slotproxy over the
- * same shards (workers 1 and workers 2, each in its own folder).
+ * 3 redis-server shards, 1 direct redis-server, Twemproxy over the shards twice (as shipped, at its
+ * default verbosity, and with `-v 4`) and slotproxy over the same shards (workers 1 and workers 2,
+ * each in its own folder).
  */
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
@@ -12,14 +13,15 @@ import { delay, ProcessRegistry, type ManagedProcess } from './processes';
 import { readFdLimit } from './proc-stats';
 import { runCommand, waitForPing } from './resp-client';
 
-export type TargetId = 'direct' | 'twemproxy' | 'slotproxy-w1' | 'slotproxy-w2';
+export type TargetId = 'direct' | 'twemproxy' | 'twemproxy-v4' | 'slotproxy-w1' | 'slotproxy-w2';
 
 /** Column order of every table: the order in which a round alternates targets. */
-export const TARGET_IDS: readonly TargetId[] = ['direct', 'twemproxy', 'slotproxy-w1', 'slotproxy-w2'];
+export const TARGET_IDS: readonly TargetId[] = ['direct', 'twemproxy', 'twemproxy-v4', 'slotproxy-w1', 'slotproxy-w2'];
 
 export const TARGET_LABELS = {
   direct: 'direct',
   twemproxy: 'twemproxy',
+  'twemproxy-v4': 'twemproxy(-v 4)',
   'slotproxy-w1': 'slotproxy(w1)',
   'slotproxy-w2': 'slotproxy(w2)',
 } as const satisfies Record<TargetId, string>;
@@ -98,14 +100,28 @@ export async function startRedis(
   return { name, port, process: started };
 }
 
+/**
+ * How each Twemproxy target runs nutcracker: files of its own, and the verbosity option.
+ * `twemproxy` is nutcracker as shipped: no `-v`, so its default level 5 (LOG_NOTICE), which is what
+ * Debian's nutcracker.service runs. At that level `req_log()` calls getpeername() on every request,
+ * to build a log line that a non-debug build never prints. `twemproxy-v4` runs with `-v 4` (LOG_WARN,
+ * one level lower), which skips that work: Twemproxy tuned.
+ */
+const TWEMPROXY_VARIANTS = {
+  twemproxy: { fileStem: 'nutcracker', verbosityArgs: [] },
+  'twemproxy-v4': { fileStem: 'nutcracker-v4', verbosityArgs: ['-v', '4'] },
+} as const satisfies Record<'twemproxy' | 'twemproxy-v4', { fileStem: string; verbosityArgs: readonly string[] }>;
+
 export async function startTwemproxy(
   registry: ProcessRegistry,
   dir: string,
+  id: 'twemproxy' | 'twemproxy-v4',
   port: number,
   statsPort: number,
   shards: readonly RedisNode[],
 ): Promise<Target> {
-  const confPath = join(dir, 'nutcracker.yml');
+  const { fileStem, verbosityArgs } = TWEMPROXY_VARIANTS[id];
+  const confPath = join(dir, `${fileStem}.yml`);
   writeFileSync(
     confPath,
     [
@@ -123,16 +139,16 @@ export async function startTwemproxy(
     ].join('\n'),
   );
   const started = registry.start(
-    'twemproxy',
+    id,
     'nutcracker',
-    ['-c', confPath, '-s', String(statsPort), '-a', '127.0.0.1', '-o', join(dir, 'nutcracker.log'), '-v', '4'],
-    { logPath: join(dir, 'nutcracker.stdout.log'), raiseFdLimit: true },
+    ['-c', confPath, '-s', String(statsPort), '-a', '127.0.0.1', '-o', join(dir, `${fileStem}.log`), ...verbosityArgs],
+    { logPath: join(dir, `${fileStem}.stdout.log`), raiseFdLimit: true },
   );
   const failure = await waitForPing(port, READY_TIMEOUT_MS, () => started.hasExited);
-  if (failure !== null) throw new Error(`nutcracker on ${port}: ${failure}\n${started.logTail()}`);
+  if (failure !== null) throw new Error(`nutcracker (${id}) on ${port}: ${failure}\n${started.logTail()}`);
   return {
-    id: 'twemproxy',
-    label: TARGET_LABELS.twemproxy,
+    id,
+    label: TARGET_LABELS[id],
     port,
     process: started,
     unavailableReason: null,
