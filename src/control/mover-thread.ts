@@ -1,3 +1,5 @@
+import { readlinkSync } from 'node:fs';
+import { constants, setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import { log } from '../log/logger';
 import { topologyFromJson } from '../topology/topology-codec';
@@ -16,6 +18,8 @@ const PROGRESS_EVERY_MS = 100;
 
 const port = parentPort;
 if (port === null) throw new Error('mover-thread.js runs as a worker thread');
+
+lowerOwnPriority();
 
 let topology: Topology | null = null;
 let mover: SlotMover | null = null;
@@ -88,3 +92,17 @@ port.on('message', (message: ToMover) => {
       return;
   }
 });
+
+/**
+ * The mover is background work on the same cores as the data path: at the lowest CPU priority,
+ * a thread of the data path or a client that becomes runnable gets the core first. On Linux the
+ * nice value belongs to the thread, and /proc/thread-self names this one's id.
+ */
+function lowerOwnPriority(): void {
+  try {
+    const threadId = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    if (Number.isInteger(threadId) && threadId > 0) setPriority(threadId, constants.priority.PRIORITY_LOW);
+  } catch {
+    // Not Linux, or not allowed: the mover runs at the process's priority.
+  }
+}

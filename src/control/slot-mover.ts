@@ -30,8 +30,10 @@ import type { SlotMove } from './rebalance-planner';
  * (every key present from a SCAN's start to its end is returned, and none can appear), so the
  * groups are larger there.
  *
- * Sources work in parallel, each with one batch in flight, all paced together
- * (`keysPerSecond`). A failed batch leaves its slots migrating and its keys whole on A for the
+ * Sources are indexed one after another, and each starts moving as soon as its own index is
+ * complete, so the scan of the next source overlaps the moves of the first: the shards see one
+ * even load for the whole run instead of a scan of everything followed by the moves. Sources
+ * move in parallel, each with one batch in flight, all paced together (`keysPerSecond`). A failed batch leaves its slots migrating and its keys whole on A for the
  * next attempt; nothing is given up while the run lasts.
  */
 
@@ -160,6 +162,8 @@ export class SlotMover {
   readonly #pacer: Pacer;
   /** Keys scanned per second over all sources (the first SCAN of each source), at most. */
   readonly #scanPacer: Pacer;
+  /** The index build under way; the next source's waits for it (one scan at a time). */
+  #indexing: Promise<unknown> = Promise.resolve();
 
   constructor(host: MoverHost, options: SlotMigratorOptions) {
     this.#host = host;
@@ -225,7 +229,7 @@ export class SlotMover {
    */
   async #drain(source: string, queue: QueuedSlot[], share: number, progress: MigrationProgress): Promise<void> {
     queue.sort((a, b) => a.slot - b.slot);
-    const index = await this.#buildIndex(source, queue.map((q) => q.slot), progress);
+    const index = await this.#afterOtherIndexes(() => this.#buildIndex(source, queue.map((q) => q.slot), progress));
     const per = index === null ? Math.max(MIN_SCAN_GROUP, share) : Math.max(1, Math.floor(share / GROUPS_IN_FLIGHT));
     const depth = index === null ? 2 : GROUPS_IN_FLIGHT;
     const groups: Group[] = [];
@@ -290,6 +294,12 @@ export class SlotMover {
       const address = this.#address(source);
       if (state.index !== null && address !== null) await state.index.close(this.#connection('scan', address));
     }
+  }
+
+  #afterOtherIndexes<T>(build: () => Promise<T>): Promise<T> {
+    const built = this.#indexing.then(build);
+    this.#indexing = built.catch(() => undefined);
+    return built;
   }
 
   /** The key index of a source, or null (full scans) when the shard cannot send notifications. */

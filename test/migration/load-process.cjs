@@ -116,3 +116,7 @@ process.on('message', (message) => {
     });
   }
 });
+
+// A test that fails before stop() must not leave this process loading the machine: the channel
+// closes when the test's process ends, and so does this one.
+process.on('disconnect', () => process.exit(0));

@@ -285,6 +285,10 @@ interface ChildReport {
 export async function startLoad(port: number, options: LoadOptions): Promise<Load> {
   const child = fork(path.join(__dirname, 'load-process.cjs'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  // Stopped by PID with the test's process even when the test fails before stop().
+  const killChild = (): void => void child.kill('SIGKILL');
+  process.once('exit', killChild);
+  void exited.then(() => process.off('exit', killChild));
   const next = <T>(type: string): Promise<T> =>
     new Promise((resolve, reject) => {
       const onMessage = (message: { type: string }): void => {
