@@ -1,5 +1,6 @@
 import { decodeReply } from '../resp/reply-decoder';
-import { encodeArrayHeader, encodeInteger, encodeValue, OK, type RespValue } from '../resp/resp-writer';
+import { copyRange } from '../resp/byte-copy';
+import { arrayHeaderLength, encodeArrayHeader, encodeInteger, encodeValue, OK, writeArrayHeader, type RespValue } from '../resp/resp-writer';
 
 /**
  * Pure merges of the pieces of a split or broadcast command into the reply one Redis would give.
@@ -97,26 +98,25 @@ function itemBounds(frame: Buffer): Int32Array | null {
  */
 export function mergeMget(replies: readonly Buffer[], keyFragment: Int32Array): Buffer {
   const bounds: Int32Array[] = [];
-  let total = 0;
+  let length = arrayHeaderLength(keyFragment.length);
   for (const frame of replies) {
     const itemOffsets = itemBounds(frame);
     if (itemOffsets === null) return unexpected(frame);
     bounds.push(itemOffsets);
-    total += frame.length;
+    // The items of an array reply follow each other: they span from the first's start to the last's end.
+    if (itemOffsets.length > 0) length += itemOffsets[itemOffsets.length - 1]! - itemOffsets[0]!;
   }
-  const header = encodeArrayHeader(keyFragment.length);
-  const out = Buffer.allocUnsafe(header.length + total);
-  header.copy(out, 0);
-  let length = header.length;
+  const out = Buffer.allocUnsafe(length);
+  let at = writeArrayHeader(out, 0, keyFragment.length);
   const cursor = new Int32Array(replies.length);
   for (let k = 0; k < keyFragment.length; k++) {
     const f = keyFragment[k]!;
     const item = cursor[f]!++;
     const offsets = bounds[f]!;
     if (2 * item + 1 >= offsets.length) return unexpected(replies[f]!);
-    length += replies[f]!.copy(out, length, offsets[2 * item]!, offsets[2 * item + 1]!);
+    at = copyRange(replies[f]!, offsets[2 * item]!, offsets[2 * item + 1]!, out, at);
   }
-  return out.subarray(0, length);
+  return at === length ? out : out.subarray(0, at);
 }
 
 function unexpected(frame: Buffer): Buffer {

@@ -36,6 +36,21 @@ export function encodeArrayHeader(length: number): Buffer {
   return Buffer.from(`*${length}\r\n`);
 }
 
+/** Length of `*<count>\r\n`. */
+export function arrayHeaderLength(count: number): number {
+  return (count < 10 ? 1 : count < 100 ? 2 : String(count).length) + 3;
+}
+
+/** Writes `*<count>\r\n` into `out` at `at` (room for arrayHeaderLength(count) bytes); returns the offset after it. */
+export function writeArrayHeader(out: Buffer, at: number, count: number): number {
+  const end = at + arrayHeaderLength(count);
+  out[at] = 0x2a;
+  for (let n = count, i = end - 3; i > at; i--, n = Math.floor(n / 10)) out[i] = 0x30 + (n % 10);
+  out[end - 2] = 0x0d;
+  out[end - 1] = 0x0a;
+  return end;
+}
+
 /** A decoded reply value as redis-parser returns it with returnBuffers. */
 export type RespValue = Buffer | number | null | Error | readonly RespValue[];
 

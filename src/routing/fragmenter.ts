@@ -1,6 +1,7 @@
 import type { CommandSpec } from '../commands/handling';
 import type { RequestFrame } from '../resp/request-parser';
-import { CRLF, encodeArrayHeader } from '../resp/resp-writer';
+import { copyRange } from '../resp/byte-copy';
+import { arrayHeaderLength, encodeArrayHeader, writeArrayHeader } from '../resp/resp-writer';
 import type { SlotMigration } from '../topology/topology';
 import { argSlot } from './key-slot';
 
@@ -8,7 +9,7 @@ import { argSlot } from './key-slot';
 export interface Fragment {
   /** Index of the shard it goes to. */
   readonly shard: number;
-  /** The sub-command as buffers to write in order (header, then argument views). */
+  /** The sub-command as buffers to write in order: one copy, or the header and views of the request. */
   readonly parts: Buffer[];
   /** Number of keys in this fragment. */
   keyCount: number;
@@ -36,9 +37,16 @@ function bulkStart(frame: RequestFrame, i: number): number {
 }
 
 /**
+ * A fragment at most this long is copied into one new buffer; a longer one (large MSET values)
+ * is written as views of the request. Copying a few dozen bytes costs less than making a view.
+ */
+const COPY_LIMIT = 1024;
+
+/**
  * Groups the keys of MGET/MSET/DEL/... per shard, one sub-command per shard (not one per key),
- * keeping the request's key order inside each. Each key (with its MSET value) travels as one
- * view of the request bytes, header included; only the sub-command headers are new.
+ * keeping the request's key order inside each. A key (with its MSET value) is a byte range of
+ * the request, `$len` header included, and the ranges of keys that follow each other in the
+ * request and in the fragment are one range; only the sub-command headers are new.
  */
 export function fragment(
   frame: RequestFrame,
@@ -50,34 +58,61 @@ export function fragment(
   const keyCount = Math.floor((frame.argc - 1) / step);
   const keyFragment = new Int32Array(keyCount);
   const fragments: Fragment[] = [];
-  /** Group -> index in fragments: a shard index, or -1 - slot for a migrating slot (a piece of its own). */
-  const byGroup = new Map<number, number>();
+  /** Per fragment: [start, end) byte ranges of the request, flattened. */
+  const ranges: number[][] = [];
+  /** Shard -> index in fragments (keys of stable slots). */
+  const byShard: number[] = [];
+  /** -1 - slot -> index in fragments: a migrating slot is a piece of its own. */
+  let byMigratingSlot: Map<number, number> | null = null;
   const hasMigrations = migrations.size > 0;
   for (let k = 0; k < keyCount; k++) {
     const keyArg = 1 + k * step;
     const slot = argSlot(frame, keyArg);
     const migration = hasMigrations ? (migrations.get(slot) ?? null) : null;
     const shard = migration === null ? slotOwner[slot]! : migration.to;
-    const group = migration === null ? shard : -1 - slot;
-    let f = byGroup.get(group);
+    let f = migration === null ? byShard[shard] : (byMigratingSlot ??= new Map()).get(slot);
     if (f === undefined) {
       f = fragments.length;
-      byGroup.set(group, f);
-      // Slot 0 holds the header, written once the key count is known.
-      fragments.push({ shard, parts: [CRLF], keyCount: 0, migration, keys: [] });
+      if (migration === null) byShard[shard] = f;
+      else byMigratingSlot!.set(slot, f);
+      fragments.push({ shard, parts: [], keyCount: 0, migration, keys: [] });
+      ranges.push([]);
     }
     const piece = fragments[f]!;
     piece.keyCount++;
     keyFragment[k] = f;
     if (migration !== null) piece.keys.push(frame.arg(keyArg));
-    piece.parts.push(frame.buf.subarray(bulkStart(frame, keyArg), frame.argEnd[keyArg + step - 1]! + 2));
+    const from = bulkStart(frame, keyArg);
+    const to = frame.argEnd[keyArg + step - 1]! + 2;
+    const own = ranges[f]!;
+    if (own.length > 0 && own[own.length - 1] === from) own[own.length - 1] = to;
+    else own.push(from, to);
   }
-  const nameLength = frame.argEnd[0]! - frame.argStart[0]!;
-  const nameBulk = frame.buf.subarray(frame.argStart[0]! - headerLength(nameLength), frame.argEnd[0]! + 2);
-  for (const piece of fragments) {
-    piece.parts[0] = Buffer.concat([encodeArrayHeader(1 + piece.keyCount * step), nameBulk]);
+  const nameFrom = frame.argStart[0]! - headerLength(frame.argEnd[0]! - frame.argStart[0]!);
+  const nameTo = frame.argEnd[0]! + 2;
+  for (let f = 0; f < fragments.length; f++) {
+    const piece = fragments[f]!;
+    const own = ranges[f]!;
+    let length = nameTo - nameFrom;
+    for (let r = 0; r < own.length; r += 2) length += own[r + 1]! - own[r]!;
+    const argc = 1 + piece.keyCount * step;
+    if (length <= COPY_LIMIT) {
+      piece.parts.push(copyFragment(frame.buf, argc, nameFrom, nameTo, own, length));
+    } else {
+      piece.parts.push(Buffer.concat([encodeArrayHeader(argc), frame.buf.subarray(nameFrom, nameTo)]));
+      for (let r = 0; r < own.length; r += 2) piece.parts.push(frame.buf.subarray(own[r]!, own[r + 1]!));
+    }
   }
   return { fragments, keyFragment };
+}
+
+/** `*argc\r\n`, the command name's bulk and the ranges, copied into one buffer. */
+function copyFragment(buf: Buffer, argc: number, nameFrom: number, nameTo: number, ranges: readonly number[], length: number): Buffer {
+  const out = Buffer.allocUnsafe(arrayHeaderLength(argc) + length);
+  let at = writeArrayHeader(out, 0, argc);
+  at = copyRange(buf, nameFrom, nameTo, out, at);
+  for (let r = 0; r < ranges.length; r += 2) at = copyRange(buf, ranges[r]!, ranges[r + 1]!, out, at);
+  return out;
 }
 
 /** Length of `$<n>\r\n`. */

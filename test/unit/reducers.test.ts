@@ -106,6 +106,15 @@ describe('mergeMget', () => {
     expect(text(mergeMget([bulkArray(['a', 'a']), bulkArray([null])], keyFragment))).toBe(text(bulkArray(['a', null, 'a'])));
   });
 
+  it('writes a header of several digits (12 and 150 keys)', () => {
+    for (const n of [12, 150]) {
+      const values = Array.from({ length: n }, (_, i) => `value-${i}`);
+      const keyFragment = Int32Array.from(values, (_, i) => i % 3);
+      const pieces = [0, 1, 2].map((f) => bulkArray(values.filter((_, i) => i % 3 === f)));
+      expect(text(mergeMget(pieces, keyFragment))).toBe(text(bulkArray(values)));
+    }
+  });
+
   it('keeps a 1 MB value byte-exact', () => {
     const big = Buffer.alloc(1024 * 1024, 0x5a);
     big.write('\r\n$-1\r\n', 1000, 'latin1');

@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
 
 import { decodeReply } from '../../src/resp/reply-decoder';
+import { copyRange } from '../../src/resp/byte-copy';
 import {
+  arrayHeaderLength,
   encodeArrayHeader,
   encodeBulk,
   encodeCommand,
@@ -9,6 +11,7 @@ import {
   encodeInteger,
   encodeSimple,
   encodeValue,
+  writeArrayHeader,
   type RespValue,
 } from '../../src/resp/resp-writer';
 
@@ -35,6 +38,21 @@ describe('resp-writer encoders', () => {
     expect(text(encodeBulk(Buffer.from([0, 13, 10])))).toBe('$3\r\n\0\r\n\r\n');
     expect(text(encodeBulk(''))).toBe('$0\r\n\r\n');
     expect(text(encodeArrayHeader(3))).toBe('*3\r\n');
+  });
+
+  it.each([0, 1, 9, 10, 99, 100, 12345])('writeArrayHeader(%i) writes what encodeArrayHeader encodes, where it is told', (n) => {
+    const out = Buffer.alloc(arrayHeaderLength(n) + 4, 0x2e);
+    expect(writeArrayHeader(out, 2, n)).toBe(2 + arrayHeaderLength(n));
+    expect(text(out)).toBe(`..${text(encodeArrayHeader(n))}..`);
+  });
+
+  it('copyRange copies short ranges by loop and long ones by Buffer#copy, byte-exact', () => {
+    const source = Buffer.from(Array.from({ length: 300 }, (_, i) => (i * 7) & 0xff));
+    for (const [from, to] of [[0, 0], [5, 9], [10, 74], [10, 75], [0, 300]] as const) {
+      const out = Buffer.alloc(to - from + 3, 0);
+      expect(copyRange(source, from, to, out, 3)).toBe(3 + to - from);
+      expect(out.subarray(3).equals(source.subarray(from, to))).toBe(true);
+    }
   });
 
   it('encodeCommand writes a multibulk request', () => {

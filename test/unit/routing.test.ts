@@ -272,6 +272,20 @@ describe('fragment', () => {
     for (const view of views) expect(view.buffer).toBe(frame.buf.buffer);
   });
 
+  it('copies a small fragment into one buffer; a large one joins neighbouring keys into one view', () => {
+    const small = frameOf(['MGET', 'foo', 'a', 'bar', 'somekey']);
+    const { fragments } = fragment(small, specOf(small), owner);
+    for (const piece of fragments) expect(piece.parts).toHaveLength(1);
+    small.buf.fill(0); // a copy, not a view: the request's bytes may be reused
+    expect(wire(fragments[0]!.parts)).toBe(encodeCommand(['MGET', 'foo', 'a', 'somekey']).toString('latin1'));
+    // foo and a follow each other in the request and go to one shard: one view for both.
+    const large = frameOf(['MSET', 'foo', 'v'.repeat(2000), 'a', 'w', 'bar', 'x', 'somekey', 'y']);
+    const { fragments: parts } = fragment(large, specOf(large), owner);
+    expect(parts[0]!.parts).toHaveLength(3);
+    expect(parts[0]!.parts[1]!.toString()).toBe(`$3\r\nfoo\r\n$2000\r\n${'v'.repeat(2000)}\r\n$1\r\na\r\n$1\r\nw\r\n`);
+    expect(Buffer.concat(parts[0]!.parts).equals(encodeCommand(['MSET', 'foo', 'v'.repeat(2000), 'a', 'w', 'somekey', 'y']))).toBe(true);
+  });
+
   it('follows the slot owner table it is given (after a slot moved)', () => {
     const moved = evenSlotOwner();
     moved[12182] = 0; // 'foo' now lives on shard 0, with 'bar'

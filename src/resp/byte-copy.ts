@@ -1,0 +1,12 @@
+/**
+ * Below this many bytes a plain loop beats Buffer#copy, which makes a new typed-array view of
+ * the source for every call (most keys, values and reply items on the hot path are this small).
+ */
+const LOOP_LIMIT = 64;
+
+/** Copies `source[from..to)` into `target` at `at`; returns the offset after the copy. */
+export function copyRange(source: Uint8Array, from: number, to: number, target: Buffer, at: number): number {
+  if (to - from > LOOP_LIMIT) return at + (source as Buffer).copy(target, at, from, to);
+  for (let i = from; i < to; i++) target[at++] = source[i]!;
+  return at;
+}
