@@ -50,20 +50,23 @@ export class Failover {
   readonly #nodes: NodeControl;
   readonly #options: FailoverOptions;
   readonly #log: Logger;
-  /** Reconcile passes by shard index: one at a time per shard. */
-  readonly #runs = new Map<number, ShardRun>();
+  /**
+   * Reconcile passes by shard name: one at a time per shard. Shards are known by name here, never
+   * by index: removing a shard renumbers the ones after it, also while a pass awaits a node.
+   */
+  readonly #runs = new Map<string, ShardRun>();
   /** Running passes, for idle(). */
   readonly #running = new Set<Promise<void>>();
   /** When the control plane last changed each shard's roles: reports older than that are stale for role decisions. */
-  readonly #rolesChangedAt = new Map<number, number>();
+  readonly #rolesChangedAt = new Map<string, number>();
   /** REPLICAOF sent, by node key. */
   readonly #sentReplicaOf = new Map<string, SentReplicaOf>();
   /** Replicas re-pointed by a promotion: readable until this time even before a probe shows the new link. */
   readonly #graceUntil = new Map<string, { readonly primary: string; readonly until: number }>();
   /** Shards whose last failover attempt found no candidate (logged and counted once per episode). */
-  readonly #noCandidate = new Set<number>();
+  readonly #noCandidate = new Set<string>();
   /** Shards whose primary reports itself a replica of a node outside the shard (warned once). */
-  readonly #warnedPrimaryIsReplica = new Set<number>();
+  readonly #warnedPrimaryIsReplica = new Set<string>();
   /** False until begin(): reports before the first round is complete are logged, not acted on. */
   #isActive = false;
   #isClosed = false;
@@ -106,7 +109,7 @@ export class Failover {
         });
       }
     }
-    if (this.#isActive) this.reconcile(shard.index);
+    if (this.#isActive) this.reconcile(shard.name);
   }
 
   /**
@@ -120,16 +123,16 @@ export class Failover {
 
   /** Schedules a reconcile pass of every shard. */
   reconcileAll(): void {
-    for (const shard of this.#store.current.shards) this.reconcile(shard.index);
+    for (const shard of this.#store.current.shards) this.reconcile(shard.name);
   }
 
   /** Schedules a reconcile pass of one shard (after the running one, if any). */
-  reconcile(index: number): void {
+  reconcile(name: string): void {
     if (this.#isClosed) return;
-    let run = this.#runs.get(index);
+    let run = this.#runs.get(name);
     if (run === undefined) {
       run = { isBusy: false, isWanted: false };
-      this.#runs.set(index, run);
+      this.#runs.set(name, run);
     }
     if (run.isBusy) {
       run.isWanted = true;
@@ -141,10 +144,10 @@ export class Failover {
       try {
         do {
           shardRun.isWanted = false;
-          await this.#reconcileShard(index);
+          await this.#reconcileShard(name);
         } while (shardRun.isWanted && !this.#isClosed);
       } catch (err) {
-        this.#log.error('reconcile failed', { shard: this.#store.current.shards[index]?.name, error: String(err) });
+        this.#log.error('reconcile failed', { shard: name, error: String(err) });
       } finally {
         shardRun.isBusy = false;
       }
@@ -162,8 +165,8 @@ export class Failover {
     this.#isClosed = true;
   }
 
-  async #reconcileShard(index: number): Promise<void> {
-    const shard = this.#store.current.shards[index];
+  async #reconcileShard(name: string): Promise<void> {
+    const shard = shardNamed(this.#store.current, name);
     if (shard === undefined) return;
     const primary = this.#nodes.report(shard.primary);
     if (primary === undefined || primary.state === 'unknown') return;
@@ -171,21 +174,21 @@ export class Failover {
       await this.#failover(shard, primary);
       return;
     }
-    this.#noCandidate.delete(index);
+    this.#noCandidate.delete(name);
     if (shard.isFailingOver) {
       // The primary answers again before a replica could be promoted: it keeps the shard.
       this.#log.info('failover cancelled', { shard: shard.name, primary: nodeKey(shard.primary), reason: 'primary answers again' });
-      this.#publish(index, (s) => ({ ...s, isFailingOver: false }));
+      this.#publish(name, (s) => ({ ...s, isFailingOver: false }));
     }
-    const changedAt = this.#rolesChangedAt.get(index) ?? 0;
+    const changedAt = this.#rolesChangedAt.get(name) ?? 0;
     if (primary.lastOkAt <= changedAt) return;
     if (primary.role === 'slave') {
       await this.#adoptRealPrimary(shard, primary);
       return;
     }
-    this.#warnedPrimaryIsReplica.delete(index);
+    this.#warnedPrimaryIsReplica.delete(name);
     await this.#fixReplicas(shard, changedAt);
-    this.#updateReadReplicas(index);
+    this.#updateReadReplicas(name);
   }
 
   /**
@@ -197,10 +200,10 @@ export class Failover {
     const following = primary.following;
     const real = following === null ? undefined : shard.replicas.find((r) => sameNode(r, following));
     const realReport = real === undefined ? undefined : this.#nodes.report(real);
-    const changedAt = this.#rolesChangedAt.get(shard.index) ?? 0;
+    const changedAt = this.#rolesChangedAt.get(shard.name) ?? 0;
     if (real === undefined || realReport?.state !== 'up' || realReport.role !== 'master' || realReport.lastOkAt <= changedAt) {
-      if (!this.#warnedPrimaryIsReplica.has(shard.index)) {
-        this.#warnedPrimaryIsReplica.add(shard.index);
+      if (!this.#warnedPrimaryIsReplica.has(shard.name)) {
+        this.#warnedPrimaryIsReplica.add(shard.name);
         this.#log.warn('primary reports role replica', {
           shard: shard.name,
           primary: nodeKey(shard.primary),
@@ -217,8 +220,8 @@ export class Failover {
       offset: realReport.offset,
       reason: 'the recorded primary replicates from it',
     });
-    this.#rolesChangedAt.set(shard.index, Date.now());
-    this.#publish(shard.index, (s) => ({
+    this.#rolesChangedAt.set(shard.name, Date.now());
+    this.#publish(shard.name, (s) => ({
       ...s,
       primary: real,
       replicas: [...s.replicas.filter((r) => !sameNode(r, real)), s.primary],
@@ -227,7 +230,7 @@ export class Failover {
   }
 
   async #failover(shard: ShardInfo, failed: NodeReport): Promise<void> {
-    const index = shard.index;
+    const name = shard.name;
     const candidates = shard.replicas.filter((r) => {
       const report = this.#nodes.report(r);
       return report?.state === 'up' && report.role === 'slave';
@@ -243,7 +246,7 @@ export class Failover {
         reason: failed.failReason,
         candidates: candidates.map((c) => nodeKey(c)),
       });
-      this.#publish(index, (s) => ({ ...s, isFailingOver: true }));
+      this.#publish(name, (s) => ({ ...s, isFailingOver: true }));
     }
 
     // Offsets as they are now: the replicas stopped receiving when the primary did.
@@ -265,7 +268,7 @@ export class Failover {
     }
     if (this.#nodes.report(shard.primary)?.state === 'up') {
       this.#log.info('failover cancelled', { shard: shard.name, primary: nodeKey(shard.primary), reason: 'primary answers again' });
-      this.#publish(index, (s) => ({ ...s, isFailingOver: false }));
+      this.#publish(name, (s) => ({ ...s, isFailingOver: false }));
       return;
     }
     const best = ranked[0]!;
@@ -281,7 +284,7 @@ export class Failover {
         error: (err as Error).message,
         action: 'retry on the next probe; commands fail fast meanwhile',
       });
-      this.#publish(index, (s) => ({ ...s, isFailingOver: false }));
+      this.#publish(name, (s) => ({ ...s, isFailingOver: false }));
       return;
     }
 
@@ -289,9 +292,9 @@ export class Failover {
     const now = Date.now();
     const promotedKey = nodeKey(best.node);
     for (const other of others) this.#graceUntil.set(nodeKey(other.node), { primary: promotedKey, until: now + this.#options.nodeTimeoutMs });
-    this.#rolesChangedAt.set(index, now);
-    this.#noCandidate.delete(index);
-    const next = this.#publish(index, (s) => ({
+    this.#rolesChangedAt.set(name, now);
+    this.#noCandidate.delete(name);
+    const next = this.#publish(name, (s) => ({
       ...s,
       primary: best.node,
       // The old primary stays a member, as a replica, but not a readable one: it is demoted
@@ -315,14 +318,14 @@ export class Failover {
 
     await Promise.all([
       this.#nodes.refresh(best.node).catch(() => undefined),
-      ...others.map((other) => this.#replicaOf(next.shards[index]!, other.node, 'replica repointed', other.report)),
+      ...others.map((other) => this.#replicaOf(shardNamed(next, name) ?? shard, other.node, 'replica repointed', other.report)),
     ]);
   }
 
   #noCandidateFound(shard: ShardInfo, failed: NodeReport, reason: string): void {
-    if (shard.isFailingOver) this.#publish(shard.index, (s) => ({ ...s, isFailingOver: false }));
-    if (this.#noCandidate.has(shard.index)) return;
-    this.#noCandidate.add(shard.index);
+    if (shard.isFailingOver) this.#publish(shard.name, (s) => ({ ...s, isFailingOver: false }));
+    if (this.#noCandidate.has(shard.name)) return;
+    this.#noCandidate.add(shard.name);
     failoversTotal.inc({ shard: shard.name, outcome: 'no_candidate' });
     this.#log.error('failover no candidate', {
       shard: shard.name,
@@ -382,8 +385,9 @@ export class Failover {
   }
 
   /** Publishes the shard's readable replicas when they changed. */
-  #updateReadReplicas(index: number): void {
-    const shard = this.#store.current.shards[index]!;
+  #updateReadReplicas(name: string): void {
+    const shard = shardNamed(this.#store.current, name);
+    if (shard === undefined) return;
     const readable = shard.replicas.filter((r) => this.#isReadable(shard, r));
     if (sameList(readable, shard.readReplicas)) return;
     this.#log.info('read replicas changed', {
@@ -392,7 +396,7 @@ export class Failover {
       added: readable.filter((r) => !shard.readReplicas.some((x) => sameNode(x, r))).map((r) => nodeKey(r)),
       removed: shard.readReplicas.filter((r) => !readable.some((x) => sameNode(x, r))).map((r) => nodeKey(r)),
     });
-    this.#publish(index, (s) => ({ ...s, readReplicas: readable }));
+    this.#publish(name, (s) => ({ ...s, readReplicas: readable }));
   }
 
   /** Healthy, a replica of the current primary, and linked to it (or just re-pointed to it by a promotion). */
@@ -424,13 +428,21 @@ export class Failover {
     );
   }
 
-  /** Publishes the current topology with one shard changed; returns the new snapshot. */
-  #publish(index: number, change: (shard: ShardInfo) => ShardInfo): Topology {
+  /**
+   * Publishes the current topology with one shard changed; returns the new snapshot (the
+   * current one, unchanged, when the shard was removed meanwhile).
+   */
+  #publish(name: string, change: (shard: ShardInfo) => ShardInfo): Topology {
     const current = this.#store.current;
-    const shard = change(current.shards[index]!);
+    const before = shardNamed(current, name);
+    if (before === undefined) {
+      this.#log.warn('shard change dropped: the shard was removed', { shard: name });
+      return current;
+    }
+    const shard = change(before);
     const next = new Topology(
       current.epoch + 1,
-      current.shards.map((s) => (s.index === index ? shard : s)),
+      current.shards.map((s) => (s.name === name ? shard : s)),
       current.slotOwner,
       current.migrations,
     );
@@ -452,6 +464,10 @@ export class Failover {
 /** The shard that has `node` as primary or replica. */
 export function shardOf(topology: Topology, node: NodeAddress): ShardInfo | undefined {
   return topology.shards.find((s) => sameNode(s.primary, node) || s.replicas.some((r) => sameNode(r, node)));
+}
+
+function shardNamed(topology: Topology, name: string): ShardInfo | undefined {
+  return topology.shards.find((s) => s.name === name);
 }
 
 /** Every node the topology names, primaries and replicas. */

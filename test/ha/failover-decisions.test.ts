@@ -114,6 +114,35 @@ describe('Failover decisions', () => {
     expect(nodes.commands).toEqual([`${nodeKey(R2)} REPLICAOF NO ONE`, `${nodeKey(R1)} REPLICAOF 127.0.0.13 7379`]);
   });
 
+  it('applies a promotion to its own shard when a shard before it is removed meanwhile (shards renumber)', async () => {
+    // Shards "z" (index 0) and "a" (index 1). a's primary fails; while REPLICAOF NO ONE is on
+    // its way, z is dropped (as remove-shard does) and a becomes index 0.
+    const Z = { host: '127.0.0.21', port: 7379 };
+    const z: ShardInfo = { index: 0, name: 'z', primary: Z, replicas: [], readReplicas: [], isFailingOver: false };
+    const a: ShardInfo = { index: 1, name: 'a', primary: P, replicas: [R1], readReplicas: [R1], isFailingOver: false };
+    const store = new TopologyStore(new Topology(1, [z, a], new Uint16Array(SLOT_COUNT)));
+    const nodes = new FakeNodes();
+    nodes.primary(Z);
+    nodes.failed(P);
+    nodes.replica(R1, P, 100);
+    const command = nodes.command.bind(nodes);
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    nodes.command = async (node, args) => {
+      if (args[0] === 'REPLICAOF' && args[1] === 'NO') await held;
+      return command(node, args);
+    };
+    const failover = new Failover(store, nodes, { nodeTimeoutMs: NODE_TIMEOUT_MS }, new Logger('error'));
+    failover.begin();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const current = store.current;
+    store.publish(new Topology(current.epoch + 1, [{ ...current.shards[1]!, index: 0 }], current.slotOwner));
+    release();
+    await failover.idle();
+    expect(store.current.shards).toHaveLength(1);
+    expect(store.current.shards[0]).toMatchObject({ name: 'a', index: 0, primary: R1, replicas: [P], isFailingOver: false });
+  });
+
   it('breaks an offset tie by configured order', async () => {
     const { store, nodes, failover } = setup();
     nodes.failed(P);
