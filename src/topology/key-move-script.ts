@@ -84,6 +84,11 @@ return redis.status_reply('OK')
 /**
  * KEYS: keys found by the mover's scan. ARGV: max elements, max bytes. Marks the small ones as
  * in flight and replies [n, key, dump, expire-at (ms, -1 for none), ... n times, big key, ...].
+ *
+ * MOVING_KEYS itself is skipped, as if absent: it is a key of slot 3025 like any other, so when
+ * that slot moves, the mover's SCAN and its key index (a new-key event each time a batch
+ * creates the hash) hand it over with the slot's keys. Moved, it landed on the target with the
+ * marks of its batch and stayed there after the plan (a key no client wrote, counted by DBSIZE).
  */
 export const DUMP_KEYS_SCRIPT = `
 local reply = {0}
@@ -91,7 +96,8 @@ local big = {}
 local n = 0
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local kind = redis.call('TYPE', key)['ok']
+  local kind = 'none'
+  if key ~= '${MOVING_KEYS}' then kind = redis.call('TYPE', key)['ok'] end
   if kind ~= 'none' then
     ${sizeCheck(1, 2)}
     if isBig then

@@ -31,6 +31,8 @@ export function slotOf(key: string): number {
 export interface ShardSpec {
   readonly name: string;
   readonly node: LocalRedis;
+  /** Written to the YAML as the shard's `replicas:` (host:port) when given. */
+  readonly replicas?: readonly { readonly host: string; readonly port: number }[];
 }
 
 export interface MigrationProxy {
@@ -70,7 +72,11 @@ export async function startMigrationProxy(shards: readonly ShardSpec[], extra: R
       stateFile: 'state.json',
       logLevel: 'info',
       ...extra,
-      shards: list.map((s) => ({ name: s.name, primary: `${s.node.host}:${s.node.port}` })),
+      shards: list.map((s) => ({
+        name: s.name,
+        primary: `${s.node.host}:${s.node.port}`,
+        ...(s.replicas === undefined || s.replicas.length === 0 ? {} : { replicas: s.replicas.map((r) => `${r.host}:${r.port}`) }),
+      })),
     };
     fs.writeFileSync(configPath, stringify(config));
   };
@@ -241,7 +247,10 @@ interface Sample {
 /** Times are ms since the epoch (Date.now()), so they line up with the proxy's log. */
 export interface LoadReport {
   readonly ops: number;
+  /** The first 1,000 errors (`key: message`). */
   readonly errors: readonly string[];
+  /** All errors, counted. */
+  readonly errorCount: number;
   /** GETs that returned neither the last acknowledged value nor one of the unconfirmed writes after it. */
   readonly staleReads: readonly string[];
   /** p99 (ms) of the commands sent in [from, to) (on keys for which `isKey(slot)` holds). */
@@ -319,6 +328,7 @@ export async function startLoad(port: number, options: LoadOptions): Promise<Loa
       return {
         ops: samples.length,
         errors: report.errors,
+        errorCount: report.errorCount,
         staleReads: report.staleReads,
         p99(from, to, isKey) {
           const ms = within(from, to, isKey).map((s) => s.ms).sort((a, b) => a - b);
