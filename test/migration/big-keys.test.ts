@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startShards, type Shards } from '../helpers/redis-harness';
 import {
   checkPlacement,
+  HOST,
   evenOwner,
   loadKeys,
   ownerFromStateFile,
@@ -85,7 +86,7 @@ describe('big keys move in chunks', () => {
 
     const load = await startLoad(proxy.port, { clients: CLIENTS, opsPerSecond: OPS_PER_SECOND, keys: KEYS });
     // A client working on the big keys the whole time: its commands wait while a key is copied.
-    const bigClient = new Redis({ host: proxy.host, port: proxy.port, maxRetriesPerRequest: 0 });
+    const bigClient = new Redis({ host: HOST, port: proxy.port, maxRetriesPerRequest: 0 });
     let bigOps = 0;
     let bigWrites = 0;
     const bigErrors: string[] = [];

@@ -17,6 +17,7 @@ const B2 = { host: '127.0.0.1', port: 7202 };
 function config(overrides: Partial<ProxyConfig> = {}): ProxyConfig {
   return {
     ...DEFAULT_SETTINGS,
+    configFile: null,
     shards: [
       { name: 'a', primary: A, replicas: [A1], slots: [[0, 8191]] },
       { name: 'b', primary: B, replicas: [B1, B2], slots: [[8192, 16383]] },
