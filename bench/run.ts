@@ -55,7 +55,7 @@ const CLIENTS = 50;
 const RANDOM_KEYS = 100_000;
 const PIPELINES = [1, 16] as const;
 /** Requests per run: each run takes about 0.5-2 s here (2 cores); lowered per cell when a target is slower. */
-const REQUESTS_BY_PIPELINE: Readonly<Record<(typeof PIPELINES)[number], number>> = { 1: 50_000, 16: 300_000 };
+const REQUESTS_BY_PIPELINE: Readonly<Record<(typeof PIPELINES)[number], number>> = { 1: 100_000, 16: 300_000 };
 /** A run longer than this makes the next runs of the same target and cell smaller ... */
 const SLOW_RUN_SECONDS = 2.5;
 /** ... aiming at this duration. */
