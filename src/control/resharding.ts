@@ -166,6 +166,8 @@ export class Resharding {
         batchKeys: config.migrateBatchKeys,
         slotsInFlight: config.migrateSlotsInFlight,
         keysPerSecond: config.migrateKeysPerSecond,
+        minReplicaAcks: config.minReplicaAcks,
+        replicaAckTimeoutMs: config.replicaAckTimeoutMs,
       },
       config.logLevel,
     );

@@ -59,9 +59,16 @@ export interface SlotMigratorOptions {
    * their latency flat. @default 0
    */
   readonly keysPerSecond?: number;
+  /**
+   * The proxy's minReplicaAcks: a batch's delete on the source is confirmed by this many of its
+   * replicas (WAIT) before its keys are unmarked. @default 0 (not waited for)
+   */
+  readonly minReplicaAcks?: number;
+  /** WAIT's timeout for that confirmation. @default 100 */
+  readonly replicaAckTimeoutMs?: number;
 }
 
-const DEFAULTS = { batchKeys: 50, slotsInFlight: 192, settleMs: 100, scanCount: 1000, keysPerSecond: 0 } as const;
+const DEFAULTS = { batchKeys: 50, slotsInFlight: 192, settleMs: 100, scanCount: 1000, keysPerSecond: 0, minReplicaAcks: 0, replicaAckTimeoutMs: 100 } as const;
 /** Keys scanned per key moved, at most, when pacing (a scanned key costs far less than a moved one). */
 const SCAN_PER_MOVE = 10;
 /** Elements of a big key copied in chunks count as one key at this rate, for pacing. */
@@ -474,7 +481,16 @@ export class SlotMover {
       this.#recordError(progress, 'migrate', source, err);
     }
     try {
-      await sourceConnection.send(['EVAL', RELEASE_KEYS_SCRIPT, String(restored.length), ...restored, ...kept]);
+      if (restored.length > 0 && this.#isDurable(source)) {
+        // Deleted, still marked: commands on these keys wait (+MOVING) until the source's replicas
+        // have the delete too. Unmarked earlier, a command could find a key gone, write it on the
+        // target, and a failover of the source would bring the old copy back as the authority.
+        await sourceConnection.send(['DEL', ...restored]);
+        await this.#confirmDeletes(sourceConnection, source, restored.length);
+        await sourceConnection.send(['EVAL', RELEASE_KEYS_SCRIPT, '0', ...restored, ...kept]);
+      } else {
+        await sourceConnection.send(['EVAL', RELEASE_KEYS_SCRIPT, String(restored.length), ...restored, ...kept]);
+      }
       progress.keysMoved += restored.length;
       return kept;
     } catch (err) {
@@ -482,6 +498,21 @@ export class SlotMover {
       this.#recordError(progress, 'migrate', source, err);
       return [...restored, ...kept];
     }
+  }
+
+  /** WAIT on the connection that deleted moved keys from the source (it covers that connection's writes). */
+  async #confirmDeletes(connection: RawConnection, source: string, keys: number): Promise<void> {
+    const { minReplicaAcks, replicaAckTimeoutMs } = this.#options;
+    const acks = (await connection.send(['WAIT', String(minReplicaAcks), String(replicaAckTimeoutMs)])) as number;
+    if (acks < minReplicaAcks) log.warn('moved keys deleted on the source without replica confirmation', { source, keys, acks, wanted: minReplicaAcks });
+  }
+
+  /** A move's deletes on `source` are confirmed by its replicas: minReplicaAcks is set and it has that many healthy ones. */
+  #isDurable(source: string): boolean {
+    const wanted = this.#options.minReplicaAcks;
+    if (wanted <= 0) return false;
+    const shard = this.#host.topology.shards.find((s) => s.name === source);
+    return shard !== undefined && shard.readReplicas.length >= wanted;
   }
 
   /** A big key: locked in the snapshot and journaled while it is copied in chunks. False when it failed. */
@@ -511,6 +542,8 @@ export class SlotMover {
       if (outcome !== 'gone') {
         progress.keysMoved++;
         progress.bigKeysMoved++;
+        // Unlocked only once the source's replicas have its delete (see #moveBatch).
+        if (this.#isDurable(source)) await this.#confirmDeletes(this.#raw('copy', from), source, 1);
       }
       log.info('big key moved', { from: source, to: big.to, slot: big.slot, outcome, ms: Date.now() - startedAt });
       return true;

@@ -100,7 +100,11 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
     this.#topology = store.current;
     this.#shards = pools.update(store.current);
     this.#parked = new ParkedRequests((expired) => this.#failExpired(expired));
-    this.#migrating = new MigratingRouter(this, { migrateTimeoutMs: options.migrateTimeoutMs, password: options.backendPassword });
+    this.#migrating = new MigratingRouter(this, {
+      migrateTimeoutMs: options.migrateTimeoutMs,
+      password: options.backendPassword,
+      minReplicaAcks: options.minReplicaAcks,
+    });
     store.on('change', (next) => {
       this.#topology = next;
       this.#shards = pools.update(next);

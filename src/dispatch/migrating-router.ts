@@ -21,6 +21,8 @@ export interface MigratingRouterOptions {
   readonly migrateTimeoutMs: number;
   /** Backend password for MIGRATE's AUTH; null when none. */
   readonly password: string | null;
+  /** The proxy's minReplicaAcks: a move's delete on the source is confirmed by this many replicas (0: not waited for). */
+  readonly minReplicaAcks: number;
 }
 
 /** How long a command may wait for its key (a big key being copied, a failing move) before it fails. */
@@ -121,8 +123,9 @@ class KeyMove implements ReplySink {
  * key keep their order. Parked commands go again when a snapshot arrives or their retry time
  * comes, and fail with TRYAGAIN only after PARK_TIMEOUT_MS.
  *
- * A client's commands to one slot keep their order otherwise too: their scripts queue on one
- * source connection, and each command leaves for the target when its script answers, in order.
+ * A client's commands to one slot keep their order otherwise too: every script queues on the
+ * source's first connection, and each command leaves for the target when its script answers,
+ * in order.
  */
 export class MigratingRouter {
   readonly #shards: ShardConnections;
@@ -225,7 +228,16 @@ export class MigratingRouter {
     const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + args.length), EVAL_HEAD, bulk(String(move.keys.length))];
     for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
     for (const arg of args) parts.push(bulk(arg));
-    this.#shards.primaryConnection(migration.from, move.clientId).send(parts, move);
+    // Every move's script runs on the source's first connection. With minReplicaAcks, its answer
+    // is held until WAIT confirms it on the source's replicas (one WAIT per turn), so no command
+    // reaches the target while the source's delete of the key could still be lost in a failover
+    // (a promoted replica would bring the old copy back, and the source's copy is the authority).
+    // WAIT covers every earlier write of its connection, hence one connection for all moves: a
+    // +NOKEY for a key another command moved a moment ago is confirmed only after that delete.
+    const connection = this.#shards.primaryConnection(migration.from, 0);
+    const minReplicaAcks = this.#options.minReplicaAcks;
+    if (minReplicaAcks > 0 && (topology.shards[migration.from]?.readReplicas.length ?? 0) >= minReplicaAcks) connection.sendDurable(parts, move);
+    else connection.send(parts, move);
   }
 
   #holdsParkedKey(move: KeyMove): boolean {
