@@ -1,18 +1,14 @@
 import * as fs from 'node:fs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startShards, type Shards } from '../helpers/redis-harness';
+import { describe, expect, it } from 'vitest';
 import {
   checkPlacement,
   loadKeys,
-  lockMigrationTests,
   ownerFromStateFile,
   planWindow,
   runCli,
   sleep,
   startLoad,
-  startMigrationProxy,
-  type MigrationProxy,
-  type ShardSpec,
+  useMigrationDeployment,
 } from './migration-harness';
 
 /**
@@ -27,26 +23,15 @@ const OPS_PER_SECOND = 5_000;
 const BASELINE_MS = 4_000;
 
 describe('add a shard and rebalance under load', () => {
-  let shards: Shards;
-  let proxy: MigrationProxy;
-  let specs: ShardSpec[];
-  let unlock: () => void = () => undefined;
-
-  beforeAll(async () => {
-    unlock = await lockMigrationTests();
-    shards = await startShards(4);
-    specs = shards.primaries.map((node, i) => ({ name: `s${i + 1}`, node }));
+  const deployment = useMigrationDeployment({
+    shards: 4,
+    proxyShards: 3,
     // MIGRATION_EXTRA='{"migrateKeysPerSecond":20000}' tries other mover settings.
-    proxy = await startMigrationProxy(specs.slice(0, 3), JSON.parse(process.env['MIGRATION_EXTRA'] ?? '{}') as Record<string, unknown>);
-  }, 300_000);
-
-  afterAll(async () => {
-    await proxy?.stop();
-    await shards?.stopAll();
-    unlock();
+    config: JSON.parse(process.env['MIGRATION_EXTRA'] ?? '{}') as Record<string, unknown>,
   });
 
   it('moves a quarter of 200,000 keys with no error, no lost write, and a bounded p99', async () => {
+    const { shards, proxy, specs } = deployment;
     await loadKeys(shards.primaries.slice(0, 3), KEYS);
     const load = await startLoad(proxy.port, { clients: CLIENTS, opsPerSecond: OPS_PER_SECOND, keys: KEYS });
     const loadStart = Date.now();

@@ -1,7 +1,6 @@
 import * as fs from 'node:fs';
 import Redis from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startShards, type Shards } from '../helpers/redis-harness';
+import { describe, expect, it } from 'vitest';
 import {
   checkPlacement,
   HOST,
@@ -12,10 +11,7 @@ import {
   sleep,
   slotOf,
   startLoad,
-  startMigrationProxy,
-  type MigrationProxy,
-  lockMigrationTests,
-  type ShardSpec,
+  useMigrationDeployment,
 } from './migration-harness';
 
 /**
@@ -42,29 +38,14 @@ function tagIn(from: number, to: number, prefix: string): string {
 }
 
 describe('big keys move in chunks', () => {
-  let shards: Shards;
-  let proxy: MigrationProxy;
-  let specs: ShardSpec[];
-  let unlock: () => void = () => undefined;
+  const deployment = useMigrationDeployment({ shards: 4, proxyShards: 3 });
   // The even 3-way split gives s4 the top 1365 or so slots of each shard.
   const listKey = `{${tagIn(4200, 5400, 'l')}}:big-list`;
   const hashKey = `{${tagIn(9600, 10900, 'h')}}:big-hash`;
   const zsetKey = `{${tagIn(15100, 16300, 'z')}}:big-zset`;
 
-  beforeAll(async () => {
-    unlock = await lockMigrationTests();
-    shards = await startShards(4);
-    specs = shards.primaries.map((node, i) => ({ name: `s${i + 1}`, node }));
-    proxy = await startMigrationProxy(specs.slice(0, 3));
-  }, 300_000);
-
-  afterAll(async () => {
-    await proxy?.stop();
-    await shards?.stopAll();
-    unlock();
-  });
-
   it('copies a 5 MB list, a 100k-field hash and a 100k-member zset without stalling their shards', async () => {
+    const { shards, proxy, specs } = deployment;
     await loadKeys(shards.primaries.slice(0, 3), KEYS);
     const owner = evenOwner(3);
     const direct = shards.primaries.slice(0, 3).map((n) => new Redis({ host: n.host, port: n.port }));

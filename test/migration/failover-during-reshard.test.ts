@@ -1,19 +1,15 @@
 import Redis from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startShards, type Shards } from '../helpers/redis-harness';
+import { describe, expect, it } from 'vitest';
 import { replicationFlowing, roleOf } from '../ha/ha-harness';
 import {
   checkPlacement,
   loadKeys,
-  lockMigrationTests,
   ownerFromStateFile,
   planWindow,
   sleep,
   slotOf,
   startLoad,
-  startMigrationProxy,
-  type MigrationProxy,
-  type ShardSpec,
+  useMigrationDeployment,
 } from './migration-harness';
 
 /**
@@ -42,32 +38,21 @@ const NODE_TIMEOUT_MS = 2_000;
 const S1_LAST_SLOT = 5460;
 
 describe('the primary of a source shard killed mid-reshard', () => {
-  let shards: Shards;
-  let proxy: MigrationProxy;
-  let specs: ShardSpec[];
-  let unlock: () => void = () => undefined;
-
-  beforeAll(async () => {
-    unlock = await lockMigrationTests();
-    shards = await startShards(3, { replicas: 1 });
-    specs = shards.primaries.map((node, i) => ({ name: `s${i + 1}`, node, replicas: shards.replicas[i] }));
-    proxy = await startMigrationProxy(specs, {
+  const deployment = useMigrationDeployment({
+    shards: 3,
+    replicas: 1,
+    config: {
       nodeTimeoutMs: NODE_TIMEOUT_MS,
       failoverWaitMs: 5_000,
       minReplicaAcks: 1,
       noReplicaWrites: 'accept',
       // Paced so the move lasts several seconds and the kill lands in the middle of it.
       migrateKeysPerSecond: 3_500,
-    });
-  }, 120_000);
-
-  afterAll(async () => {
-    await proxy?.stop();
-    await shards?.stopAll();
-    unlock();
+    },
   });
 
   it('promotes the replica and completes the plan with every acknowledged write', async () => {
+    const { shards, proxy, specs } = deployment;
     await loadKeys(shards.primaries, KEYS);
     // The replicas have everything loadKeys wrote (WAIT on each primary, after the load).
     await replicationFlowing(shards);

@@ -1,6 +1,5 @@
 import Redis from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startShards, type Shards } from '../helpers/redis-harness';
+import { describe, expect, it } from 'vitest';
 import {
   checkPlacement,
   evenOwner,
@@ -9,10 +8,7 @@ import {
   sleep,
   slotOf,
   startLoad,
-  startMigrationProxy,
-  type MigrationProxy,
-  lockMigrationTests,
-  type ShardSpec,
+  useMigrationDeployment,
 } from './migration-harness';
 
 /**
@@ -27,26 +23,15 @@ const OPS_PER_SECOND = 5_000;
 const HASH_FIELDS = 50_000;
 
 describe('a proxy killed mid-reshard', () => {
-  let shards: Shards;
-  let proxy: MigrationProxy;
-  let specs: ShardSpec[];
-  let unlock: () => void = () => undefined;
-
-  beforeAll(async () => {
-    unlock = await lockMigrationTests();
-    shards = await startShards(4);
-    specs = shards.primaries.map((node, i) => ({ name: `s${i + 1}`, node }));
+  const deployment = useMigrationDeployment({
+    shards: 4,
+    proxyShards: 3,
     // Paced slowly so the kill lands in the middle of the move.
-    proxy = await startMigrationProxy(specs.slice(0, 3), { migrateKeysPerSecond: 4_000 });
-  }, 300_000);
-
-  afterAll(async () => {
-    await proxy?.stop();
-    await shards?.stopAll();
-    unlock();
+    config: { migrateKeysPerSecond: 4_000 },
   });
 
   it('resumes after kill -9 and completes with every acknowledged write', async () => {
+    const { shards, proxy, specs } = deployment;
     await loadKeys(shards.primaries.slice(0, 3), KEYS);
     // A big hash among the moving slots: the kill may land in its chunked copy.
     let tag = 0;

@@ -3,12 +3,14 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import Redis from 'ioredis';
+import { afterAll, beforeAll } from 'vitest';
 import { stringify } from 'yaml';
 import { findFreePort, type LocalRedis } from '../../src/cli/local-redis';
 import { evenSlotRanges } from '../../src/config/load-config';
 import { keySlot } from '../../src/routing/key-slot';
 import type { ReshardStatus } from '../../src/control/resharding';
 import { CLI_PATH, REPO_ROOT } from '../helpers/proxy-harness';
+import { startShards, type Shards } from '../helpers/redis-harness';
 
 /**
  * What the migration tests share: a proxy child process that can be killed and started again on
@@ -104,8 +106,6 @@ export async function startMigrationProxy(shards: readonly ShardSpec[], extra: R
       await sleep(50);
     }
   };
-  await launch();
-
   const proxy: MigrationProxy = {
     port,
     adminPort,
@@ -153,6 +153,13 @@ export async function startMigrationProxy(shards: readonly ShardSpec[], extra: R
     },
     writeShards,
   };
+  try {
+    await launch();
+  } catch (err) {
+    // A proxy that did not come up may still be running: stopped by PID, its folder removed.
+    await proxy.stop().catch(() => undefined);
+    throw err;
+  }
   return proxy;
 }
 
@@ -189,6 +196,101 @@ export function runCli(args: readonly string[], timeoutMs = 120_000): Promise<{ 
       resolve({ code, stdout, stderr });
     });
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The deployment a migration test runs on
+
+export interface MigrationDeployment {
+  /** Every redis-server started, also those the proxy does not list (yet). */
+  readonly shards: Shards;
+  /** `s1`, `s2`, ... over every primary in order, with its replicas when `replicas` was given. */
+  readonly specs: readonly ShardSpec[];
+  readonly proxy: MigrationProxy;
+}
+
+export interface MigrationDeploymentOptions {
+  /** Primaries to start. */
+  readonly shards: number;
+  /** Replicas per primary; each spec lists its primary's replicas when given. */
+  readonly replicas?: number;
+  /** The proxy's YAML lists the first this many shards. @default all of them */
+  readonly proxyShards?: number;
+  /** Extra proxy config (merged into the YAML). */
+  readonly config?: Record<string, unknown>;
+}
+
+/** Lock wait (up to 240 s) plus starting the servers and the proxy. */
+const DEPLOYMENT_START_TIMEOUT_MS = 300_000;
+
+/**
+ * Registers beforeAll/afterAll in the calling describe: takes the migration-test lock, starts
+ * the redis-servers and a proxy over the first `proxyShards` shards; afterwards stops the proxy,
+ * then the servers (by PID), then releases the lock. The fields are there once beforeAll ran:
+ * read them inside `it`. A failed beforeAll still stops what it had started (afterAll runs after
+ * a failed beforeAll; if beforeAll outlives its timeout, it stops what starts after afterAll).
+ */
+export function useMigrationDeployment(options: MigrationDeploymentOptions): MigrationDeployment {
+  let shards: Shards | undefined;
+  let specs: readonly ShardSpec[] | undefined;
+  let proxy: MigrationProxy | undefined;
+  let unlock: (() => void) | undefined;
+  let isClosed = false;
+
+  /** Stops whatever is running now, in order, each step even when the one before failed. */
+  const stop = async (): Promise<void> => {
+    const [runningProxy, runningShards, release] = [proxy, shards, unlock];
+    proxy = undefined;
+    shards = undefined;
+    unlock = undefined;
+    try {
+      await runningProxy?.stop();
+    } finally {
+      try {
+        await runningShards?.stopAll();
+      } finally {
+        release?.();
+      }
+    }
+  };
+
+  beforeAll(async () => {
+    try {
+      unlock = await lockMigrationTests();
+      if (isClosed) return;
+      const started = await startShards(options.shards, options.replicas === undefined ? {} : { replicas: options.replicas });
+      shards = started;
+      if (isClosed) return;
+      specs = started.primaries.map((node, i) =>
+        options.replicas === undefined ? { name: `s${i + 1}`, node } : { name: `s${i + 1}`, node, replicas: started.replicas[i] },
+      );
+      proxy = await startMigrationProxy(specs.slice(0, options.proxyShards ?? specs.length), options.config);
+    } finally {
+      // Timed out, and afterAll already ran: what started since is stopped here.
+      if (isClosed) await stop();
+    }
+  }, DEPLOYMENT_START_TIMEOUT_MS);
+
+  afterAll(async () => {
+    isClosed = true;
+    await stop();
+  });
+
+  const ready = <T>(value: T | undefined, name: string): T => {
+    if (value === undefined) throw new Error(`the migration deployment's ${name} is not running (read it inside it(), after beforeAll)`);
+    return value;
+  };
+  return {
+    get shards() {
+      return ready(shards, 'shards');
+    },
+    get specs() {
+      return ready(specs, 'specs');
+    },
+    get proxy() {
+      return ready(proxy, 'proxy');
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

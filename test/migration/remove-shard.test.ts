@@ -1,7 +1,6 @@
 import * as fs from 'node:fs';
 import Redis from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startShards, type Shards } from '../helpers/redis-harness';
+import { describe, expect, it } from 'vitest';
 import {
   checkPlacement,
   loadKeys,
@@ -10,10 +9,7 @@ import {
   runCli,
   sleep,
   startLoad,
-  startMigrationProxy,
-  type MigrationProxy,
-  lockMigrationTests,
-  type ShardSpec,
+  useMigrationDeployment,
 } from './migration-harness';
 
 /**
@@ -26,25 +22,10 @@ const CLIENTS = 20;
 const OPS_PER_SECOND = 5_000;
 
 describe('remove a shard under load', () => {
-  let shards: Shards;
-  let proxy: MigrationProxy;
-  let specs: ShardSpec[];
-  let unlock: () => void = () => undefined;
-
-  beforeAll(async () => {
-    unlock = await lockMigrationTests();
-    shards = await startShards(4);
-    specs = shards.primaries.map((node, i) => ({ name: `s${i + 1}`, node }));
-    proxy = await startMigrationProxy(specs);
-  }, 300_000);
-
-  afterAll(async () => {
-    await proxy?.stop();
-    await shards?.stopAll();
-    unlock();
-  });
+  const deployment = useMigrationDeployment({ shards: 4 });
 
   it('drains s2 onto the others, then drops it', async () => {
+    const { shards, proxy, specs } = deployment;
     await loadKeys(shards.primaries, KEYS);
     const load = await startLoad(proxy.port, { clients: CLIENTS, opsPerSecond: OPS_PER_SECOND, keys: KEYS });
     await sleep(2_000);

@@ -1,9 +1,8 @@
 import * as fs from 'node:fs';
 import Redis from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startShards, type Shards } from '../helpers/redis-harness';
+import { describe, expect, it } from 'vitest';
 import { replicationFlowing } from '../ha/ha-harness';
-import { HOST, loadKeys, lockMigrationTests, sleep, slotOf, startMigrationProxy, type MigrationProxy, type ShardSpec } from './migration-harness';
+import { HOST, loadKeys, sleep, slotOf, useMigrationDeployment } from './migration-harness';
 
 /**
  * With minReplicaAcks, moving a key deletes it from the source, and that delete must be on the
@@ -19,30 +18,20 @@ const KEYS = 2_000;
 const REPLICA_STOP_MS = 600;
 
 describe('moves under minReplicaAcks', () => {
-  let shards: Shards;
-  let proxy: MigrationProxy;
-  let unlock: () => void = () => undefined;
-
-  beforeAll(async () => {
-    unlock = await lockMigrationTests();
-    shards = await startShards(2, { replicas: 1 });
-    const specs: ShardSpec[] = shards.primaries.map((node, i) => ({ name: `s${i + 1}`, node, replicas: shards.replicas[i] }));
-    proxy = await startMigrationProxy(specs, {
+  const deployment = useMigrationDeployment({
+    shards: 2,
+    replicas: 1,
+    config: {
       minReplicaAcks: 1,
       // WAIT's timeout: longer than the replica's sleep, so the answer is the replica's ack.
       replicaAckTimeoutMs: 3_000,
       // Slow, so the slots stay migrating while the test looks.
       migrateKeysPerSecond: 50,
-    });
-  }, 120_000);
-
-  afterAll(async () => {
-    await proxy?.stop();
-    await shards?.stopAll();
-    unlock();
+    },
   });
 
   it('answers a command on a migrating key only once the source replica has the move', async () => {
+    const { shards, proxy } = deployment;
     await loadKeys(shards.primaries, KEYS);
     await replicationFlowing(shards);
     const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: 2_000 });
