@@ -79,6 +79,7 @@ port.on('message', (message: ToMover) => {
     }
     case 'topology':
       topology = topologyFromJson(message.topology);
+      mover?.onTopology();
       return;
     case 'reply': {
       const pending = calls.get(message.id);

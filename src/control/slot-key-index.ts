@@ -1,4 +1,4 @@
-import Redis from 'ioredis';
+import Redis, { ReplyError } from 'ioredis';
 import { keySlot } from '../routing/key-slot';
 import type { NodeAddress } from '../topology/topology';
 import type { RawConnection } from './raw-connection';
@@ -125,11 +125,11 @@ export class SlotKeyIndex {
     for (const slot of slots) this.#keys.delete(slot);
   }
 
-  /** Unsubscribes and puts notify-keyspace-events back as it was. */
-  async close(control: Redis): Promise<void> {
+  /** Unsubscribes, and puts notify-keyspace-events back as it was through `control` (not when null). */
+  async close(control: Redis | null): Promise<void> {
     this.#isValid = false;
     this.#subscriber.disconnect();
-    if (this.#originalFlags !== null) {
+    if (this.#originalFlags !== null && control !== null) {
       await control.config('SET', 'notify-keyspace-events', this.#originalFlags).catch(() => undefined);
       this.#originalFlags = null;
     }
@@ -151,6 +151,9 @@ export class SlotKeyIndex {
         this.#originalFlags = flags;
       }
     } catch (err) {
+      // Only the shard's refusal means it cannot send them; a lost or timed-out connection (a
+      // source failing over) is tried again by the mover.
+      if (!(err instanceof ReplyError)) throw err;
       throw new KeyIndexUnavailableError(`new-key notifications cannot be turned on: ${(err as Error).message}`);
     }
   }

@@ -151,9 +151,12 @@ export class SlotMigrator {
     };
     const mover = new SlotMover(host, this.#options);
     this.#abort = () => mover.abort();
+    const onChange = (): void => mover.onTopology();
+    store.on('change', onChange);
     try {
       await mover.run(moves, progress);
     } finally {
+      store.off('change', onChange);
       this.#abort = null;
       countProgress(before, snapshotOf(progress));
     }

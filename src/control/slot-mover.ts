@@ -162,6 +162,8 @@ export class SlotMover {
   /** Control connections by `purpose host:port`. */
   readonly #connections = new Map<string, Redis>();
   readonly #rawConnections = new Map<string, RawConnection>();
+  /** The key indexes in use (one per source), for onTopology. */
+  readonly #indexes = new Set<SlotKeyIndex>();
   readonly #bigKeys = new Map<string, BigKeyEntry>();
   #isAborted = false;
   /** Ends the sleeps under way (abort). */
@@ -299,7 +301,11 @@ export class SlotMover {
       }
     } finally {
       const address = this.#address(source);
-      if (state.index !== null && address !== null) await state.index.close(this.#connection('scan', address));
+      if (state.index !== null) {
+        this.#indexes.delete(state.index);
+        const isItsPrimary = address !== null && nodeKey(address) === nodeKey(state.index.address);
+        await state.index.close(isItsPrimary ? this.#connection('scan', state.index.address) : null);
+      }
     }
   }
 
@@ -309,24 +315,36 @@ export class SlotMover {
     return built;
   }
 
-  /** The key index of a source, or null (full scans) when the shard cannot send notifications. */
+  /**
+   * The key index of a source; null (full scans) when the shard cannot send notifications at
+   * all. Any other failure (a lost connection, a source failing over) is tried again with
+   * backoff, at the address the topology names by then: falling back to full scans for the
+   * rest of the plan because a node was briefly unreachable would make it slow for nothing.
+   */
   async #buildIndex(source: string, slots: readonly number[], progress: MigrationProgress): Promise<SlotKeyIndex | null> {
-    const address = this.#address(source);
-    if (address === null) return null;
-    try {
-      const startedAt = Date.now();
-      const index = await SlotKeyIndex.build(
-        { address, password: this.#options.password, slots, commandTimeoutMs: this.#options.migrateTimeoutMs + 10_000 },
-        this.#connection('scan', address),
-        this.#raw('scan', address),
-        this.#scanPacer,
-      );
-      log.info('source indexed', { source, slots: slots.length, keys: index.size, ms: Date.now() - startedAt });
-      return index;
-    } catch (err) {
-      if (!(err instanceof KeyIndexUnavailableError)) this.#recordError(progress, 'scan', source, err);
-      log.warn('moving without a key index: one full SCAN of the source per group of slots', { source, reason: (err as Error).message });
-      return null;
+    for (let failures = 0; ; failures++) {
+      this.#checkAborted();
+      const address = this.#address(source);
+      if (address === null) return null;
+      try {
+        const startedAt = Date.now();
+        const index = await SlotKeyIndex.build(
+          { address, password: this.#options.password, slots, commandTimeoutMs: this.#options.migrateTimeoutMs + 10_000 },
+          this.#connection('scan', address),
+          this.#raw('scan', address),
+          this.#scanPacer,
+        );
+        log.info('source indexed', { source, node: nodeKey(address), slots: slots.length, keys: index.size, ms: Date.now() - startedAt });
+        this.#indexes.add(index);
+        return index;
+      } catch (err) {
+        if (err instanceof KeyIndexUnavailableError) {
+          log.warn('moving without a key index: one full SCAN of the source per group of slots', { source, reason: err.message });
+          return null;
+        }
+        this.#recordError(progress, 'scan', source, err);
+        await this.#sleep(Math.min(MAX_BACKOFF_MS, 50 * 2 ** failures));
+      }
     }
   }
 
@@ -337,7 +355,10 @@ export class SlotMover {
     const address = this.#address(source);
     if (index.isValid && address !== null && nodeKey(address) === nodeKey(index.address)) return state;
     this.#recordError(progress, 'scan', source, new Error('the key index lost its notifications; indexing again'));
-    await index.close(this.#connection('scan', index.address));
+    // A node that is no longer the source's primary keeps its notification setting: it may be
+    // frozen or gone, and it is not ours to tidy.
+    this.#indexes.delete(index);
+    await index.close(address !== null && nodeKey(address) === nodeKey(index.address) ? this.#connection('scan', index.address) : null);
     return { index: await this.#buildIndex(source, remaining.map((q) => q.slot), progress), failures: state.failures };
   }
 
@@ -632,6 +653,29 @@ export class SlotMover {
       this.#connections.set(key, redis);
     }
     return redis;
+  }
+
+  /**
+   * A new snapshot: connections to a node that is no longer any shard's primary (a source that
+   * failed over) are closed, so that commands waiting on a frozen node fail now and are retried
+   * at the promoted one, instead of waiting out their timeout.
+   */
+  onTopology(): void {
+    const primaries = new Set(this.#host.topology.shards.map((shard) => nodeKey(shard.primary)));
+    const isStale = (key: string): boolean => !primaries.has(key.slice(key.indexOf(' ') + 1));
+    for (const [key, redis] of this.#connections) {
+      if (!isStale(key)) continue;
+      redis.disconnect();
+      this.#connections.delete(key);
+    }
+    for (const [key, connection] of this.#rawConnections) {
+      if (!isStale(key)) continue;
+      connection.close();
+      this.#rawConnections.delete(key);
+    }
+    // An index on such a node has lost its notifications (and its barrier would wait on the
+    // node): invalid now, built again on the new primary by the source's next step.
+    for (const index of this.#indexes) if (!primaries.has(nodeKey(index.address))) void index.close(null);
   }
 
   #closeConnections(): void {
