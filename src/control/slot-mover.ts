@@ -33,8 +33,9 @@ import type { SlotMove } from './rebalance-planner';
  * Sources are indexed one after another, and each starts moving as soon as its own index is
  * complete, so the scan of the next source overlaps the moves of the first: the shards see one
  * even load for the whole run instead of a scan of everything followed by the moves. Sources
- * move in parallel, each with one batch in flight, all paced together (`keysPerSecond`). A failed batch leaves its slots migrating and its keys whole on A for the
- * next attempt; nothing is given up while the run lasts.
+ * move in parallel, each with one batch in flight, all paced together (`keysPerSecond`). A
+ * failed batch leaves its slots migrating and its keys whole on A for the next attempt; nothing
+ * is given up while the run lasts.
  */
 
 export interface SlotMigratorOptions {
@@ -300,15 +301,11 @@ export class SlotMover {
         }
       }
     } finally {
-      const address = this.#address(source);
-      if (state.index !== null) {
-        this.#indexes.delete(state.index);
-        const isItsPrimary = address !== null && nodeKey(address) === nodeKey(state.index.address);
-        await state.index.close(isItsPrimary ? this.#connection('scan', state.index.address) : null);
-      }
+      if (state.index !== null) await this.#closeIndex(source, state.index);
     }
   }
 
+  /** Runs `build` once the index builds started before it are over (one source scanned at a time). */
   #afterOtherIndexes<T>(build: () => Promise<T>): Promise<T> {
     const built = this.#indexing.then(build);
     this.#indexing = built.catch(() => undefined);
@@ -348,6 +345,17 @@ export class SlotMover {
     }
   }
 
+  /**
+   * Unsubscribes; puts the notification setting back only on the source's current primary (a
+   * node that no longer is may be frozen or gone, and is not ours to tidy).
+   */
+  async #closeIndex(source: string, index: SlotKeyIndex): Promise<void> {
+    this.#indexes.delete(index);
+    const address = this.#address(source);
+    const isItsPrimary = address !== null && nodeKey(address) === nodeKey(index.address);
+    await index.close(isItsPrimary ? this.#connection('scan', index.address) : null);
+  }
+
   /** A lost subscription (or a failed-over source) means events may be missing: index again. */
   async #ensureIndex(source: string, state: DrainState, remaining: readonly QueuedSlot[], progress: MigrationProgress): Promise<DrainState> {
     const index = state.index;
@@ -355,10 +363,7 @@ export class SlotMover {
     const address = this.#address(source);
     if (index.isValid && address !== null && nodeKey(address) === nodeKey(index.address)) return state;
     this.#recordError(progress, 'scan', source, new Error('the key index lost its notifications; indexing again'));
-    // A node that is no longer the source's primary keeps its notification setting: it may be
-    // frozen or gone, and it is not ours to tidy.
-    this.#indexes.delete(index);
-    await index.close(address !== null && nodeKey(address) === nodeKey(index.address) ? this.#connection('scan', index.address) : null);
+    await this.#closeIndex(source, index);
     return { index: await this.#buildIndex(source, remaining.map((q) => q.slot), progress), failures: state.failures };
   }
 
