@@ -1,7 +1,7 @@
 import type { CommandSpec } from '../commands/handling';
 import type { RequestFrame } from '../resp/request-parser';
 import { copyRange } from '../resp/byte-copy';
-import { arrayHeaderLength, encodeArrayHeader, writeArrayHeader } from '../resp/resp-writer';
+import { arrayHeaderLength, writeArrayHeader } from '../resp/resp-writer';
 import type { SlotMigration } from '../topology/topology';
 import { argSlot } from './key-slot';
 
@@ -27,6 +27,7 @@ export interface Fragmentation {
 }
 
 const NO_MIGRATIONS: ReadonlyMap<number, SlotMigration> = new Map();
+const NO_RANGES: readonly number[] = [];
 
 /**
  * Where argument i's bulk starts in the request, its `$len\r\n` header included: the header
@@ -99,14 +100,15 @@ export function fragment(
     if (length <= COPY_LIMIT) {
       piece.parts.push(copyFragment(frame.buf, argc, nameFrom, nameTo, own, length));
     } else {
-      piece.parts.push(Buffer.concat([encodeArrayHeader(argc), frame.buf.subarray(nameFrom, nameTo)]));
+      // The header and the command name copied, the (large) keys and values as views.
+      piece.parts.push(copyFragment(frame.buf, argc, nameFrom, nameTo, NO_RANGES, nameTo - nameFrom));
       for (let r = 0; r < own.length; r += 2) piece.parts.push(frame.buf.subarray(own[r]!, own[r + 1]!));
     }
   }
   return { fragments, keyFragment };
 }
 
-/** `*argc\r\n`, the command name's bulk and the ranges, copied into one buffer. */
+/** `*argc\r\n`, the command name's bulk and the ranges (`length` bytes with the name), copied into one buffer. */
 function copyFragment(buf: Buffer, argc: number, nameFrom: number, nameTo: number, ranges: readonly number[], length: number): Buffer {
   const out = Buffer.allocUnsafe(arrayHeaderLength(argc) + length);
   let at = writeArrayHeader(out, 0, argc);
