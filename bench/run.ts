@@ -334,15 +334,7 @@ async function main(): Promise<void> {
     for (const cell of cells) {
       await haltIfShuttingDown();
       if (target.unavailableReason !== null) continue;
-      await runRedisBenchmark(registry, {
-        port: target.port,
-        clients: CLIENTS,
-        pipeline: cell.pipeline,
-        requests: Math.max(1_000, Math.round(WARM_UP_REQUESTS_BY_PIPELINE[cell.pipeline as 1 | 16] * SCALE)),
-        randomKeys: RANDOM_KEYS,
-        command: cell.test.command,
-        timeoutMs: RUN_TIMEOUT_MS,
-      });
+      await runCell(registry, target, cell, Math.max(1_000, Math.round(WARM_UP_REQUESTS_BY_PIPELINE[cell.pipeline as 1 | 16] * SCALE)));
     }
   }
 
@@ -376,15 +368,7 @@ async function main(): Promise<void> {
           Math.max(MIN_REQUESTS, Math.round(REQUESTS_BY_PIPELINE[cell.pipeline as 1 | 16] * SCALE));
         const probes = cpuProbes(shards, direct, targets);
         const before = readCpu(probes);
-        const result = await runRedisBenchmark(registry, {
-          port: target.port,
-          clients: CLIENTS,
-          pipeline: cell.pipeline,
-          requests,
-          randomKeys: RANDOM_KEYS,
-          command: cell.test.command,
-          timeoutMs: RUN_TIMEOUT_MS,
-        });
+        const result = await runCell(registry, target, cell, requests);
         const after = readCpu(probes);
         const cpuSeconds: Record<string, number> = {};
         for (const [label, value] of after) {
@@ -666,6 +650,19 @@ async function main(): Promise<void> {
   console.log('');
   say(`wrote bench/results/latest.json and bench/results/latest.svg`);
   say(`total ${totalSeconds.toFixed(1)} s (throughput ${throughputSeconds.toFixed(1)} s, memory ${memorySeconds.toFixed(1)} s)`);
+}
+
+/** One redis-benchmark run of a cell against a target. */
+function runCell(registry: ProcessRegistry, target: Target, cell: Cell, requests: number): ReturnType<typeof runRedisBenchmark> {
+  return runRedisBenchmark(registry, {
+    port: target.port,
+    clients: CLIENTS,
+    pipeline: cell.pipeline,
+    requests,
+    randomKeys: RANDOM_KEYS,
+    command: cell.test.command,
+    timeoutMs: RUN_TIMEOUT_MS,
+  });
 }
 
 /**
