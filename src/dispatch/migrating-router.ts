@@ -1,9 +1,9 @@
 import type { BackendConnection } from '../backend/backend-connection';
 import type { ReplySink } from '../backend/reply-sink';
-import { CRLF, encodeArrayHeader, encodeError } from '../resp/resp-writer';
+import { CRLF, encodeArrayHeader, encodeBulk, encodeError } from '../resp/resp-writer';
 import { keySlot } from '../routing/key-slot';
 import { KEY_MOVE_SCRIPT, keyMoveArgs } from '../topology/key-move-script';
-import type { NodeAddress, SlotMigration, Topology } from '../topology/topology';
+import { nodeKey, type NodeAddress, type SlotMigration, type Topology } from '../topology/topology';
 
 /** What the router needs of the dispatcher. */
 export interface ShardConnections {
@@ -130,6 +130,8 @@ class KeyMove implements ReplySink {
 export class MigratingRouter {
   readonly #shards: ShardConnections;
   readonly #options: MigratingRouterOptions;
+  /** The script's arguments after the keys, encoded once per target node. */
+  readonly #argsByTarget = new Map<string, { readonly count: number; readonly bytes: Buffer }>();
   /** Parked commands in arrival order. */
   #parked: KeyMove[] = [];
   /** Keys of parked commands -> how many parked commands hold each. */
@@ -223,11 +225,10 @@ export class MigratingRouter {
       this.park(move, RETRY_DELAY_MS);
       return;
     }
-    const target = this.#shards.primaryAddress(migration.to);
-    const args = keyMoveArgs({ host: target.host, port: target.port, timeoutMs: this.#options.migrateTimeoutMs, password: this.#options.password });
-    const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + args.length), EVAL_HEAD, bulk(String(move.keys.length))];
+    const args = this.#targetArgs(this.#shards.primaryAddress(migration.to));
+    const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + args.count), EVAL_HEAD, encodeBulk(String(move.keys.length))];
     for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
-    for (const arg of args) parts.push(bulk(arg));
+    parts.push(args.bytes);
     // Every move's script runs on the source's first connection. With minReplicaAcks, its answer
     // is held until WAIT confirms it on the source's replicas (one WAIT per turn), so no command
     // reaches the target while the source's delete of the key could still be lost in a failover
@@ -238,6 +239,17 @@ export class MigratingRouter {
     const minReplicaAcks = this.#options.minReplicaAcks;
     if (minReplicaAcks > 0 && (topology.shards[migration.from]?.readReplicas.length ?? 0) >= minReplicaAcks) connection.sendDurable(parts, move);
     else connection.send(parts, move);
+  }
+
+  #targetArgs(target: NodeAddress): { readonly count: number; readonly bytes: Buffer } {
+    const key = nodeKey(target);
+    let encoded = this.#argsByTarget.get(key);
+    if (encoded === undefined) {
+      const args = keyMoveArgs({ host: target.host, port: target.port, timeoutMs: this.#options.migrateTimeoutMs, password: this.#options.password });
+      encoded = { count: args.length, bytes: Buffer.concat(args.map((arg) => encodeBulk(arg))) };
+      this.#argsByTarget.set(key, encoded);
+    }
+    return encoded;
   }
 
   #holdsParkedKey(move: KeyMove): boolean {
@@ -305,8 +317,4 @@ function isLocked(migration: SlotMigration, move: KeyMove): boolean {
   if (locked === undefined || locked.size === 0) return false;
   for (const name of move.names) if (locked.has(name)) return true;
   return false;
-}
-
-function bulk(text: string): Buffer {
-  return Buffer.from(`$${Buffer.byteLength(text)}\r\n${text}\r\n`);
 }
