@@ -166,7 +166,7 @@ export class Failover {
   }
 
   async #reconcileShard(name: string): Promise<void> {
-    const shard = shardNamed(this.#store.current, name);
+    const shard = this.#store.current.shardNamed(name);
     if (shard === undefined) return;
     const primary = this.#nodes.report(shard.primary);
     if (primary === undefined || primary.state === 'unknown') return;
@@ -318,7 +318,7 @@ export class Failover {
 
     await Promise.all([
       this.#nodes.refresh(best.node).catch(() => undefined),
-      ...others.map((other) => this.#replicaOf(shardNamed(next, name) ?? shard, other.node, 'replica repointed', other.report)),
+      ...others.map((other) => this.#replicaOf(next.shardNamed(name) ?? shard, other.node, 'replica repointed', other.report)),
     ]);
   }
 
@@ -386,7 +386,7 @@ export class Failover {
 
   /** Publishes the shard's readable replicas when they changed. */
   #updateReadReplicas(name: string): void {
-    const shard = shardNamed(this.#store.current, name);
+    const shard = this.#store.current.shardNamed(name);
     if (shard === undefined) return;
     const readable = shard.replicas.filter((r) => this.#isReadable(shard, r));
     if (sameList(readable, shard.readReplicas)) return;
@@ -434,7 +434,7 @@ export class Failover {
    */
   #publish(name: string, change: (shard: ShardInfo) => ShardInfo): Topology {
     const current = this.#store.current;
-    const before = shardNamed(current, name);
+    const before = current.shardNamed(name);
     if (before === undefined) {
       this.#log.warn('shard change dropped: the shard was removed', { shard: name });
       return current;
@@ -464,10 +464,6 @@ export class Failover {
 /** The shard that has `node` as primary or replica. */
 export function shardOf(topology: Topology, node: NodeAddress): ShardInfo | undefined {
   return topology.shards.find((s) => sameNode(s.primary, node) || s.replicas.some((r) => sameNode(r, node)));
-}
-
-function shardNamed(topology: Topology, name: string): ShardInfo | undefined {
-  return topology.shards.find((s) => s.name === name);
 }
 
 /** Every node the topology names, primaries and replicas. */

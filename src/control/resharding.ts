@@ -435,7 +435,7 @@ export class Resharding {
 
   /** Refuses a shard the topology cannot take: a taken name or address, a node that is not an empty primary. */
   async #checkNewShard(spec: ShardSpec, topology: Topology): Promise<void> {
-    if (topology.shards.some((s) => s.name === spec.name)) throw new PlanError(`a shard named ${spec.name} exists already`);
+    if (topology.shardNamed(spec.name) !== undefined) throw new PlanError(`a shard named ${spec.name} exists already`);
     const used = new Map<string, string>();
     for (const shard of topology.shards) for (const node of [shard.primary, ...shard.replicas]) used.set(addressKey(node), shard.name);
     for (const node of [spec.primary, ...spec.replicas]) {
@@ -549,7 +549,7 @@ export class Resharding {
   /** Adds a shard (no slots yet) to the topology, durably, unless it is there. */
   async #ensureShard(spec: ShardSpec): Promise<void> {
     await this.#publishDurably((base) => {
-      if (base.shards.some((s) => s.name === spec.name)) return null;
+      if (base.shardNamed(spec.name) !== undefined) return null;
       const shard: ShardInfo = {
         index: base.shards.length,
         name: spec.name,
@@ -567,8 +567,8 @@ export class Resharding {
   async #dropShard(name: string): Promise<void> {
     await new Promise((resolve) => setTimeout(resolve, DROP_GRACE_MS));
     await this.#publishDurably((base) => {
-      const index = base.shards.findIndex((s) => s.name === name);
-      if (index < 0) return null;
+      const index = base.shardNamed(name)?.index;
+      if (index === undefined) return null;
       if (base.slotOwner.includes(index)) throw new PlanError(`shard ${name} still owns slots; not removed`);
       for (const m of base.migrations.values()) if (m.from === index || m.to === index) throw new PlanError(`shard ${name} is in a migration; not removed`);
       const renumber = (i: number): number => (i > index ? i - 1 : i);

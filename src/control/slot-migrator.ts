@@ -113,7 +113,7 @@ export class SlotMigrator {
   /** Removes the temporary keys of chunked copies a crash interrupted (from the journal). */
   async cleanUp(entries: readonly BigKeyEntry[]): Promise<void> {
     for (const entry of entries) {
-      const target = this.#store.current.shards.find((s) => s.name === entry.target)?.primary;
+      const target = this.#store.current.shardNamed(entry.target)?.primary;
       if (target === undefined) continue;
       const connection = new RawConnection({ address: target, password: this.#options.password, timeoutMs: 10_000 });
       try {
@@ -286,9 +286,9 @@ export class SlotMigrator {
             owner[q.slot] = migration.to;
             migrations.delete(q.slot);
           }
-          const from = indexOf(base, change.source);
+          const from = base.indexOfShard(change.source);
           for (const q of change.begun) {
-            if (!migrations.has(q.slot) && owner[q.slot] === from) migrations.set(q.slot, { from, to: indexOf(base, q.to) });
+            if (!migrations.has(q.slot) && owner[q.slot] === from) migrations.set(q.slot, { from, to: base.indexOfShard(q.to) });
           }
         }
         const next = new Topology(base.epoch + 1, base.shards, owner, migrations);
@@ -358,8 +358,3 @@ function shardsKey(topology: Topology): string {
   return topology.shards.map((s) => `${s.name} ${nodeKey(s.primary)}`).join('\n');
 }
 
-function indexOf(topology: Topology, name: string): number {
-  const index = topology.shards.findIndex((s) => s.name === name);
-  if (index < 0) throw new Error(`shard ${name} is not in the topology`);
-  return index;
-}

@@ -191,8 +191,8 @@ export class SlotMover {
     const bySource = new Map<string, QueuedSlot[]>();
     const current = this.#host.topology;
     for (const move of moves) {
-      const from = indexOf(current, move.from);
-      const to = indexOf(current, move.to);
+      const from = current.indexOfShard(move.from);
+      const to = current.indexOfShard(move.to);
       const migration = current.migrations.get(move.slot);
       const isResumed = migration !== undefined && migration.from === from && migration.to === to;
       if (!isResumed && (migration !== undefined || current.slotOwner[move.slot] !== from)) {
@@ -537,7 +537,7 @@ export class SlotMover {
   #isDurable(source: string): boolean {
     const wanted = this.#options.minReplicaAcks;
     if (wanted <= 0) return false;
-    const shard = this.#host.topology.shards.find((s) => s.name === source);
+    const shard = this.#host.topology.shardNamed(source);
     return shard !== undefined && shard.readReplicas.length >= wanted;
   }
 
@@ -592,7 +592,7 @@ export class SlotMover {
       const address = this.#address(source);
       if (address === null) continue;
       const keys = await this.#connection('scan', address).dbsize().catch(() => 0);
-      estimate += Math.round((keys * queue.length) / Math.max(1, owned[indexOf(topology, source)]!));
+      estimate += Math.round((keys * queue.length) / Math.max(1, owned[topology.indexOfShard(source)]!));
     }
     progress.keysEstimate = estimate;
   }
@@ -623,7 +623,7 @@ export class SlotMover {
 
   /** The current primary of a shard, by name; null when the shard is gone. */
   #address(name: string): NodeAddress | null {
-    return this.#host.topology.shards.find((s) => s.name === name)?.primary ?? null;
+    return this.#host.topology.shardNamed(name)?.primary ?? null;
   }
 
   /** A lean connection for the hot loop (raw-connection.ts). */
@@ -691,11 +691,6 @@ export class SlotMover {
   }
 }
 
-function indexOf(topology: Topology, name: string): number {
-  const index = topology.shards.findIndex((s) => s.name === name);
-  if (index < 0) throw new Error(`shard ${name} is not in the topology`);
-  return index;
-}
 
 /** A token bucket: take(n) waits until n more units fit in the rate (unlimited when the rate is 0). */
 export class Pacer {

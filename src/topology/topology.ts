@@ -82,4 +82,19 @@ export class Topology {
     }
     return ranges;
   }
+
+  /**
+   * The shard named `name`, or undefined. The control plane keys shards by name: removing a
+   * shard renumbers the ones after it, also while a step awaits a node.
+   */
+  shardNamed(name: string): ShardInfo | undefined {
+    return this.shards.find((s) => s.name === name);
+  }
+
+  /** Index of the shard named `name`; throws when there is none. */
+  indexOfShard(name: string): number {
+    const shard = this.shardNamed(name);
+    if (shard === undefined) throw new Error(`shard ${name} is not in the topology`);
+    return shard.index;
+  }
 }
