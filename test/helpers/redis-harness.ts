@@ -6,6 +6,16 @@ import { startRedisServer, waitForReplication, type LocalRedis } from '../../src
 /** How long a new replica may take to finish its first sync. */
 const REPLICATION_TIMEOUT_MS = 10_000;
 
+/** Whether a process with this PID exists (signal 0 checks without sending anything). */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export interface ShardsOptions {
   /** Replicas per primary. @default 0 */
   readonly replicas?: number;

@@ -14,19 +14,10 @@ import {
   startRedisServer,
   type LocalRedis,
 } from '../../src/cli/local-redis';
-import { startShards, startSingleRedis, type Shards } from '../helpers/redis-harness';
+import { isAlive, startShards, startSingleRedis, type Shards } from '../helpers/redis-harness';
 
 /** Every case is bounded: a hang here means a leaked or stuck redis-server. */
 const CASE_TIMEOUT_MS = 20_000;
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function withClient<T>(node: LocalRedis, use: (redis: Redis) => Promise<T>): Promise<T> {
   // No ready check: it would hide a NOAUTH reply behind 'Connection is closed'.

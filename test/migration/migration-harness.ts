@@ -10,7 +10,7 @@ import { evenSlotRanges } from '../../src/config/load-config';
 import { keySlot } from '../../src/routing/key-slot';
 import type { ReshardStatus } from '../../src/control/resharding';
 import { CLI_PATH, REPO_ROOT } from '../helpers/proxy-harness';
-import { startShards, type Shards } from '../helpers/redis-harness';
+import { isAlive, startShards, type Shards } from '../helpers/redis-harness';
 
 /**
  * What the migration tests share: a proxy child process that can be killed and started again on
@@ -586,14 +586,5 @@ export async function lockMigrationTests(timeoutMs = 240_000): Promise<() => voi
     if (owner > 0 && !isAlive(owner)) fs.rmSync(LOCK_DIR, { recursive: true, force: true });
     if (Date.now() > deadline) throw new Error(`another migration test held ${LOCK_DIR} for ${timeoutMs} ms`);
     await sleep(200);
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
   }
 }
