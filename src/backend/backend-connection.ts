@@ -46,8 +46,6 @@ export interface PushSink {
   onPushClosed(reason: string): void;
 }
 
-
-
 const MIN_BACKOFF_MS = 100;
 const MAX_BACKOFF_MS = 5000;
 

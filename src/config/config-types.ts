@@ -44,7 +44,8 @@ export interface ProxyConfig {
   readonly migrateSlotsInFlight: number;
   /**
    * Background moves per second over all shards, at most (0 = no limit): the mover shares the
-   * shards and the proxy with client traffic, and pacing it keeps their latency flat. @default 14000
+   * shards and the proxy with client traffic, and the CPU it adds is what their p99 pays during
+   * a move (docs/resharding.md, "Limits"). @default 14000
    */
   readonly migrateKeysPerSecond: number;
   /** A node that fails to answer for this long is failed, like cluster-node-timeout. @default 5000 */

@@ -56,8 +56,8 @@ export interface SlotMigratorOptions {
   readonly scanCount?: number;
   /**
    * Keys moved per second over all sources, at most (0 = as fast as it goes). The mover shares
-   * its shards and the proxy's event loop with the clients' commands: pacing it is what keeps
-   * their latency flat. @default 0
+   * the shards and the machine's cores with the clients' commands: pacing bounds the CPU a move
+   * adds, which is what their p99 pays. @default 0
    */
   readonly keysPerSecond?: number;
   /**

@@ -312,7 +312,6 @@ export class SessionCommands {
   }
 }
 
-
 /** WAIT's replies from every shard: the smallest count, or the first error. */
 class WaitGather implements ReplySink {
   readonly #target: ReplySink;
