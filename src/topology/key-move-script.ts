@@ -29,6 +29,19 @@ export const MOVING_KEYS = '{slotproxy}:moving-keys';
 /** Keys per MIGRATE / HDEL inside a script: Lua's unpack() has a bounded stack. */
 const KEYS_PER_CALL = 500;
 
+/** Lua: runs `body` for each run of at most `size` elements of the table `list` (as `i` to `last`): unpack() has a bounded stack. */
+function forEachChunk(list: string, size: number, body: string): string {
+  return `
+do
+  local i = 1
+  while i <= #${list} do
+    local last = math.min(i + ${size} - 1, #${list})
+    ${body}
+    i = last + 1
+  end
+end`;
+}
+
 /** Lua: sets `isBig` for the existing key `key` of type `kind` (ARGV[maxElementsArg], ARGV[maxBytesArg]). */
 function sizeCheck(maxElementsArg: number, maxBytesArg: number): string {
   return `
@@ -93,7 +106,7 @@ return redis.status_reply('OK')
 export const DUMP_KEYS_SCRIPT = `
 local reply = {0}
 local big = {}
-local n = 0
+local marks = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
   local kind = 'none'
@@ -103,15 +116,16 @@ for i = 1, #KEYS do
     if isBig then
       big[#big + 1] = key
     else
-      redis.call('HSET', '${MOVING_KEYS}', key, '1')
+      marks[#marks + 1] = key
+      marks[#marks + 1] = '1'
       reply[#reply + 1] = key
       reply[#reply + 1] = redis.call('DUMP', key)
       reply[#reply + 1] = redis.call('PEXPIRETIME', key)
-      n = n + 1
     end
   end
 end
-reply[1] = n
+${forEachChunk('marks', 2 * KEYS_PER_CALL, `redis.call('HSET', '${MOVING_KEYS}', unpack(marks, i, last))`)}
+reply[1] = #marks / 2
 for j = 1, #big do reply[#reply + 1] = big[j] end
 return reply
 `;
@@ -122,15 +136,11 @@ return reply
  */
 export const RELEASE_KEYS_SCRIPT = `
 local deleted = 0
-for i = 1, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
+${forEachChunk('KEYS', KEYS_PER_CALL, `deleted = deleted + redis.call('DEL', unpack(KEYS, i, last))`)}
 local fields = {}
 for i = 1, #KEYS do fields[#fields + 1] = KEYS[i] end
 for i = 1, #ARGV do fields[#fields + 1] = ARGV[i] end
-local i = 1
-while i <= #fields do
-  redis.call('HDEL', '${MOVING_KEYS}', unpack(fields, i, math.min(i + ${KEYS_PER_CALL} - 1, #fields)))
-  i = i + ${KEYS_PER_CALL}
-end
+${forEachChunk('fields', KEYS_PER_CALL, `redis.call('HDEL', '${MOVING_KEYS}', unpack(fields, i, last))`)}
 return deleted
 `;
 
