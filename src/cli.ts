@@ -4,6 +4,7 @@ import { ConfigError, loadConfigFile } from './config/load-config';
 import { StateFileError } from './control/state-file';
 import { runWorker } from './cli/workers';
 import { runStart } from './cli/start';
+import { idleHelperThreads } from './runtime/thread-priority';
 import { VERSION } from './cli/version';
 
 const USAGE = `slotproxy ${VERSION}: one RESP endpoint over Redis shards split by hash slot
@@ -30,12 +31,14 @@ export function option(args: readonly string[], name: string): string | undefine
 }
 
 async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...args] = argv;
+  // Before anything starts libuv's thread pool: see runtime/thread-priority.ts.
+  if (cluster.isWorker || command === 'start' || command === 'demo') idleHelperThreads();
   if (cluster.isWorker) {
     // A worker of `workers: N`: its config and topology come from the primary.
     runWorker();
     return -1;
   }
-  const [command, ...args] = argv;
   switch (command) {
     case 'start': {
       const file = option(args, '--config');

@@ -1,7 +1,6 @@
-import { readlinkSync } from 'node:fs';
-import { constants, setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import { log } from '../log/logger';
+import { idleOwnThread } from '../runtime/thread-priority';
 import { topologyFromJson } from '../topology/topology-codec';
 import type { Topology } from '../topology/topology';
 import type { FromMover, HostCall, ProgressFields, ToMover } from './slot-migrator';
@@ -19,7 +18,8 @@ const PROGRESS_EVERY_MS = 100;
 const port = parentPort;
 if (port === null) throw new Error('mover-thread.js runs as a worker thread');
 
-lowerOwnPriority();
+// Background work on the data path's cores: see runtime/thread-priority.ts.
+idleOwnThread();
 
 let topology: Topology | null = null;
 let mover: SlotMover | null = null;
@@ -93,17 +93,3 @@ port.on('message', (message: ToMover) => {
       return;
   }
 });
-
-/**
- * The mover is background work on the same cores as the data path: at the lowest CPU priority,
- * a thread of the data path or a client that becomes runnable gets the core first. On Linux the
- * nice value belongs to the thread, and /proc/thread-self names this one's id.
- */
-function lowerOwnPriority(): void {
-  try {
-    const threadId = Number(readlinkSync('/proc/thread-self').split('/').pop());
-    if (Number.isInteger(threadId) && threadId > 0) setPriority(threadId, constants.priority.PRIORITY_LOW);
-  } catch {
-    // Not Linux, or not allowed: the mover runs at the process's priority.
-  }
-}

@@ -10,6 +10,7 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   config: [],
   io: [],
   log: [],
+  runtime: ['log'],
   metrics: [],
   routing: ['commands', 'topology', 'resp'],
   reply: ['resp', 'io', 'backend', 'commands', 'metrics'],
@@ -17,7 +18,7 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   dispatch: ['routing', 'backend', 'reply', 'commands', 'resp', 'topology', 'metrics', 'io', 'log'],
   client: ['dispatch', 'reply', 'resp', 'io', 'metrics', 'log', 'commands'],
   // routing/ for its pure key -> slot function (the slot mover scans keys), never the data path's sockets.
-  control: ['topology', 'config', 'metrics', 'log', 'routing'],
+  control: ['topology', 'config', 'metrics', 'log', 'routing', 'runtime'],
   cli: ['*'],
 };
 
