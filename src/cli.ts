@@ -2,8 +2,6 @@
 import cluster from 'node:cluster';
 import { ConfigError, loadConfigFile } from './config/load-config';
 import { StateFileError } from './control/state-file';
-import { runWorker } from './cli/workers';
-import { runStart } from './cli/start';
 import { idleHelperThreads } from './runtime/thread-priority';
 import { VERSION } from './cli/version';
 
@@ -35,7 +33,9 @@ async function main(argv: readonly string[]): Promise<number> {
   // Before anything starts libuv's thread pool: see runtime/thread-priority.ts.
   if (cluster.isWorker || command === 'start' || command === 'demo') idleHelperThreads();
   if (cluster.isWorker) {
-    // A worker of `workers: N`: its config and topology come from the primary.
+    // A worker of `workers: N`: its config and topology come from the primary (whose first
+    // message arrives after this microtask has registered for it).
+    const { runWorker } = await import('./cli/workers');
     runWorker();
     return -1;
   }
@@ -46,6 +46,7 @@ async function main(argv: readonly string[]): Promise<number> {
         process.stderr.write('slotproxy start: --config FILE is required\n');
         return 2;
       }
+      const { runStart } = await import('./cli/start');
       await runStart(loadConfigFile(file));
       return -1;
     }
