@@ -2,7 +2,6 @@
 import cluster from 'node:cluster';
 import { ConfigError, loadConfigFile } from './config/load-config';
 import { StateFileError } from './control/state-file';
-import { idleHelperThreads } from './runtime/thread-priority';
 import { VERSION } from './cli/version';
 
 const USAGE = `slotproxy ${VERSION}: one RESP endpoint over Redis shards split by hash slot
@@ -30,8 +29,6 @@ export function option(args: readonly string[], name: string): string | undefine
 
 async function main(argv: readonly string[]): Promise<number> {
   const [command, ...args] = argv;
-  // Before anything starts libuv's thread pool: see runtime/thread-priority.ts.
-  if (cluster.isWorker || command === 'start' || command === 'demo') idleHelperThreads();
   if (cluster.isWorker) {
     // A worker of `workers: N`: its config and topology come from the primary (whose first
     // message arrives after this microtask has registered for it).

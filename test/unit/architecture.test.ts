@@ -10,7 +10,7 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   config: [],
   io: [],
   log: [],
-  runtime: ['log'],
+  runtime: [],
   metrics: [],
   routing: ['commands', 'topology', 'resp'],
   reply: ['resp', 'io', 'backend', 'commands', 'metrics'],
