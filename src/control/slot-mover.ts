@@ -1,7 +1,7 @@
 import Redis from 'ioredis';
 import { log } from '../log/logger';
 import { keySlot } from '../routing/key-slot';
-import { DUMP_KEYS_ARGS, DUMP_KEYS_SCRIPT, MOVING_KEYS, RELEASE_KEYS_SCRIPT, RESTORE_KEYS_SCRIPT } from '../topology/key-move-script';
+import { confirmsMoves, DUMP_KEYS_ARGS, DUMP_KEYS_SCRIPT, MOVING_KEYS, RELEASE_KEYS_SCRIPT, RESTORE_KEYS_SCRIPT } from '../topology/key-move-script';
 import { nodeKey, type NodeAddress, type Topology } from '../topology/topology';
 import { moveBigKey, UnchunkableKeyError } from './big-key-copier';
 import { RawConnection } from './raw-connection';
@@ -535,10 +535,7 @@ export class SlotMover {
 
   /** A move's deletes on `source` are confirmed by its replicas: minReplicaAcks is set and it has that many healthy ones. */
   #isDurable(source: string): boolean {
-    const wanted = this.#options.minReplicaAcks;
-    if (wanted <= 0) return false;
-    const shard = this.#host.topology.shardNamed(source);
-    return shard !== undefined && shard.readReplicas.length >= wanted;
+    return confirmsMoves(this.#host.topology.shardNamed(source), this.#options.minReplicaAcks);
   }
 
   /** A big key: locked in the snapshot and journaled while it is copied in chunks. False when it failed. */
@@ -690,7 +687,6 @@ export class SlotMover {
     this.#rawConnections.clear();
   }
 }
-
 
 /** A token bucket: take(n) waits until n more units fit in the rate (unlimited when the rate is 0). */
 export class Pacer {

@@ -2,7 +2,7 @@ import type { BackendConnection } from '../backend/backend-connection';
 import type { ReplySink } from '../backend/reply-sink';
 import { CRLF, encodeArrayHeader, encodeBulk, encodeError } from '../resp/resp-writer';
 import { keySlot } from '../routing/key-slot';
-import { KEY_MOVE_SCRIPT, keyMoveArgs } from '../topology/key-move-script';
+import { confirmsMoves, KEY_MOVE_SCRIPT, keyMoveArgs } from '../topology/key-move-script';
 import { nodeKey, type NodeAddress, type SlotMigration, type Topology } from '../topology/topology';
 
 /** What the router needs of the dispatcher. */
@@ -236,8 +236,7 @@ export class MigratingRouter {
     // WAIT covers every earlier write of its connection, hence one connection for all moves: a
     // +NOKEY for a key another command moved a moment ago is confirmed only after that delete.
     const connection = this.#shards.primaryConnection(migration.from, 0);
-    const minReplicaAcks = this.#options.minReplicaAcks;
-    if (minReplicaAcks > 0 && (topology.shards[migration.from]?.readReplicas.length ?? 0) >= minReplicaAcks) connection.sendDurable(parts, move);
+    if (confirmsMoves(topology.shards[migration.from], this.#options.minReplicaAcks)) connection.sendDurable(parts, move);
     else connection.send(parts, move);
   }
 

@@ -1,3 +1,5 @@
+import type { ShardInfo } from './topology';
+
 /**
  * How keys leave a migrating slot's source shard: Lua scripts run on the source, shared by the
  * data path (a command's keys, moved on demand) and the control plane's background mover.
@@ -79,18 +81,18 @@ for i = 1, #KEYS do
   end
 end
 if #present == 0 then return redis.status_reply('NOKEY') end
-local i = 1
-while i <= #present do
-  local args = {'MIGRATE', ARGV[1], ARGV[2], '', '0', ARGV[3], 'REPLACE'}
-  if ARGV[6] then
-    args[#args + 1] = 'AUTH'
-    args[#args + 1] = ARGV[6]
-  end
-  args[#args + 1] = 'KEYS'
-  for j = i, math.min(i + ${KEYS_PER_CALL} - 1, #present) do args[#args + 1] = present[j] end
-  redis.call(unpack(args))
-  i = i + ${KEYS_PER_CALL}
-end
+${forEachChunk(
+  'present',
+  KEYS_PER_CALL,
+  `local args = {'MIGRATE', ARGV[1], ARGV[2], '', '0', ARGV[3], 'REPLACE'}
+    if ARGV[6] then
+      args[#args + 1] = 'AUTH'
+      args[#args + 1] = ARGV[6]
+    end
+    args[#args + 1] = 'KEYS'
+    for j = i, last do args[#args + 1] = present[j] end
+    redis.call(unpack(args))`,
+)}
 return redis.status_reply('OK')
 `;
 
@@ -136,11 +138,13 @@ return reply
  */
 export const RELEASE_KEYS_SCRIPT = `
 local deleted = 0
-${forEachChunk('KEYS', KEYS_PER_CALL, `deleted = deleted + redis.call('DEL', unpack(KEYS, i, last))`)}
-local fields = {}
-for i = 1, #KEYS do fields[#fields + 1] = KEYS[i] end
-for i = 1, #ARGV do fields[#fields + 1] = ARGV[i] end
-${forEachChunk('fields', KEYS_PER_CALL, `redis.call('HDEL', '${MOVING_KEYS}', unpack(fields, i, last))`)}
+${forEachChunk(
+  'KEYS',
+  KEYS_PER_CALL,
+  `deleted = deleted + redis.call('DEL', unpack(KEYS, i, last))
+    redis.call('HDEL', '${MOVING_KEYS}', unpack(KEYS, i, last))`,
+)}
+${forEachChunk('ARGV', KEYS_PER_CALL, `redis.call('HDEL', '${MOVING_KEYS}', unpack(ARGV, i, last))`)}
 return deleted
 `;
 
@@ -154,6 +158,15 @@ for i = 1, #KEYS do
 end
 return #KEYS
 `;
+
+/**
+ * Whether a move's delete on `source` is to be confirmed by its replicas (WAIT) before commands
+ * may use the keys on the target: minReplicaAcks is set and the shard has that many healthy
+ * replicas (with fewer, no replica could be promoted with a stale copy).
+ */
+export function confirmsMoves(source: ShardInfo | undefined, minReplicaAcks: number): boolean {
+  return minReplicaAcks > 0 && source !== undefined && source.readReplicas.length >= minReplicaAcks;
+}
 
 /** Where the keys go, and how. */
 export interface KeyMoveTarget {
