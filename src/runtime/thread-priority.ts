@@ -36,19 +36,9 @@ export function idleOwnThread(): void {
   } catch {
     // Not allowed: SCHED_IDLE below still is.
   }
-  idleThreads([String(threadId)]);
-}
-
-/** Puts the threads (ids of this process) in SCHED_IDLE; false when chrt could not be run. */
-function idleThreads(threadIds: readonly string[]): boolean {
   try {
-    // A thread gone meanwhile is no error.
-    execFileSync('sh', ['-c', 'command -v chrt >/dev/null || exit 127; for t; do chrt --idle --pid 0 "$t" 2>/dev/null; done; exit 0', 'sh', ...threadIds], {
-      stdio: 'ignore',
-      timeout: 5_000,
-    });
-    return true;
+    execFileSync('chrt', ['--idle', '--pid', '0', String(threadId)], { stdio: 'ignore', timeout: 5_000 });
   } catch {
-    return false;
+    // No chrt: the nice value alone.
   }
 }
