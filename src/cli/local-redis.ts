@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import Redis from 'ioredis';
+import { findExecutable } from '../runtime/find-executable';
 
 /**
  * Child redis-server processes on loopback ports, for `slotproxy demo` and the test harness.
@@ -381,19 +382,6 @@ function tryListen(host: string, port: number): Promise<number | null> {
   });
 }
 
-function findExecutable(name: string): string | null {
-  for (const folder of (process.env['PATH'] ?? '').split(path.delimiter)) {
-    if (folder === '') continue;
-    const candidate = path.join(folder, name);
-    try {
-      fs.accessSync(candidate, fs.constants.X_OK);
-      if (fs.statSync(candidate).isFile()) return candidate;
-    } catch {
-      // Not in this folder.
-    }
-  }
-  return null;
-}
 
 function fileSize(file: string): number {
   try {

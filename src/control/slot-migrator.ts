@@ -1,9 +1,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
+import { spawn, type ChildProcess } from 'node:child_process';
 import type { LogLevel } from '../log/logger';
 import { log } from '../log/logger';
 import { bigKeysMovedTotal, migratedKeysTotal, migratedSlotsTotal, migrationErrorsTotal } from '../metrics/metrics';
+import { backgroundCommand } from '../runtime/background-process';
 import { topologyToJson, type TopologyJson } from '../topology/topology-codec';
 import { nodeKey, Topology, type SlotMigration } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
@@ -26,10 +27,11 @@ export { MigrationAbortedError, MigrationProgress, type BigKeyEntry, type SlotMi
  * Runs the slot mover (slot-mover.ts) for the control plane and makes the snapshot changes it
  * asks for: each begins with the state file written, then the snapshot published.
  *
- * The mover runs on a worker thread of its own when the compiled mover-thread.js is there (it
- * is, in the built proxy): its scanning, key copying and garbage then never hold up the data
- * path's event loop, which only sees the snapshots it publishes. Without it (sources run by a
- * test runner) the mover runs on this thread.
+ * The mover runs in a process of its own when the compiled mover-process.js is there (it is, in
+ * the built proxy), in the SCHED_IDLE class (runtime/background-process.ts): its scanning, key
+ * copying, compiling and garbage then never hold up the data path's event loop or take a core a
+ * client's command waits for; the data path only sees the snapshots it publishes. Without it
+ * (sources run by a test runner) the mover runs on this thread.
  */
 
 /** Where the migrator keeps what a restart must clean up. */
@@ -38,30 +40,30 @@ export interface MigrationJournal {
   setBigKeys(entries: readonly BigKeyEntry[]): Promise<void>;
 }
 
-/** Messages to the mover thread. */
+/** Messages to the mover process. */
 export type ToMover =
   | { readonly type: 'start'; readonly moves: readonly SlotMove[]; readonly options: SlotMigratorOptions; readonly topology: TopologyJson; readonly logLevel: LogLevel }
   | { readonly type: 'topology'; readonly topology: TopologyJson }
   | { readonly type: 'reply'; readonly id: number; readonly error: string | null }
   | { readonly type: 'abort' };
 
-/** Messages from the mover thread. */
+/** Messages from the mover process. */
 export type FromMover =
   | { readonly type: 'call'; readonly id: number; readonly call: HostCall }
   | { readonly type: 'error'; readonly kind: string }
   | { readonly type: 'progress'; readonly progress: ProgressFields }
   | { readonly type: 'end'; readonly error: string | null; readonly isAborted: boolean };
 
-/** A MoverHost call made from the thread. */
+/** A MoverHost call made from the mover process. */
 export type HostCall =
   | { readonly method: 'change'; readonly source: string; readonly done: readonly QueuedSlot[]; readonly begun: readonly QueuedSlot[] }
   | { readonly method: 'setLock'; readonly slot: number; readonly key: string; readonly isLocked: boolean }
   | { readonly method: 'setBigKeys'; readonly entries: readonly BigKeyEntry[] };
 
-/** MigrationProgress's counters, as the thread reports them. */
+/** MigrationProgress's counters, as the mover process reports them. */
 export type ProgressFields = Omit<MigrationProgress, 'startedAt'>;
 
-const THREAD_FILE = path.join(__dirname, 'mover-thread.js');
+const MOVER_FILE = path.join(__dirname, 'mover-process.js');
 /** How long a slot change waits for others to share its snapshot. */
 const COMMIT_GATHER_MS = 10;
 
@@ -77,11 +79,11 @@ export class SlotMigrator {
   #pendingChanges: PendingChange[] = [];
   /** Stops the run under way; null when none runs. */
   #abort: (() => void) | null = null;
-  /** The mover thread; null until started (or after it died). */
-  #worker: Worker | null = null;
-  /** Ends the run on the thread (with its error); null when none runs. */
+  /** The mover process; null until started (or after it died). */
+  #child: ChildProcess | null = null;
+  /** Ends the run in the mover process (with its error); null when none runs. */
   #onRunEnd: ((err: Error | null) => void) | null = null;
-  /** The thread's run's progress, and what of it the metrics have counted. */
+  /** The mover process's run's progress, and what of it the metrics have counted. */
   #runProgress: MigrationProgress | null = null;
   #counted: Counted = { keys: 0, slots: 0, bigKeys: 0 };
   #isAborted = false;
@@ -101,7 +103,7 @@ export class SlotMigrator {
    */
   run(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
     if (this.#isAborted) return Promise.reject(new MigrationAbortedError('the migration was stopped'));
-    return fs.existsSync(THREAD_FILE) ? this.#runOnThread(moves, progress) : this.#runHere(moves, progress);
+    return fs.existsSync(MOVER_FILE) ? this.#runInProcess(moves, progress) : this.#runHere(moves, progress);
   }
 
   /** Stops the run after its current step; slots left migrating resume at the next start. */
@@ -163,39 +165,46 @@ export class SlotMigrator {
   }
 
   /**
-   * Starts the mover thread ahead of a run, so its start-up (a new V8 isolate loading ioredis)
-   * is not paid while slots move. No-op when the thread file is missing.
+   * Starts the mover process ahead of a run, so its start-up (a Node process loading ioredis)
+   * is not paid while slots move. No-op when the mover's file is missing.
    */
   warmUp(): void {
-    if (fs.existsSync(THREAD_FILE)) this.#thread();
+    if (fs.existsSync(MOVER_FILE)) this.#moverProcess();
   }
 
-  /** Ends the mover thread (after abort(), when the proxy closes). */
+  /** Ends the mover process (after abort(), when the proxy closes). */
   async close(): Promise<void> {
-    const worker = this.#worker;
-    this.#worker = null;
-    await worker?.terminate();
+    const child = this.#child;
+    this.#child = null;
+    if (child === null || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGKILL');
+    await exited;
   }
 
-  /** The mover thread, started once and kept (idle between runs). */
-  #thread(): Worker {
-    if (this.#worker !== null) return this.#worker;
-    const worker = new Worker(THREAD_FILE);
-    worker.unref();
-    worker.on('message', (message: FromMover) => this.#onThreadMessage(worker, message));
+  /** The mover process, started once and kept (idle between runs). */
+  #moverProcess(): ChildProcess {
+    if (this.#child !== null) return this.#child;
+    const command = backgroundCommand(process.execPath, [MOVER_FILE]);
+    // Its log lines go where the proxy's go.
+    const child = spawn(command.file, command.args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    // Neither the process nor its channel keeps the proxy alive: close() ends it.
+    child.unref();
+    child.channel?.unref();
+    child.on('message', (message: FromMover) => this.#onMoverMessage(child, message));
     const onGone = (err: Error): void => {
-      if (this.#worker === worker) this.#worker = null;
+      if (this.#child === child) this.#child = null;
       this.#onRunEnd?.(err);
     };
-    worker.on('error', onGone);
-    worker.on('exit', (code) => onGone(new Error(`the mover thread exited (code ${code})`)));
-    this.#worker = worker;
-    return worker;
+    child.on('error', onGone);
+    child.on('exit', (code, signal) => onGone(new Error(`the mover process exited (${signal ?? `code ${code}`})`)));
+    this.#child = child;
+    return child;
   }
 
-  #runOnThread(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
+  #runInProcess(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
     return new Promise((resolve, reject) => {
-      const worker = this.#thread();
+      const child = this.#moverProcess();
       // The mover reads shard names and primaries from its snapshot (slot ownership it was given
       // at the start): only snapshots that change those are worth sending.
       let sent = shardsKey(this.#store.current);
@@ -203,7 +212,7 @@ export class SlotMigrator {
         const key = shardsKey(next);
         if (key === sent) return;
         sent = key;
-        worker.postMessage({ type: 'topology', topology: topologyToJson(next) } satisfies ToMover);
+        send(child, { type: 'topology', topology: topologyToJson(next) } satisfies ToMover);
       };
       this.#store.on('change', onChange);
       this.#runProgress = progress;
@@ -216,8 +225,8 @@ export class SlotMigrator {
         if (err === null) resolve();
         else reject(err);
       };
-      this.#abort = () => worker.postMessage({ type: 'abort' } satisfies ToMover);
-      worker.postMessage({
+      this.#abort = () => send(child, { type: 'abort' } satisfies ToMover);
+      send(child, {
         type: 'start',
         moves,
         options: this.#options,
@@ -228,12 +237,12 @@ export class SlotMigrator {
     });
   }
 
-  #onThreadMessage(worker: Worker, message: FromMover): void {
+  #onMoverMessage(child: ChildProcess, message: FromMover): void {
     switch (message.type) {
       case 'call':
         this.call(message.call).then(
-          () => worker.postMessage({ type: 'reply', id: message.id, error: null } satisfies ToMover),
-          (err: unknown) => worker.postMessage({ type: 'reply', id: message.id, error: (err as Error).message ?? String(err) } satisfies ToMover),
+          () => send(child, { type: 'reply', id: message.id, error: null } satisfies ToMover),
+          (err: unknown) => send(child, { type: 'reply', id: message.id, error: (err as Error).message ?? String(err) } satisfies ToMover),
         );
         return;
       case 'error':
@@ -343,6 +352,11 @@ interface Counted {
   readonly bigKeys: number;
 }
 
+/** A message to the mover process; one whose channel has closed is gone (its 'exit' ends the run). */
+function send(child: ChildProcess, message: ToMover): void {
+  if (child.connected) child.send(message);
+}
+
 function snapshotOf(progress: MigrationProgress): Counted {
   return { keys: progress.keysMoved, slots: progress.slotsDone, bigKeys: progress.bigKeysMoved };
 }
@@ -353,7 +367,7 @@ function countProgress(before: Counted, after: Counted): void {
   if (after.bigKeys > before.bigKeys) bigKeysMovedTotal.inc(after.bigKeys - before.bigKeys);
 }
 
-/** What the mover thread needs of a snapshot: shard names and primaries, in order. */
+/** What the mover process needs of a snapshot: shard names and primaries, in order. */
 function shardsKey(topology: Topology): string {
   return topology.shards.map((s) => `${s.name} ${nodeKey(s.primary)}`).join('\n');
 }

@@ -2,9 +2,11 @@ import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import {
   checkPlacement,
+  childProcesses,
   loadKeys,
   ownerFromStateFile,
   planWindow,
+  processThreads,
   runCli,
   sleep,
   startLoad,
@@ -97,16 +99,13 @@ describe('add a shard and rebalance under load', () => {
     expect(during).toBeLessThanOrEqual(Math.max(5 * before, 5));
   }, 240_000);
 
-  it('runs the mover\'s thread in SCHED_IDLE and every other thread of the proxy as normal', () => {
+  it('runs the mover in a process of its own, every thread of it in SCHED_IDLE, and the proxy\'s threads as normal', () => {
     const { proxy } = deployment;
     const SCHED_OTHER = 0;
     const SCHED_IDLE = 5;
-    const policies: number[] = [];
-    for (const tid of fs.readdirSync(`/proc/${proxy.pid}/task`)) {
-      const stat = fs.readFileSync(`/proc/${proxy.pid}/task/${tid}/stat`, 'utf8');
-      // Field 41 (policy), counted from field 3 (state), which follows the ") " after the name.
-      policies.push(Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[38]));
-    }
-    expect({ idle: policies.filter((p) => p === SCHED_IDLE).length, other: policies.filter((p) => p !== SCHED_IDLE && p !== SCHED_OTHER) }).toEqual({ idle: 1, other: [] });
+    const movers = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+    expect(movers.length).toBe(1);
+    expect(new Set(movers[0]!.policies)).toEqual(new Set([SCHED_IDLE]));
+    expect(new Set(processThreads(proxy.pid)!.policies)).toEqual(new Set([SCHED_OTHER]));
   });
 });

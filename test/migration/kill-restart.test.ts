@@ -2,9 +2,11 @@ import Redis from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import {
   checkPlacement,
+  childProcesses,
   evenOwner,
   loadKeys,
   ownerFromStateFile,
+  processThreads,
   sleep,
   slotOf,
   startLoad,
@@ -56,8 +58,15 @@ describe('a proxy killed mid-reshard', () => {
       await sleep(50);
     }
     const before = await proxy.status();
+    const movers = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+    expect(movers.length).toBe(1);
     proxy.kill('SIGKILL');
     await proxy.exited();
+    // The killed proxy's mover goes with it (its parent-death signal): one left running could
+    // RESTORE an old copy over a key the restarted proxy has moved and written since.
+    const moverGoneBy = Date.now() + 2_000;
+    while (processThreads(movers[0]!.pid) !== null && Date.now() < moverGoneBy) await sleep(20);
+    expect(processThreads(movers[0]!.pid), 'the mover process outlived its proxy').toBeNull();
     const stateAtKill = ownerFromStateFile(proxy.stateFile);
     await sleep(300);
     await proxy.restart();

@@ -604,3 +604,52 @@ export async function lockMigrationTests(timeoutMs = 240_000): Promise<() => voi
     await sleep(200);
   }
 }
+
+/** A process as /proc shows it: its id and the scheduling policy of each of its threads. */
+export interface ProcessThreads {
+  readonly pid: number;
+  readonly commandLine: string;
+  /** sched_setscheduler's policy per thread: 0 SCHED_OTHER, 5 SCHED_IDLE. */
+  readonly policies: readonly number[];
+}
+
+/** Fields of /proc/PID/stat (or .../task/TID/stat) from field 3 (state) on: the name before it may hold spaces. */
+function statFields(file: string): string[] | null {
+  try {
+    const stat = fs.readFileSync(file, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return null;
+  }
+}
+
+/** `pid` and its threads' scheduling policies; null when it is gone or a zombie. */
+export function processThreads(pid: number): ProcessThreads | null {
+  const fields = statFields(`/proc/${pid}/stat`);
+  if (fields === null || fields[0] === 'Z' || fields[0] === 'X') return null;
+  const policies: number[] = [];
+  try {
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      // Field 41 (policy) is the 39th from field 3.
+      const thread = statFields(`/proc/${pid}/task/${tid}/stat`);
+      if (thread !== null) policies.push(Number(thread[38]));
+    }
+  } catch {
+    return null;
+  }
+  const commandLine = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim();
+  return { pid, commandLine, policies };
+}
+
+/** The running (not zombie) children of `pid`. */
+export function childProcesses(pid: number): ProcessThreads[] {
+  const children: ProcessThreads[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    // Field 4 (ppid) is the second from field 3.
+    if (Number(statFields(`/proc/${entry}/stat`)?.[1]) !== pid) continue;
+    const child = processThreads(Number(entry));
+    if (child !== null) children.push(child);
+  }
+  return children;
+}

@@ -1,36 +1,44 @@
-import { parentPort } from 'node:worker_threads';
 import { log } from '../log/logger';
-import { idleOwnThread } from '../runtime/thread-priority';
+import { idleThisProcess } from '../runtime/background-process';
 import { topologyFromJson } from '../topology/topology-codec';
 import type { Topology } from '../topology/topology';
 import type { FromMover, HostCall, ProgressFields, ToMover } from './slot-migrator';
 import { MigrationAbortedError, MigrationProgress, SlotMover, type MoverHost } from './slot-mover';
 
 /**
- * The slot mover's thread (see slot-migrator.ts): runs SlotMovers one after another (one per
- * 'start'), asking the main thread for every snapshot change and reporting progress; the
- * snapshots it reads arrive as messages. It lives as long as the proxy, idle between runs.
+ * The slot mover's process (see slot-migrator.ts): runs SlotMovers one after another (one per
+ * 'start'), asking the proxy for every snapshot change and reporting progress; the snapshots it
+ * reads arrive as messages. It lives as long as the proxy, idle between runs.
  */
 
-/** How often progress goes to the main thread while the mover runs. */
+/** How often progress goes to the proxy while the mover runs. */
 const PROGRESS_EVERY_MS = 100;
 
-const port = parentPort;
-if (port === null) throw new Error('mover-thread.js runs as a worker thread');
+if (process.send === undefined) throw new Error('mover-process.js runs as a child process of the proxy');
 
-// Background work on the data path's cores: see runtime/thread-priority.ts.
-idleOwnThread();
+// Background work on the data path's cores: see runtime/background-process.ts.
+idleThisProcess();
+// Without its proxy a mover must stop at once: a batch it went on with could RESTORE an old copy
+// over a key the next proxy has moved and written since (setpriv's death signal does the same).
+process.on('disconnect', () => process.exit(0));
+// The proxy ends this process when it closes, after stopping the run; a signal meant for the
+// proxy's process group (Ctrl-C in a terminal) must not end a run under the proxy's feet.
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => undefined);
 
 let topology: Topology | null = null;
 let mover: SlotMover | null = null;
 let nextId = 1;
 const calls = new Map<number, { resolve(): void; reject(err: Error): void }>();
 
+function tell(message: FromMover): void {
+  process.send!(message);
+}
+
 function call(request: HostCall): Promise<void> {
   const id = nextId++;
   return new Promise((resolve, reject) => {
     calls.set(id, { resolve, reject });
-    port!.postMessage({ type: 'call', id, call: request } satisfies FromMover);
+    tell({ type: 'call', id, call: request } satisfies FromMover);
   });
 }
 
@@ -41,7 +49,7 @@ const host: MoverHost = {
   change: (source, done, begun) => call({ method: 'change', source, done, begun }),
   setLock: (slot, key, isLocked) => call({ method: 'setLock', slot, key, isLocked }),
   setBigKeys: (entries) => call({ method: 'setBigKeys', entries }),
-  onError: (kind) => port.postMessage({ type: 'error', kind } satisfies FromMover),
+  onError: (kind) => tell({ type: 'error', kind } satisfies FromMover),
 };
 
 function fieldsOf(progress: MigrationProgress): ProgressFields {
@@ -49,26 +57,26 @@ function fieldsOf(progress: MigrationProgress): ProgressFields {
   return fields;
 }
 
-port.on('message', (message: ToMover) => {
+process.on('message', (message: ToMover) => {
   switch (message.type) {
     case 'start': {
-      // One run at a time: the main thread starts the next only after this one's 'end'.
+      // One run at a time: the proxy starts the next only after this one's 'end'.
       log.setLevel(message.logLevel);
       topology = topologyFromJson(message.topology);
       const progress = new MigrationProgress();
       const running = new SlotMover(host, message.options);
       mover = running;
-      const timer = setInterval(() => port.postMessage({ type: 'progress', progress: fieldsOf(progress) } satisfies FromMover), PROGRESS_EVERY_MS);
+      const timer = setInterval(() => tell({ type: 'progress', progress: fieldsOf(progress) } satisfies FromMover), PROGRESS_EVERY_MS);
       running.run(message.moves, progress).then(
         () => {
           clearInterval(timer);
-          port.postMessage({ type: 'progress', progress: fieldsOf(progress) } satisfies FromMover);
-          port.postMessage({ type: 'end', error: null, isAborted: false } satisfies FromMover);
+          tell({ type: 'progress', progress: fieldsOf(progress) } satisfies FromMover);
+          tell({ type: 'end', error: null, isAborted: false } satisfies FromMover);
         },
         (err: unknown) => {
           clearInterval(timer);
-          port.postMessage({ type: 'progress', progress: fieldsOf(progress) } satisfies FromMover);
-          port.postMessage({
+          tell({ type: 'progress', progress: fieldsOf(progress) } satisfies FromMover);
+          tell({
             type: 'end',
             error: (err as Error).message ?? String(err),
             isAborted: err instanceof MigrationAbortedError,

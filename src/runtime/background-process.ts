@@ -1,0 +1,52 @@
+import { execFileSync } from 'node:child_process';
+import { constants, setPriority } from 'node:os';
+import { findExecutable } from './find-executable';
+
+/**
+ * A process of the proxy for background work (the slot mover): killed with its parent, so it
+ * never outlives the proxy that started it, and in the SCHED_IDLE class, every thread of it, so
+ * it takes a core only when no thread of the data path, shard or client wants one.
+ *
+ * Why SCHED_IDLE: on a machine of a few cores shared with the shards, a normal thread's bursts
+ * of CPU, whatever its nice value, make threads that wake meanwhile wait for a time slice (up to
+ * a 4 ms tick here). Measured with the slot mover beside a paced client load (docs/resharding.md,
+ * "Limits"): client p99 during a move 1.8-1.9 ms in SCHED_IDLE, 2.0-2.3 in SCHED_BATCH or at nice
+ * 19, 2.5-3.0 at nice 0. Idle-class bursts still cost a little (a thread woken onto that core
+ * waits for the burst to end), so the work should come in short ones.
+ *
+ * Why a process, not a worker thread: a worker shares V8's helper threads (compiler, GC) with
+ * the data path. The mover's code keeps them busy (~165 optimizing compilations in a plan), and
+ * they cannot be made idle without starving the data path's own parallel GC under load. A
+ * process of its own has helpers of its own, idle like its main thread.
+ *
+ * Both come from util-linux (`setpriv`, `chrt`), on every Debian. Best effort: without them (not
+ * Linux) the process has no parent-death signal, ends itself when its IPC channel closes, and
+ * runs at the lowest nice value.
+ */
+
+/** The command line that runs `file args` as a background process of this one. */
+export function backgroundCommand(file: string, args: readonly string[]): { file: string; args: string[] } {
+  const setpriv = findExecutable('setpriv');
+  // The parent whose death counts is the thread that forked: Node's main thread, alive as long as the proxy.
+  if (setpriv === null) return { file, args: [...args] };
+  return { file: setpriv, args: ['--pdeathsig', 'KILL', '--', file, ...args] };
+}
+
+/**
+ * Puts every thread of this process in SCHED_IDLE at the lowest nice value; threads started
+ * later inherit both from the thread that starts them. Called first thing by the process.
+ */
+export function idleThisProcess(): void {
+  try {
+    setPriority(0, constants.priority.PRIORITY_LOW);
+  } catch {
+    // Not allowed: SCHED_IDLE below still is.
+  }
+  const chrt = findExecutable('chrt');
+  if (chrt === null) return;
+  try {
+    execFileSync(chrt, ['--idle', '--all-tasks', '--pid', '0', String(process.pid)], { stdio: 'ignore', timeout: 5_000 });
+  } catch {
+    // Not allowed here: the nice value alone.
+  }
+}
