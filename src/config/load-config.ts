@@ -21,7 +21,7 @@ export const DEFAULT_SETTINGS = {
   watchConfig: false,
   migrateBatchKeys: 50,
   migrateSlotsInFlight: 192,
-  migrateKeysPerSecond: 14000,
+  migrateKeysPerSecond: 12000,
   nodeTimeoutMs: 5000,
   stateFile: null,
   connectionsPerNode: 1,

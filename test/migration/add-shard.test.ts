@@ -91,12 +91,11 @@ describe('add a shard and rebalance under load', () => {
     );
     expect(p.keysMoved).toBeGreaterThan(KEYS / 4 - 5_000);
     expect(p.keysPerSecond).toBeGreaterThanOrEqual(8_200);
-    // Issue 8's target is p99 during <= 2x before. Not met on this 2-core machine: the
-    // baseline p99 is ~0.7-1.3 ms and the move takes it to ~2.2-3.8 ms (2-3.2x; redis-cli's
-    // rebalance on a real cluster went from 3-5 to 15-21 ms). The suite holds 5x, or 5 ms when
-    // the baseline is very low, so a regression shows; the gap is an open item
-    // (docs/resharding.md, "Limits").
-    expect(during).toBeLessThanOrEqual(Math.max(5 * before, 5));
+    // Issue 8's target is p99 during <= 2x before. On this 2-core machine it holds in most runs
+    // but not all (1.5-2.2x, median 1.8x; the baseline alone varies 0.7-1.4 ms between runs), so
+    // the suite holds 3x, or 4 ms when the baseline is very low, to catch a regression without
+    // failing on the machine's noise (docs/resharding.md, "Limits").
+    expect(during).toBeLessThanOrEqual(Math.max(3 * before, 4));
   }, 240_000);
 
   it('runs the mover in a process of its own, every thread of it in SCHED_IDLE, and the proxy\'s threads as normal', () => {
