@@ -27,6 +27,7 @@ const SHARD_NAMES = ['s1', 's2', 's3'] as const;
 const DEFAULT_PORT = 7000;
 const DEFAULT_DIR = './.slotproxy/demo';
 const METRICS_PORT = 9121;
+const ADMIN_PORT = 9122;
 const CONFIG_FILE = 'demo.yaml';
 const STATE_FILE = 'demo.state.json';
 /** A first full sync of an empty or small AOF takes well under a second; this is the bound. */
@@ -44,6 +45,8 @@ export interface DemoOptions {
 export interface DemoTopology {
   readonly listen: Address;
   readonly metrics: Address;
+  /** The admin endpoint the resharding CLI finds from demo.yaml. */
+  readonly admin: Address;
   readonly shards: readonly { readonly name: string; readonly primary: Address; readonly replica: Address }[];
 }
 
@@ -82,6 +85,7 @@ export function renderDemoYaml(topology: DemoTopology): string {
     '# split evenly in shard order, as `redis-cli --cluster create --cluster-replicas 1` splits them.',
     `listen: ${formatAddress(topology.listen)}`,
     `metrics: ${formatAddress(topology.metrics)}`,
+    `admin: ${formatAddress(topology.admin)}`,
     `stateFile: ${STATE_FILE}`,
     'shards:',
   ];
@@ -146,9 +150,11 @@ export async function runDemo(args: readonly string[]): Promise<void> {
 
     const configFile = path.join(options.dir, CONFIG_FILE);
     const metricsPort = (await isPortFree(METRICS_PORT, HOST)) ? METRICS_PORT : await findFreePort(HOST);
+    const adminPort = (await isPortFree(ADMIN_PORT, HOST)) ? ADMIN_PORT : await findFreePort(HOST);
     const topology: DemoTopology = {
       listen: { host: HOST, port: options.port },
       metrics: { host: HOST, port: metricsPort },
+      admin: { host: HOST, port: adminPort },
       shards: SHARD_NAMES.map((name, i) => ({
         name,
         primary: { host: HOST, port: primaries[i]!.port },
@@ -253,6 +259,10 @@ function connectHelp(
     `  const redis = new Redis({ host: '${HOST}', port: ${port} });`,
     "  await redis.set('hello', 'world');",
     "  console.log(await redis.get('hello'));",
+    '',
+    'Move slots online while it runs (the CLI finds the proxy from the YAML):',
+    `  npx slotproxy reshard --from s1 --to s2 --slots 100 --yes --config ${configFile}`,
+    `  npx slotproxy rebalance --config ${configFile}`,
     '',
     'Press Ctrl-C to stop the proxy and the six redis-servers.',
     '',
