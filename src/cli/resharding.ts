@@ -102,12 +102,15 @@ export function progressLine(status: ReshardStatus): string {
   const p = status.progress;
   if (p === null) return 'waiting...';
   const width = 30;
-  const done = p.slotsTotal === 0 ? width : Math.round((width * p.slotsDone) / p.slotsTotal);
+  // Until the mover's first report the run's own count is 0: the plan's is the one to show.
+  const total = p.slotsTotal > 0 ? p.slotsTotal : (status.plan?.slotsToMove ?? 0);
+  const isFinished = status.state !== 'running';
+  const done = total === 0 ? (isFinished ? width : 0) : Math.round((width * p.slotsDone) / total);
   const bar = `[${'#'.repeat(done)}${'-'.repeat(width - done)}]`;
   const eta = p.etaSeconds === null ? 'ETA ?' : `ETA ${formatSeconds(p.etaSeconds)}`;
   const big = p.bigKeysMoved > 0 ? ` (${p.bigKeysMoved} big)` : '';
   const errors = p.errors > 0 ? `  ${p.errors} retried errors` : '';
-  return `${bar} ${p.slotsDone}/${p.slotsTotal} slots  ${p.keysMoved} keys${big}  ${p.keysPerSecond} keys/s  ${p.slotsPerSecond} slots/s  ${eta}${errors}`;
+  return `${bar} ${p.slotsDone}/${total} slots  ${p.keysMoved} keys${big}  ${p.keysPerSecond} keys/s  ${p.slotsPerSecond} slots/s  ${eta}${errors}`;
 }
 
 export function describePlan(plan: PlanView): string {
