@@ -1,3 +1,4 @@
+import * as http from 'node:http';
 import * as readline from 'node:readline';
 import { formatAddress, parseAddress } from '../config/address';
 import { loadConfigFile } from '../config/load-config';
@@ -31,6 +32,11 @@ class UsageError extends Error {
   override readonly name = 'UsageError';
 }
 
+/** The admin endpoint did not answer: printed on one line, exit code 1. */
+class AdminUnreachableError extends Error {
+  override readonly name = 'AdminUnreachableError';
+}
+
 export async function runResharding(command: ReshardCommand, args: readonly string[]): Promise<number> {
   let request: PlanRequest;
   let base: string;
@@ -42,8 +48,17 @@ export async function runResharding(command: ReshardCommand, args: readonly stri
     process.stderr.write(`slotproxy ${command}: ${err.message}\nUsage: ${USAGE[command]}\n`);
     return 2;
   }
-  const isYes = args.includes('--yes');
+  try {
+    return await runPlan(command, request, base, args.includes('--yes'));
+  } catch (err) {
+    if (!(err instanceof AdminUnreachableError)) throw err;
+    process.stderr.write(`slotproxy ${command}: ${err.message}\n`);
+    return 1;
+  }
+}
 
+/** Previews the plan, asks (unless `isYes`), runs it and follows it; the exit code. */
+async function runPlan(command: ReshardCommand, request: PlanRequest, base: string, isYes: boolean): Promise<number> {
   const preview = await call(base, 'POST', '/admin/plan', { ...request, dryRun: true });
   if (preview.status !== 200) return fail(command, preview.body);
   const plan = (preview.body as { plan: PlanView }).plan;
@@ -213,26 +228,43 @@ interface Reply {
   readonly body: unknown;
 }
 
-async function call(base: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Reply> {
-  let response: Response;
-  try {
-    response = await fetch(`${base}${path}`, {
+/**
+ * One connection for all of a command's requests, and node:http rather than fetch: the CLI polls
+ * a proxy that may share its cores with the shards, and each poll should cost it (and the
+ * proxy's admin endpoint) as little as it can.
+ */
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+const REQUEST_TIMEOUT_MS = 30_000;
+
+function call(base: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Reply> {
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const unreachable = (err: Error): void => reject(new AdminUnreachableError(`cannot reach the proxy's admin endpoint at ${base}: ${err.message}`));
+    const request = http.request(`${base}${path}`, {
       method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(30_000),
+      agent,
+      timeout: REQUEST_TIMEOUT_MS,
+      headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
     });
-  } catch (err) {
-    throw new Error(`cannot reach the proxy's admin endpoint at ${base}: ${(err as Error).cause ?? (err as Error).message}`);
-  }
-  const text = await response.text();
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    parsed = { error: text };
-  }
-  return { status: response.status, body: parsed };
+    request.on('timeout', () => request.destroy(new Error(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`)));
+    request.on('error', unreachable);
+    request.on('response', (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('error', unreachable);
+      response.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(text);
+        } catch {
+          parsed = { error: text };
+        }
+        resolve({ status: response.statusCode ?? 0, body: parsed });
+      });
+    });
+    request.end(payload);
+  });
 }
 
 function fail(command: string, body: unknown): number {

@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,7 +8,8 @@ import { CLI_PATH, REPO_ROOT } from '../helpers/proxy-harness';
 
 /**
  * `slotproxy start --config BAD.yaml` as a user meets it: the process exits non-zero before
- * listening, and its message names the file, the line and the YAML path of the mistake.
+ * listening, and its message names the file, the line and the YAML path of the mistake. Also a
+ * resharding command whose proxy does not answer: one line, no stack trace.
  */
 
 const FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures');
@@ -144,5 +146,18 @@ describe('slotproxy start with a bad config file', () => {
     expect(run.code).not.toBe(0);
     expect(run.code).not.toBeNull();
     expect(run.stderr).toMatch(/--config/);
+  }, 15_000);
+
+  it('tells a resharding command whose admin endpoint does not answer so on one line, with exit code 1', async () => {
+    // A port just found free and closed again: nothing listens there.
+    const port = await new Promise<number>((resolve) => {
+      const server = net.createServer().listen(0, '127.0.0.1', () => {
+        const { port: free } = server.address() as net.AddressInfo;
+        server.close(() => resolve(free));
+      });
+    });
+    const run = await runCli(['reshard', '--from', 's1', '--to', 's2', '--slots', '1', '--yes', '--proxy', `127.0.0.1:${port}`], otherCwd);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toBe(`slotproxy reshard: cannot reach the proxy's admin endpoint at http://127.0.0.1:${port}: connect ECONNREFUSED 127.0.0.1:${port}\n`);
   }, 15_000);
 });
