@@ -133,6 +133,9 @@ interface DrainState {
   failures: number;
 }
 
+/** What a lean connection to a node is for: the key index's scan, batches on the source, on the target, big keys. */
+type RawPurpose = 'scan' | 'move' | 'restore' | 'copy';
+
 /** A big key found by a pass, moved after the pass's batches. */
 interface FoundBigKey {
   readonly key: Buffer;
@@ -160,9 +163,10 @@ export interface MoverHost {
 export class SlotMover {
   readonly #host: MoverHost;
   readonly #options: Required<SlotMigratorOptions>;
-  /** Control connections by `purpose host:port`. */
+  /** The node's control connection (SCAN, DBSIZE, the key index's settings), by `host:port`. */
   readonly #connections = new Map<string, Redis>();
-  readonly #rawConnections = new Map<string, RawConnection>();
+  /** Lean connections by `host:port`, then purpose (one per purpose, so a slow step never queues behind another). */
+  readonly #rawConnections = new Map<string, Map<RawPurpose, RawConnection>>();
   /** The key indexes in use (one per source), for onTopology. */
   readonly #indexes = new Set<SlotKeyIndex>();
   readonly #bigKeys = new Map<string, BigKeyEntry>();
@@ -327,7 +331,7 @@ export class SlotMover {
         const startedAt = Date.now();
         const index = await SlotKeyIndex.build(
           { address, password: this.#options.password, slots, commandTimeoutMs: this.#options.migrateTimeoutMs + 10_000 },
-          this.#connection('scan', address),
+          this.#connection(address),
           this.#raw('scan', address),
           this.#scanPacer,
         );
@@ -353,7 +357,7 @@ export class SlotMover {
     this.#indexes.delete(index);
     const address = this.#address(source);
     const isItsPrimary = address !== null && nodeKey(address) === nodeKey(index.address);
-    await index.close(isItsPrimary ? this.#connection('scan', index.address) : null);
+    await index.close(isItsPrimary ? this.#connection(index.address) : null);
   }
 
   /** A lost subscription (or a failed-over source) means events may be missing: index again. */
@@ -588,7 +592,7 @@ export class SlotMover {
     for (const [source, queue] of bySource) {
       const address = this.#address(source);
       if (address === null) continue;
-      const keys = await this.#connection('scan', address).dbsize().catch(() => 0);
+      const keys = await this.#connection(address).dbsize().catch(() => 0);
       estimate += Math.round((keys * queue.length) / Math.max(1, owned[topology.indexOfShard(source)]!));
     }
     progress.keysEstimate = estimate;
@@ -624,21 +628,23 @@ export class SlotMover {
   }
 
   /** A lean connection for the hot loop (raw-connection.ts). */
-  #raw(purpose: 'scan' | 'move' | 'restore' | 'copy', address: NodeAddress): RawConnection {
-    const key = `${purpose} ${nodeKey(address)}`;
-    let connection = this.#rawConnections.get(key);
+  #raw(purpose: RawPurpose, address: NodeAddress): RawConnection {
+    const node = nodeKey(address);
+    let byPurpose = this.#rawConnections.get(node);
+    if (byPurpose === undefined) this.#rawConnections.set(node, (byPurpose = new Map()));
+    let connection = byPurpose.get(purpose);
     if (connection === undefined) {
       // A key with no chunked copy is MIGRATEd whole on the copy connection: give it that long.
       const timeoutMs = purpose === 'copy' ? WHOLE_KEY_MIGRATE_TIMEOUT_MS + 10_000 : this.#options.migrateTimeoutMs + 10_000;
       connection = new RawConnection({ address, password: this.#options.password, timeoutMs });
-      this.#rawConnections.set(key, connection);
+      byPurpose.set(purpose, connection);
     }
     return connection;
   }
 
-  #connection(purpose: 'scan', address: NodeAddress): Redis {
-    const key = `${purpose} ${nodeKey(address)}`;
-    let redis = this.#connections.get(key);
+  #connection(address: NodeAddress): Redis {
+    const node = nodeKey(address);
+    let redis = this.#connections.get(node);
     if (redis === undefined) {
       redis = new Redis({
         host: address.host,
@@ -652,7 +658,7 @@ export class SlotMover {
       });
       // Failures surface through the rejected commands; without a listener ioredis prints them.
       redis.on('error', () => undefined);
-      this.#connections.set(key, redis);
+      this.#connections.set(node, redis);
     }
     return redis;
   }
@@ -664,16 +670,15 @@ export class SlotMover {
    */
   onTopology(): void {
     const primaries = new Set(this.#host.topology.shards.map((shard) => nodeKey(shard.primary)));
-    const isStale = (key: string): boolean => !primaries.has(key.slice(key.indexOf(' ') + 1));
-    for (const [key, redis] of this.#connections) {
-      if (!isStale(key)) continue;
+    for (const [node, redis] of this.#connections) {
+      if (primaries.has(node)) continue;
       redis.disconnect();
-      this.#connections.delete(key);
+      this.#connections.delete(node);
     }
-    for (const [key, connection] of this.#rawConnections) {
-      if (!isStale(key)) continue;
-      connection.close();
-      this.#rawConnections.delete(key);
+    for (const [node, byPurpose] of this.#rawConnections) {
+      if (primaries.has(node)) continue;
+      for (const connection of byPurpose.values()) connection.close();
+      this.#rawConnections.delete(node);
     }
     // An index on such a node has lost its notifications (and its barrier would wait on the
     // node): invalid now, built again on the new primary by the source's next step.
@@ -683,7 +688,7 @@ export class SlotMover {
   #closeConnections(): void {
     for (const redis of this.#connections.values()) redis.disconnect();
     this.#connections.clear();
-    for (const connection of this.#rawConnections.values()) connection.close();
+    for (const byPurpose of this.#rawConnections.values()) for (const connection of byPurpose.values()) connection.close();
     this.#rawConnections.clear();
   }
 }
