@@ -91,8 +91,8 @@ describe('add a shard and rebalance under load', () => {
     );
     expect(p.keysMoved).toBeGreaterThan(KEYS / 4 - 5_000);
     expect(p.keysPerSecond).toBeGreaterThanOrEqual(8_200);
-    // Issue 8's target is p99 during <= 2x before. On this 2-core machine it holds in most runs
-    // but not all (1.5-2.2x, median 1.8x; the baseline alone varies 0.7-1.4 ms between runs), so
+    // Issue 8's target is p99 during <= 2x before. On this 2-core machine it holds in four runs
+    // of five (1.2-2.6x, median 1.7x; the baseline alone varies 0.7-1.7 ms between runs), so
     // the suite holds 3x, or 4 ms when the baseline is very low, to catch a regression without
     // failing on the machine's noise (docs/resharding.md, "Limits").
     expect(during).toBeLessThanOrEqual(Math.max(3 * before, 4));
