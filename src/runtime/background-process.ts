@@ -19,17 +19,35 @@ import { findExecutable } from './find-executable';
  * they cannot be made idle without starving the data path's own parallel GC under load. A
  * process of its own has helpers of its own, idle like its main thread.
  *
- * Both come from util-linux (`setpriv`, `chrt`), on every Debian. Best effort: without them (not
- * Linux) the process has no parent-death signal, ends itself when its IPC channel closes, and
- * runs at the lowest nice value.
+ * Both come from util-linux (`setpriv` 2.33 or later for --pdeathsig, `chrt`), on every current
+ * Debian. Best effort: without them (not Linux, an older setpriv) the process has no parent-death
+ * signal, ends itself when its IPC channel closes, and runs at the lowest nice value.
  */
 
 /** The command line that runs `file args` as a background process of this one. */
 export function backgroundCommand(file: string, args: readonly string[]): { file: string; args: string[] } {
-  const setpriv = findExecutable('setpriv');
+  const setpriv = deathSignalWrapper();
   // The parent whose death counts is the thread that forked: Node's main thread, alive as long as the proxy.
   if (setpriv === null) return { file, args: [...args] };
   return { file: setpriv, args: ['--pdeathsig', 'KILL', '--', file, ...args] };
+}
+
+/** `setpriv` when it is there and knows --pdeathsig (util-linux 2.33 and later); checked once. */
+let deathSignal: { readonly path: string | null } | null = null;
+
+function deathSignalWrapper(): string | null {
+  if (deathSignal === null) {
+    let path = findExecutable('setpriv');
+    if (path !== null) {
+      try {
+        execFileSync(path, ['--pdeathsig', 'KILL', '--', 'true'], { stdio: 'ignore', timeout: 5_000 });
+      } catch {
+        path = null;
+      }
+    }
+    deathSignal = { path };
+  }
+  return deathSignal.path;
 }
 
 /**
