@@ -3,6 +3,9 @@ import * as path from 'node:path';
 import type { Address } from '../config/config-types';
 import { formatAddress } from '../config/address';
 import { loadConfigFile } from '../config/load-config';
+import { encodeState, readStateFile } from '../control/state-file';
+import { topologyFromJson } from '../topology/topology-codec';
+import { Topology, type ShardInfo } from '../topology/topology';
 import {
   REDIS_INSTALL_HINT,
   RedisNotFoundError,
@@ -19,6 +22,7 @@ import { startProxy } from './start';
  * `slotproxy demo`: three AOF-backed shards of one primary and one replica each, as child
  * redis-servers on loopback, served by the proxy until SIGINT/SIGTERM. Shards, replicas and the
  * slot split are those `redis-cli --cluster create ... --cluster-replicas 1` builds on six nodes.
+ * A restart keeps the nodes' data and the slot table an earlier run's resharding left.
  */
 
 const USAGE = 'Usage: slotproxy demo [--port 7000] [--dir ./.slotproxy/demo]\n';
@@ -99,6 +103,36 @@ export function renderDemoYaml(topology: DemoTopology): string {
   return `${lines.join('\n')}\n`;
 }
 
+/**
+ * The snapshot for this run's state file: an earlier run's slot table (and the moves it had
+ * under way) kept, its shards pointed at this run's nodes. The nodes keep their data (AOF), so the keys a
+ * reshard moved are where that table says, and an even split would lose sight of them; the
+ * roles are this run's, since the nodes were just wired from scratch (an earlier failover is
+ * undone). Null when there is no earlier state file, it cannot be read, or it names other shards
+ * than this run's.
+ */
+export function carriedState(stateFile: string, topology: DemoTopology): Topology | null {
+  let previous: Topology;
+  try {
+    const state = readStateFile(stateFile);
+    if (state === null) return null;
+    previous = topologyFromJson(state.topology);
+  } catch {
+    return null;
+  }
+  const names = topology.shards.map((shard) => shard.name);
+  if (previous.shards.length !== names.length || previous.shards.some((shard, i) => shard.name !== names[i])) return null;
+  const shards: ShardInfo[] = topology.shards.map((shard, index) => ({
+    index,
+    name: shard.name,
+    primary: shard.primary,
+    replicas: [shard.replica],
+    readReplicas: [shard.replica],
+    isFailingOver: false,
+  }));
+  return new Topology(previous.epoch + 1, shards, previous.slotOwner, previous.migrations);
+}
+
 export async function runDemo(args: readonly string[]): Promise<void> {
   let options: DemoOptions;
   try {
@@ -162,9 +196,21 @@ export async function runDemo(args: readonly string[]): Promise<void> {
       })),
     };
     fs.writeFileSync(configFile, renderDemoYaml(topology));
-    // The nodes were just wired from scratch; a state file from an earlier run (other ports, a
-    // promoted replica) would describe a topology that no longer exists.
-    fs.rmSync(path.join(options.dir, STATE_FILE), { force: true });
+    const stateFile = path.join(options.dir, STATE_FILE);
+    const carried = carriedState(stateFile, topology);
+    if (carried !== null) {
+      fs.writeFileSync(stateFile, encodeState(carried));
+    } else {
+      if (fs.existsSync(stateFile)) {
+        process.stderr.write(
+          `slotproxy demo: ${stateFile} names other shards than s1-s3; slots start evenly split again, so keys an earlier ` +
+            `reshard moved may be out of sight (remove ${options.dir} to start afresh)\n`,
+        );
+      }
+      fs.rmSync(stateFile, { force: true });
+      // A plan of that earlier topology (its resharding journal) must not resume on this one.
+      fs.rmSync(`${stateFile}.reshard`, { force: true });
+    }
 
     const config = loadConfigFile(configFile);
     if (isStopping) return;
@@ -174,7 +220,8 @@ export async function runDemo(args: readonly string[]): Promise<void> {
       await proxy.close();
       return;
     }
-    process.stdout.write(connectHelp(options, configFile, topology, config.shards));
+    const slots = carried === null ? config.shards.map((shard) => shard.slots) : carried.slotRanges();
+    process.stdout.write(connectHelp(options, configFile, topology, slots));
   } catch (err) {
     if (isStopping) return;
     await stopNodes(primaries, replicas);
@@ -233,10 +280,10 @@ function connectHelp(
   options: DemoOptions,
   configFile: string,
   topology: DemoTopology,
-  shards: readonly { readonly slots: readonly (readonly [number, number])[] }[],
+  slotsByShard: readonly (readonly (readonly [number, number])[])[],
 ): string {
   const rows = topology.shards.map((shard, i) => {
-    const slots = (shards[i]?.slots ?? []).map(([from, to]) => (from === to ? `${from}` : `${from}-${to}`)).join(',');
+    const slots = (slotsByShard[i] ?? []).map(([from, to]) => (from === to ? `${from}` : `${from}-${to}`)).join(',');
     return `  ${shard.name}  primary ${formatAddress(shard.primary)}  replica ${formatAddress(shard.replica)}  slots ${slots}`;
   });
   const port = options.port;
