@@ -66,6 +66,13 @@ export type ProgressFields = Omit<MigrationProgress, 'startedAt'>;
 const MOVER_FILE = path.join(__dirname, 'mover-process.js');
 /** How long a slot change waits for others to share its snapshot. */
 const COMMIT_GATHER_MS = 10;
+/** Times a run starts a new mover process after its process died, before the run fails. */
+const MOVER_RESTARTS = 5;
+
+/** The mover process ended (or could not start) while a run needed it. */
+class MoverExitedError extends Error {
+  override readonly name = 'MoverExitedError';
+}
 
 export class SlotMigrator {
   readonly #store: TopologyStore;
@@ -83,8 +90,8 @@ export class SlotMigrator {
   #child: ChildProcess | null = null;
   /** Ends the run in the mover process (with its error); null when none runs. */
   #onRunEnd: ((err: Error | null) => void) | null = null;
-  /** The mover process's run's progress, and what of it the metrics have counted. */
-  #runProgress: MigrationProgress | null = null;
+  /** The run's progress (with what earlier mover processes of it did), and what of it the metrics have counted. */
+  #runProgress: { readonly progress: MigrationProgress; readonly before: RunningTotals } | null = null;
   #counted: Counted = { keys: 0, slots: 0, bigKeys: 0 };
   #isAborted = false;
 
@@ -103,7 +110,7 @@ export class SlotMigrator {
    */
   run(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
     if (this.#isAborted) return Promise.reject(new MigrationAbortedError('the migration was stopped'));
-    return fs.existsSync(MOVER_FILE) ? this.#runInProcess(moves, progress) : this.#runHere(moves, progress);
+    return fs.existsSync(MOVER_FILE) ? this.#runInProcesses(moves, progress) : this.#runHere(moves, progress);
   }
 
   /** Stops the run after its current step; slots left migrating resume at the next start. */
@@ -196,13 +203,36 @@ export class SlotMigrator {
       if (this.#child === child) this.#child = null;
       this.#onRunEnd?.(err);
     };
-    child.on('error', onGone);
-    child.on('exit', (code, signal) => onGone(new Error(`the mover process exited (${signal ?? `code ${code}`})`)));
+    child.on('error', (err) => onGone(new MoverExitedError(`the mover process could not run: ${err.message}`)));
+    child.on('exit', (code, signal) => onGone(new MoverExitedError(`the mover process exited (${signal ?? `code ${code}`})`)));
     this.#child = child;
     return child;
   }
 
-  #runInProcess(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
+  /**
+   * Runs the moves in the mover process. A process that dies mid-run (killed, out of memory) is
+   * replaced and the run resumed, as a restarted proxy resumes one: moves done are skipped, slots
+   * left migrating are finished, marks left on the sources are cleared first.
+   */
+  async #runInProcesses(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
+    for (let restarts = 0; ; restarts++) {
+      try {
+        await this.#runInProcess(moves, progress, runningTotals(progress));
+        return;
+      } catch (err) {
+        if (!(err instanceof MoverExitedError) || this.#isAborted || restarts >= MOVER_RESTARTS) throw err;
+        progress.errors++;
+        progress.lastError = err.message;
+        migrationErrorsTotal.inc({ kind: 'mover_exit' });
+        log.warn('the mover process ended mid-run; starting a new one', { error: err.message, restart: restarts + 1 });
+        await new Promise((resolve) => setTimeout(resolve, Math.min(5_000, 500 * 2 ** restarts)));
+        if (this.#isAborted) throw new MigrationAbortedError('the migration was stopped');
+      }
+    }
+  }
+
+  /** One mover process's part of a run; `before` holds what earlier processes of the run did. */
+  #runInProcess(moves: readonly SlotMove[], progress: MigrationProgress, before: RunningTotals): Promise<void> {
     return new Promise((resolve, reject) => {
       const child = this.#moverProcess();
       // The mover reads shard names and primaries from its snapshot (slot ownership it was given
@@ -215,7 +245,7 @@ export class SlotMigrator {
         send(child, { type: 'topology', topology: topologyToJson(next) } satisfies ToMover);
       };
       this.#store.on('change', onChange);
-      this.#runProgress = progress;
+      this.#runProgress = { progress, before };
       this.#counted = snapshotOf(progress);
       this.#onRunEnd = (err) => {
         this.#onRunEnd = null;
@@ -249,9 +279,23 @@ export class SlotMigrator {
         migrationErrorsTotal.inc({ kind: message.kind });
         return;
       case 'progress': {
-        const progress = this.#runProgress;
-        if (progress === null) return;
-        Object.assign(progress, message.progress);
+        const run = this.#runProgress;
+        if (run === null) return;
+        const { progress, before } = run;
+        const reported = message.progress;
+        Object.assign(progress, reported);
+        // A replacement process counts from zero, over the slots not done yet. The slots done are
+        // the run's total less those it still has (a dead process may not have reported its last
+        // ones); keys moved in its last moments before it died go uncounted.
+        if (before.slotsTotal > 0) {
+          progress.slotsTotal = before.slotsTotal;
+          progress.slotsDone = reported.slotsTotal > 0 ? before.slotsTotal - reported.slotsTotal + reported.slotsDone : before.slotsDone;
+        }
+        progress.keysMoved = before.keysMoved + reported.keysMoved;
+        progress.bigKeysMoved = before.bigKeysMoved + reported.bigKeysMoved;
+        progress.errors = before.errors + reported.errors;
+        if (before.keysEstimate > 0) progress.keysEstimate = before.keysEstimate;
+        if (reported.lastError === null) progress.lastError = before.lastError;
         const now = snapshotOf(progress);
         countProgress(this.#counted, now);
         this.#counted = now;
@@ -343,6 +387,14 @@ interface PendingChange {
   readonly begun: readonly QueuedSlot[];
   resolve(): void;
   reject(err: Error): void;
+}
+
+/** What a run had done when its current mover process started. */
+type RunningTotals = Pick<MigrationProgress, 'slotsTotal' | 'slotsDone' | 'keysMoved' | 'bigKeysMoved' | 'keysEstimate' | 'errors' | 'lastError'>;
+
+function runningTotals(progress: MigrationProgress): RunningTotals {
+  const { slotsTotal, slotsDone, keysMoved, bigKeysMoved, keysEstimate, errors, lastError } = progress;
+  return { slotsTotal, slotsDone, keysMoved, bigKeysMoved, keysEstimate, errors, lastError };
 }
 
 /** The counters the metrics follow. */

@@ -131,7 +131,7 @@ export const stateFileWritesTotal = new Counter({
 // Online resharding (control/slot-migrator.ts, control/resharding.ts).
 export const migrationErrorsTotal = new Counter({
   name: 'slotproxy_migration_errors_total',
-  help: 'Failed steps of the background slot mover, retried (kind: scan, migrate, big_key, journal).',
+  help: 'Failed steps of the background slot mover, retried (kind: scan, migrate, big_key, journal, mover_exit).',
   labelNames: ['kind'] as const,
   registers: [registry],
 });
