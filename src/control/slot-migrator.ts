@@ -220,7 +220,10 @@ export class SlotMigrator {
         await this.#runInProcess(moves, progress, runningTotals(progress));
         return;
       } catch (err) {
-        if (!(err instanceof MoverExitedError) || this.#isAborted || restarts >= MOVER_RESTARTS) throw err;
+        if (!(err instanceof MoverExitedError)) throw err;
+        // Stopping anyway (the proxy is closing): the plan resumes at the next start.
+        if (this.#isAborted) throw new MigrationAbortedError('the migration was stopped');
+        if (restarts >= MOVER_RESTARTS) throw err;
         progress.errors++;
         progress.lastError = err.message;
         migrationErrorsTotal.inc({ kind: 'mover_exit' });
