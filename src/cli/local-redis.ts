@@ -382,7 +382,6 @@ function tryListen(host: string, port: number): Promise<number | null> {
   });
 }
 
-
 function fileSize(file: string): number {
   try {
     return fs.statSync(file).size;

@@ -284,21 +284,8 @@ export class SlotMigrator {
       case 'progress': {
         const run = this.#runProgress;
         if (run === null) return;
-        const { progress, before } = run;
-        const reported = message.progress;
-        Object.assign(progress, reported);
-        // A replacement process counts from zero, over the slots not done yet. The slots done are
-        // the run's total less those it still has (a dead process may not have reported its last
-        // ones); keys moved in its last moments before it died go uncounted.
-        if (before.slotsTotal > 0) {
-          progress.slotsTotal = before.slotsTotal;
-          progress.slotsDone = reported.slotsTotal > 0 ? before.slotsTotal - reported.slotsTotal + reported.slotsDone : before.slotsDone;
-        }
-        progress.keysMoved = before.keysMoved + reported.keysMoved;
-        progress.bigKeysMoved = before.bigKeysMoved + reported.bigKeysMoved;
-        progress.errors = before.errors + reported.errors;
-        if (before.keysEstimate > 0) progress.keysEstimate = before.keysEstimate;
-        if (reported.lastError === null) progress.lastError = before.lastError;
+        const { progress } = run;
+        continueRun(progress, run.before, message.progress);
         const now = snapshotOf(progress);
         countProgress(this.#counted, now);
         this.#counted = now;
@@ -405,6 +392,25 @@ interface Counted {
   readonly keys: number;
   readonly slots: number;
   readonly bigKeys: number;
+}
+
+/**
+ * Sets the run's progress from what its current mover process reports. A replacement process
+ * counts from zero over the slots not done yet: the slots done are the run's total less those it
+ * still has (a dead process may not have reported its last ones); keys moved in a dead process's
+ * last moments go uncounted.
+ */
+function continueRun(progress: MigrationProgress, before: RunningTotals, reported: ProgressFields): void {
+  Object.assign(progress, reported);
+  if (before.slotsTotal > 0) {
+    progress.slotsTotal = before.slotsTotal;
+    progress.slotsDone = reported.slotsTotal > 0 ? before.slotsTotal - reported.slotsTotal + reported.slotsDone : before.slotsDone;
+  }
+  progress.keysMoved = before.keysMoved + reported.keysMoved;
+  progress.bigKeysMoved = before.bigKeysMoved + reported.bigKeysMoved;
+  progress.errors = before.errors + reported.errors;
+  if (before.keysEstimate > 0) progress.keysEstimate = before.keysEstimate;
+  if (reported.lastError === null) progress.lastError = before.lastError;
 }
 
 /** A message to the mover process; one whose channel has closed is gone (its 'exit' ends the run). */

@@ -32,22 +32,20 @@ export function backgroundCommand(file: string, args: readonly string[]): { file
   return { file: setpriv, args: ['--pdeathsig', 'KILL', '--', file, ...args] };
 }
 
-/** `setpriv` when it is there and knows --pdeathsig (util-linux 2.33 and later); checked once. */
-let deathSignal: { readonly path: string | null } | null = null;
+/** `setpriv` when it is there and knows --pdeathsig (util-linux 2.33 and later); undefined until checked, once. */
+let deathSignalWrapperPath: string | null | undefined;
 
 function deathSignalWrapper(): string | null {
-  if (deathSignal === null) {
-    let path = findExecutable('setpriv');
-    if (path !== null) {
-      try {
-        execFileSync(path, ['--pdeathsig', 'KILL', '--', 'true'], { stdio: 'ignore', timeout: 5_000 });
-      } catch {
-        path = null;
-      }
+  if (deathSignalWrapperPath !== undefined) return deathSignalWrapperPath;
+  deathSignalWrapperPath = findExecutable('setpriv');
+  if (deathSignalWrapperPath !== null) {
+    try {
+      execFileSync(deathSignalWrapperPath, ['--pdeathsig', 'KILL', '--', 'true'], { stdio: 'ignore', timeout: 5_000 });
+    } catch {
+      deathSignalWrapperPath = null;
     }
-    deathSignal = { path };
   }
-  return deathSignal.path;
+  return deathSignalWrapperPath;
 }
 
 /**
