@@ -1,0 +1,126 @@
+import { describe, expect, it } from 'vitest';
+import type { ReshardStatus } from '../../src/control/resharding';
+import {
+  checkPlacement,
+  childProcesses,
+  loadKeys,
+  ownerFromStateFile,
+  processThreads,
+  sleep,
+  startLoad,
+  useMigrationDeployment,
+  type Load,
+  type MigrationDeployment,
+  type ProcessThreads,
+} from './migration-harness';
+
+/**
+ * A plan interrupted part-way, without the proxy crashing:
+ * - the mover's process killed (kill -9, as the kernel's OOM killer would): the proxy starts a
+ *   new one and the plan completes, the clients never noticing more than a pause of the moves;
+ * - the proxy stopped with SIGTERM (a deploy, systemd stopping the service): it stops the mover
+ *   after its current step, ends its process, keeps the plan and exits; started again, it
+ *   finishes the plan.
+ * Either way every acknowledged write is there afterwards and no key is on two shards.
+ */
+
+const KEYS = 60_000;
+const CLIENTS = 10;
+const OPS_PER_SECOND = 2_000;
+/** Where the plan is interrupted: about a quarter of add-shard's 4096 slots moved. */
+const SLOTS_BEFORE_INTERRUPTING = 1_000;
+
+function useDeployment(): MigrationDeployment {
+  // Paced slowly so the interruption lands in the middle of the move.
+  return useMigrationDeployment({ shards: 4, proxyShards: 3, config: { migrateKeysPerSecond: 4_000 } });
+}
+
+/** Keys loaded, clients running, s4 being added: returns once SLOTS_BEFORE_INTERRUPTING have moved. */
+async function addShardUntilPartWay(
+  deployment: MigrationDeployment,
+  tolerateDisconnects: boolean,
+): Promise<{ load: Load; mover: ProcessThreads; status: ReshardStatus }> {
+  const { shards, proxy, specs } = deployment;
+  await loadKeys(shards.primaries.slice(0, 3), KEYS);
+  const load = await startLoad(proxy.port, { clients: CLIENTS, opsPerSecond: OPS_PER_SECOND, keys: KEYS, tolerateDisconnects });
+  await sleep(500);
+  const submitted = await proxy.submit({ op: 'add-shard', name: 's4', primary: `${specs[3]!.node.host}:${specs[3]!.node.port}` });
+  expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+  for (;;) {
+    const status = await proxy.status();
+    if ((status.progress?.slotsDone ?? 0) >= SLOTS_BEFORE_INTERRUPTING) {
+      const [mover] = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+      expect(mover).toBeDefined();
+      return { load, mover: mover!, status };
+    }
+    expect(status.state).toBe('running');
+    await sleep(50);
+  }
+}
+
+/** The plan finished: even slot counts, nothing migrating, every acknowledged write in place. */
+async function expectCompleted(deployment: MigrationDeployment, load: Load): Promise<{ status: ReshardStatus; ops: number; errors: readonly string[] }> {
+  const { proxy, specs } = deployment;
+  const status = await proxy.waitForPlan(120_000, (s) => s.plan !== null);
+  await sleep(300);
+  const report = await load.stop();
+  expect(status.state, proxy.logs().slice(-3000)).toBe('done');
+  expect(status.shards.map((s) => s.name)).toEqual(['s1', 's2', 's3', 's4']);
+  const counts = status.shards.map((s) => s.slots);
+  expect(Math.max(...counts) - Math.min(...counts)).toBeLessThanOrEqual(1);
+  const { owner, migrations } = ownerFromStateFile(proxy.stateFile);
+  expect(migrations).toBe(0);
+  const placement = await checkPlacement(specs, owner, KEYS, load.expected);
+  expect(placement.misplaced.slice(0, 5)).toEqual([]);
+  expect(placement.missing.slice(0, 5)).toEqual([]);
+  expect(placement.wrongValues.slice(0, 5)).toEqual([]);
+  expect(report.staleReads.slice(0, 5)).toEqual([]);
+  return { status, ops: report.ops, errors: report.errors };
+}
+
+describe('the mover process killed mid-plan', () => {
+  const deployment = useDeployment();
+
+  it('is replaced, and the plan completes with every acknowledged write', async () => {
+    const { proxy } = deployment;
+    const { load, mover, status: killedAt } = await addShardUntilPartWay(deployment, false);
+    process.kill(mover.pid, 'SIGKILL');
+
+    const { status, ops, errors } = await expectCompleted(deployment, load);
+    expect(errors.slice(0, 5)).toEqual([]);
+    expect(proxy.logs()).toMatch(/the mover process ended mid-run; starting a new one/);
+    expect(processThreads(mover.pid)).toBeNull();
+    const replacements = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+    expect(replacements.map((child) => child.pid)).not.toContain(mover.pid);
+    // The run's counts went on from where the killed process left them.
+    expect(status.progress!.slotsTotal).toBe(killedAt.progress!.slotsTotal);
+    expect(status.progress!.slotsDone).toBe(status.progress!.slotsTotal);
+    expect(status.progress!.keysMoved).toBeGreaterThan(killedAt.progress!.keysMoved);
+    console.log(
+      'mover-killed figures',
+      JSON.stringify({ slotsDoneAtKill: killedAt.progress?.slotsDone, keysMovedAtKill: killedAt.progress?.keysMoved, keysMoved: status.progress?.keysMoved, commands: ops }),
+    );
+  }, 180_000);
+});
+
+describe('a proxy stopped gracefully mid-plan', () => {
+  const deployment = useDeployment();
+
+  it('keeps the plan, and the restarted proxy finishes it with every acknowledged write', async () => {
+    const { proxy } = deployment;
+    const { load, mover } = await addShardUntilPartWay(deployment, true);
+    const stoppedAt = Date.now();
+    proxy.kill('SIGTERM');
+    await proxy.exited();
+    const stopMs = Date.now() - stoppedAt;
+    expect(proxy.logs()).toMatch(/resharding plan stopped; it resumes at the next start/);
+    expect(proxy.logs()).not.toMatch(/resharding plan failed/);
+    expect(processThreads(mover.pid)).toBeNull();
+
+    await sleep(300);
+    await proxy.restart();
+    const { ops, errors } = await expectCompleted(deployment, load);
+    expect(proxy.logs()).toMatch(/resuming the resharding plan/);
+    console.log('graceful-stop figures', JSON.stringify({ stopMs, clientErrorsWhileDown: errors.length, commands: ops }));
+  }, 180_000);
+});
