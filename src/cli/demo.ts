@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import type { Address } from '../config/config-types';
 import { formatAddress } from '../config/address';
 import { loadConfigFile } from '../config/load-config';
+import { planFileOf } from '../control/resharding';
 import { encodeState, readStateFile } from '../control/state-file';
 import { topologyFromJson } from '../topology/topology-codec';
 import { Topology, type ShardInfo } from '../topology/topology';
@@ -209,7 +210,7 @@ export async function runDemo(args: readonly string[]): Promise<void> {
       }
       fs.rmSync(stateFile, { force: true });
       // A plan of that earlier topology (its resharding journal) must not resume on this one.
-      fs.rmSync(`${stateFile}.reshard`, { force: true });
+      fs.rmSync(planFileOf(stateFile), { force: true });
     }
 
     const config = loadConfigFile(configFile);

@@ -131,6 +131,11 @@ interface Run {
   finishedAt: number | null;
 }
 
+/** Where the running plan is journaled: beside the state file. */
+export function planFileOf(stateFile: string): string {
+  return `${stateFile}.reshard`;
+}
+
 export class Resharding {
   readonly #store: TopologyStore;
   readonly #config: ProxyConfig;
@@ -155,7 +160,7 @@ export class Resharding {
     this.#config = config;
     this.#stateFile = stateFile;
     this.#membership = membership;
-    this.#planFile = stateFile === null ? null : `${stateFile.file}.reshard`;
+    this.#planFile = stateFile === null ? null : planFileOf(stateFile.file);
     this.#migrator = new SlotMigrator(
       store,
       (topology) => this.#persist(topology),
