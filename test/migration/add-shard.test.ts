@@ -22,6 +22,8 @@ import {
 const KEYS = 200_000;
 const CLIENTS = 20;
 const OPS_PER_SECOND = 5_000;
+/** The load's first seconds are not its steady state (clients connecting, code warming up in every process): not measured. */
+const WARMUP_MS = 3_000;
 const BASELINE_MS = 4_000;
 
 describe('add a shard and rebalance under load', () => {
@@ -37,7 +39,7 @@ describe('add a shard and rebalance under load', () => {
     await loadKeys(shards.primaries.slice(0, 3), KEYS);
     const load = await startLoad(proxy.port, { clients: CLIENTS, opsPerSecond: OPS_PER_SECOND, keys: KEYS });
     const loadStart = Date.now();
-    await sleep(BASELINE_MS);
+    await sleep(WARMUP_MS + BASELINE_MS);
 
     const cliStart = Date.now();
     const cli = await runCli(['add-shard', 's4', `${specs[3]!.node.host}:${specs[3]!.node.port}`, '--config', proxy.configPath, '--yes']);
@@ -68,9 +70,10 @@ describe('add a shard and rebalance under load', () => {
     // The move is the plan's run (the CLI's own start-up and the plan preview are not part of it).
     const p = status.progress!;
     const { start: moveStart, end: moveEnd } = planWindow(proxy.logs());
-    // The baseline ends where the CLI starts: starting a Node process takes these two cores for
-    // ~0.3 s, which says nothing about the proxy (an operator's CLI runs on another machine).
-    const before = report.p99(cliStart - (BASELINE_MS - 500), cliStart);
+    // The baseline is the load's steady state, after its warm-up, and ends where the CLI starts:
+    // starting a Node process takes these two cores for ~0.3 s, which says nothing about the
+    // proxy (an operator's CLI runs on another machine).
+    const before = report.p99(cliStart - BASELINE_MS, cliStart);
     const during = report.p99(moveStart, moveEnd);
     console.log(
       'add-shard figures',
@@ -91,10 +94,10 @@ describe('add a shard and rebalance under load', () => {
     );
     expect(p.keysMoved).toBeGreaterThan(KEYS / 4 - 5_000);
     expect(p.keysPerSecond).toBeGreaterThanOrEqual(8_200);
-    // Issue 8's target is p99 during <= 2x before. On this 2-core machine it holds in four runs
-    // of five (1.2-2.6x, median 1.7x; the baseline alone varies 0.7-1.7 ms between runs), so
-    // the suite holds 3x, or 4 ms when the baseline is very low, to catch a regression without
-    // failing on the machine's noise (docs/resharding.md, "Limits").
+    // Issue 8's target is p99 during <= 2x before. It is not met on this 2-core machine: 2.6-4.4x,
+    // median 3.5x (0.39-0.62 ms before, 1.4-2.1 ms during; docs/resharding.md, "Limits"). The
+    // suite holds 4 ms (or 3x a baseline that was itself slow) to catch a regression without
+    // failing on noise.
     expect(during).toBeLessThanOrEqual(Math.max(3 * before, 4));
   }, 240_000);
 
