@@ -114,6 +114,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
         }
       }
       this.#migrating.onTopology();
+      this.#session.onTopology();
     });
   }
 

@@ -12,7 +12,6 @@ import { EXEC_REQUEST, Transaction, UNWATCH_REQUEST } from './transaction';
 
 /** How long a transaction, WATCH or blocking command waits for its slot to settle. */
 const SETTLE_WAIT_MS = 30_000;
-const SETTLE_POLL_MS = 5;
 const NOT_SETTLED = encodeError('TRYAGAIN the slot is being moved or its shard failed over; try again');
 const EXECABORT = encodeError('EXECABORT Transaction discarded because of previous errors.');
 const PONG_SUBSCRIBED = Buffer.from('*2\r\n$4\r\npong\r\n$0\r\n\r\n');
@@ -34,11 +33,36 @@ function isValidArity(spec: CommandSpec, argc: number): boolean {
  * blocking commands, Pub/Sub — carried out so that no shared backend connection ever holds
  * one client's state.
  */
+/** A transaction, WATCH or blocking command waiting for its slot to settle. */
+interface SettleWaiter {
+  readonly slot: number;
+  readonly send: () => void;
+  /** Answers TRYAGAIN when the wait runs out. */
+  readonly timer: NodeJS.Timeout;
+}
+
 export class SessionCommands {
   readonly #shards: ShardAccess;
+  /** In arrival order; each client has at most one (it reads nothing more while one waits). */
+  #settleWaiters: SettleWaiter[] = [];
 
   constructor(shards: ShardAccess) {
     this.#shards = shards;
+  }
+
+  /** A new snapshot: the commands whose slot has settled in it go now. */
+  onTopology(): void {
+    if (this.#settleWaiters.length === 0) return;
+    const waiting = this.#settleWaiters;
+    this.#settleWaiters = [];
+    for (const waiter of waiting) {
+      if (this.#isSettled(waiter.slot)) {
+        clearTimeout(waiter.timer);
+        waiter.send();
+      } else {
+        this.#settleWaiters.push(waiter);
+      }
+    }
   }
 
   /**
@@ -232,20 +256,23 @@ export class SessionCommands {
   /**
    * Runs `send` once the slot is settled. Transactions, WATCH and blocking commands run on one
    * connection to one shard, so they cannot follow a key mid-move or a primary mid-failover;
-   * they wait instead (slots migrate for about a second), bounded like a failover wait.
+   * they wait instead (slots migrate for about a second), bounded like a failover wait. Every
+   * snapshot that settles a slot comes through onTopology().
    */
   #whenSettled(slot: number, reply: ReplySink, send: () => void): void {
     if (this.#isSettled(slot)) {
       send();
       return;
     }
-    const deadline = Date.now() + SETTLE_WAIT_MS;
-    const retry = (): void => {
-      if (this.#isSettled(slot)) send();
-      else if (Date.now() > deadline) reply.onReply(NOT_SETTLED);
-      else setTimeout(retry, SETTLE_POLL_MS);
+    const waiter: SettleWaiter = {
+      slot,
+      send,
+      timer: setTimeout(() => {
+        this.#settleWaiters = this.#settleWaiters.filter((w) => w !== waiter);
+        reply.onReply(NOT_SETTLED);
+      }, SETTLE_WAIT_MS),
     };
-    setTimeout(retry, SETTLE_POLL_MS);
+    this.#settleWaiters.push(waiter);
   }
 
   #watch(frame: RequestFrame, spec: CommandSpec, client: ClientContext, pins: ClientPins): void {
