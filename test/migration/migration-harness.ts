@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import Redis from 'ioredis';
-import { afterAll, beforeAll } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { stringify } from 'yaml';
 import { findFreePort, type LocalRedis } from '../../src/cli/local-redis';
 import { evenSlotRanges } from '../../src/config/load-config';
@@ -560,6 +560,13 @@ export async function checkPlacement(
     for (const c of clients.values()) c.disconnect();
   }
   return { misplaced, missing, wrongValues, keysPerShard };
+}
+
+/** No key on a shard that does not own its slot, none missing, none with a value no client wrote (the first 5 of each shown). */
+export function expectPlacementClean(placement: PlacementReport): void {
+  expect(placement.misplaced.slice(0, 5)).toEqual([]);
+  expect(placement.missing.slice(0, 5)).toEqual([]);
+  expect(placement.wrongValues.slice(0, 5)).toEqual([]);
 }
 
 export function sleep(ms: number): Promise<void> {
