@@ -144,7 +144,9 @@ interface Waiter {
 /**
  * Writes of one state file, one at a time. A save while a write runs is folded into the next
  * write (only the newest topology matters), and resolves when a write holding it, or a newer
- * snapshot, is on disk.
+ * snapshot, is on disk. Saving the snapshot the file already holds, or is being written with,
+ * writes nothing: the resharding mover writes each snapshot that begins migrations before
+ * publishing it, and the control plane then saves every snapshot published.
  */
 export class StateFile {
   /** Absolute path of the file. */
@@ -155,6 +157,10 @@ export class StateFile {
   #waiters: Waiter[] = [];
   /** The running write loop; null when idle. */
   #draining: Promise<void> | null = null;
+  /** The topology the write under way holds, and the callers waiting for it; null when none runs. */
+  #writing: { readonly topology: Topology; readonly waiters: Waiter[] } | null = null;
+  /** The topology the last write put on disk; null before one, or after a write failed. */
+  #written: Topology | null = null;
 
   constructor(file: string) {
     this.file = file;
@@ -166,6 +172,11 @@ export class StateFile {
   }
 
   save(topology: Topology): Promise<void> {
+    if (this.#pending === null) {
+      const writing = this.#writing;
+      if (writing !== null && writing.topology === topology) return new Promise<void>((resolve, reject) => writing.waiters.push({ resolve, reject }));
+      if (writing === null && this.#written === topology) return Promise.resolve();
+    }
     return new Promise<void>((resolve, reject) => {
       this.#pending = topology;
       this.#waiters.push({ resolve, reject });
@@ -184,10 +195,15 @@ export class StateFile {
       const waiters = this.#waiters;
       this.#pending = null;
       this.#waiters = [];
+      this.#writing = { topology, waiters };
       try {
         await writeFileAtomic(this.file, encodeState(topology));
+        this.#written = topology;
+        this.#writing = null;
         for (const waiter of waiters) waiter.resolve();
       } catch (err) {
+        this.#written = null;
+        this.#writing = null;
         for (const waiter of waiters) waiter.reject(err);
       }
     }

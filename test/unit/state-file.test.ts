@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { ProxyConfig } from '../../src/config/config-types';
 import { DEFAULT_SETTINGS } from '../../src/config/load-config';
 import { decodeState, encodeState, readStateFile, StateFile, StateFileError, writeFileAtomic } from '../../src/control/state-file';
@@ -130,6 +130,39 @@ describe('state file: read and write', () => {
     await Promise.all(saves);
     await states.flush();
     expect(readStateFile(file)!.topology.epoch).toBe(13);
+  });
+
+  it('writes a snapshot once, however often it is saved (before it is published, and when it is)', async () => {
+    const file = path.join(dir, 'state.json');
+    const states = new StateFile(file);
+    const t = afterFailover();
+    const renames = vi.spyOn(fs.promises, 'rename');
+    try {
+      await states.save(t);
+      await states.save(t);
+      expect(renames).toHaveBeenCalledTimes(1);
+      // Saved again while its own write runs: that write answers both.
+      const next = new Topology(8, t.shards, t.slotOwner, t.migrations);
+      await Promise.all([states.save(next), states.save(next)]);
+      expect(renames).toHaveBeenCalledTimes(2);
+      expect(readStateFile(file)!.topology.epoch).toBe(8);
+      // An older snapshot saved again after a newer one is written again: the file holds the last saved.
+      await states.save(t);
+      expect(renames).toHaveBeenCalledTimes(3);
+      expect(readStateFile(file)!.topology.epoch).toBe(7);
+    } finally {
+      renames.mockRestore();
+    }
+  });
+
+  it('writes a snapshot again after its write failed', async () => {
+    const folder = path.join(dir, 'later');
+    const states = new StateFile(path.join(folder, 'state.json'));
+    const t = afterFailover();
+    await expect(states.save(t)).rejects.toThrow(/ENOENT/);
+    fs.mkdirSync(folder);
+    await states.save(t);
+    expect(readStateFile(path.join(folder, 'state.json'))!.topology.epoch).toBe(7);
   });
 
   it('rejects the saves of a write that failed', async () => {
