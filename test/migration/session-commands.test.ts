@@ -40,6 +40,8 @@ describe('transactions, WATCH and blocking commands on a slot being moved', () =
       const exec = answeredAt(client.multi().set(`${tag}:tx`, 'a').incr(`${tag}:0`).exec());
       const watched = answeredAt(watcher.watch(`${tag}:w`));
       const popped = answeredAt(blocker.blpop(`${tag}:list`, 20));
+      // Awaited below; a failed assertion before that must not leave it rejecting unhandled.
+      popped.catch(() => undefined);
 
       const [execDone, watchDone] = await Promise.all([exec, watched]);
       // Answered only once the slot stopped migrating (a status asked after the answer says so).
@@ -51,8 +53,15 @@ describe('transactions, WATCH and blocking commands on a slot being moved', () =
       expect(watchDone.value).toBe('OK');
       expect(watchDone.migrating).toBe(0);
       expect(execDone.at - sentAt).toBeGreaterThan(1_000);
-      // ...and at once after (the plan's log line comes after the slot's last snapshot).
-      const { end: planEnd } = planWindow(proxy.logs());
+      // ...and at once after: before the plan's end is logged (which comes after the slot's
+      // last snapshot, the YAML rewrite and the plan file's removal), or within a second of it.
+      await proxy.waitForPlan(20_000);
+      const loggedBy = Date.now() + 5_000;
+      let planEnd = planWindow(proxy.logs()).end;
+      while (planEnd === 0 && Date.now() < loggedBy) {
+        await sleep(20);
+        planEnd = planWindow(proxy.logs()).end;
+      }
       expect(planEnd).toBeGreaterThan(0);
       expect(execDone.at).toBeLessThan(planEnd + 1_000);
       expect(watchDone.at).toBeLessThan(planEnd + 1_000);
