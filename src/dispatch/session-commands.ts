@@ -28,11 +28,6 @@ function isValidArity(spec: CommandSpec, argc: number): boolean {
   return spec.arity > 0 ? argc === spec.arity : argc >= -spec.arity;
 }
 
-/**
- * Commands that change the state of the connection they run on — transactions, WATCH,
- * blocking commands, Pub/Sub — carried out so that no shared backend connection ever holds
- * one client's state.
- */
 /** A transaction, WATCH or blocking command waiting for its slot to settle. */
 interface SettleWaiter {
   readonly slot: number;
@@ -41,6 +36,11 @@ interface SettleWaiter {
   readonly timer: NodeJS.Timeout;
 }
 
+/**
+ * Commands that change the state of the connection they run on — transactions, WATCH,
+ * blocking commands, Pub/Sub — carried out so that no shared backend connection ever holds
+ * one client's state.
+ */
 export class SessionCommands {
   readonly #shards: ShardAccess;
   /** In arrival order; each client has at most one (it reads nothing more while one waits). */
