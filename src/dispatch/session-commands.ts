@@ -1,5 +1,6 @@
 import { IGNORE_REPLY, type ReplySink } from '../backend/reply-sink';
 import type { CommandSpec } from '../commands/handling';
+import type { ReplySlot } from '../reply/reply-slot';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeError, OK, QUEUED } from '../resp/resp-writer';
 import { commandSlot, CROSS_SLOT, NO_KEYS } from '../routing/route-planner';
@@ -31,6 +32,8 @@ function isValidArity(spec: CommandSpec, argc: number): boolean {
 /** A transaction, WATCH or blocking command waiting for its slot to settle. */
 interface SettleWaiter {
   readonly slot: number;
+  /** Canceled when the client goes: its command is then not sent at all. */
+  readonly reply: ReplySlot;
   readonly send: () => void;
   /** Answers TRYAGAIN when the wait runs out. */
   readonly timer: NodeJS.Timeout;
@@ -50,13 +53,19 @@ export class SessionCommands {
     this.#shards = shards;
   }
 
-  /** A new snapshot: the commands whose slot has settled in it go now. */
+  /**
+   * A new snapshot: the commands whose slot has settled in it go now. Those of clients that have
+   * gone are dropped: a BLPOP sent for nobody would take an element no one receives, a WATCH
+   * would open a connection no one closes.
+   */
   onTopology(): void {
     if (this.#settleWaiters.length === 0) return;
     const waiting = this.#settleWaiters;
     this.#settleWaiters = [];
     for (const waiter of waiting) {
-      if (this.#isSettled(waiter.slot)) {
+      if (waiter.reply.isCanceled) {
+        clearTimeout(waiter.timer);
+      } else if (this.#isSettled(waiter.slot)) {
         clearTimeout(waiter.timer);
         waiter.send();
       } else {
@@ -259,13 +268,14 @@ export class SessionCommands {
    * they wait instead (slots migrate for about a second), bounded like a failover wait. Every
    * snapshot that settles a slot comes through onTopology().
    */
-  #whenSettled(slot: number, reply: ReplySink, send: () => void): void {
+  #whenSettled(slot: number, reply: ReplySlot, send: () => void): void {
     if (this.#isSettled(slot)) {
       send();
       return;
     }
     const waiter: SettleWaiter = {
       slot,
+      reply,
       send,
       timer: setTimeout(() => {
         this.#settleWaiters = this.#settleWaiters.filter((w) => w !== waiter);

@@ -21,7 +21,7 @@ describe('transactions, WATCH and blocking commands on a slot being moved', () =
     let n = 0;
     while (slotOf(`{t${n}}`) !== SLOT) n++;
     const tag = `{t${n}}`;
-    const [client, watcher, blocker, pusher] = [0, 1, 2, 3].map(() => new Redis({ host: HOST, port: proxy.port }));
+    const [client, watcher, blocker, pusher, leaver] = [0, 1, 2, 3, 4].map(() => new Redis({ host: HOST, port: proxy.port }));
     const target = new Redis({ host: specs[1]!.node.host, port: specs[1]!.node.port });
     try {
       const filled = client.pipeline();
@@ -42,6 +42,10 @@ describe('transactions, WATCH and blocking commands on a slot being moved', () =
       const popped = answeredAt(blocker.blpop(`${tag}:list`, 20));
       // Awaited below; a failed assertion before that must not leave it rejecting unhandled.
       popped.catch(() => undefined);
+      // A client that leaves while its BLPOP waits for the slot: the BLPOP must not run for it later.
+      leaver.blpop(`${tag}:left`, 20).catch(() => undefined);
+      await sleep(100);
+      leaver.disconnect();
 
       const [execDone, watchDone] = await Promise.all([exec, watched]);
       // Answered only once the slot stopped migrating (a status asked after the answer says so).
@@ -74,6 +78,10 @@ describe('transactions, WATCH and blocking commands on a slot being moved', () =
       expect(popDone.value).toEqual([`${tag}:list`, 'x']);
 
       expect(await target.mget(`${tag}:tx`, `${tag}:0`, `${tag}:w`)).toEqual(['a', '1', 'w']);
+      // Nobody is waiting on the list the leaver blocked on: what is pushed there stays.
+      await pusher.lpush(`${tag}:left`, 'kept');
+      await sleep(300);
+      expect(await target.lrange(`${tag}:left`, 0, -1)).toEqual(['kept']);
       const source = new Redis({ host: specs[0]!.node.host, port: specs[0]!.node.port });
       try {
         expect(await source.keys(`${tag}*`)).toEqual([]);
@@ -81,7 +89,7 @@ describe('transactions, WATCH and blocking commands on a slot being moved', () =
         source.disconnect();
       }
     } finally {
-      for (const c of [client, watcher, blocker, pusher, target]) c.disconnect();
+      for (const c of [client, watcher, blocker, pusher, leaver, target]) c.disconnect();
     }
   }, 60_000);
 });
