@@ -4,15 +4,17 @@ import type { CommandSpec } from '../commands/handling';
 import type { RequestFrame } from '../resp/request-parser';
 import { encodeCommand } from '../resp/resp-writer';
 import { keySlot } from '../routing/key-slot';
+import type { Topology } from '../topology/topology';
 import type { ClientContext } from './client-context';
 
 /** What a Pub/Sub session needs of the dispatcher. */
 export interface PubSubShards {
-  readonly shardCount: number;
-  /** Index of the shard owning a slot. */
-  shardOfSlot(slot: number): number;
+  /** The current snapshot. */
+  readonly topology: Topology;
   /** A Pub/Sub-mode connection of the client's own to a shard's primary. */
   openPushConnection(shard: number, sink: PushSink): BackendConnection;
+  /** The session has closed (the dispatcher stops telling it of new snapshots). */
+  onClosed(session: PubSubSession): void;
 }
 
 type Kind = 'channel' | 'pattern' | 'shard';
@@ -41,8 +43,26 @@ function confirmation(name: string, subject: Buffer | null, count: number): Buff
   return Buffer.concat([Buffer.from(head + body), subject ?? Buffer.alloc(0), Buffer.from(subject === null ? `:${count}\r\n` : `\r\n:${count}\r\n`)]);
 }
 
+/**
+ * The shard a channel or shard channel lives on: where PUBLISH and SPUBLISH for it go now, the
+ * owner of its slot, or the slot's target while it migrates (commands on a migrating slot run
+ * on the target).
+ */
+function homeOf(topology: Topology, slot: number): string {
+  const migration = topology.migrations.get(slot);
+  return topology.shards[migration === undefined ? topology.slotOwner[slot]! : migration.to]!.name;
+}
+
+/** What owes confirmations: a client's command, or the session's own (re)subscription. */
+interface ConfirmationWaiter {
+  shardDone(): void;
+}
+
+/** The session's own subscribe and unsubscribe commands, as subscriptions follow the topology: the client hears nothing of them. */
+const UNSEEN: ConfirmationWaiter = { shardDone: () => undefined };
+
 /** A (un)subscribe command whose reply waits for every shard it went to. */
-class PendingConfirmation {
+class PendingConfirmation implements ConfirmationWaiter {
   readonly #slot: ReplySink;
   readonly #reply: Buffer;
   #shardsLeft: number;
@@ -60,53 +80,77 @@ class PendingConfirmation {
 
 /** Confirmations owed by one shard for one command. */
 interface Expectation {
-  readonly pending: PendingConfirmation;
+  readonly pending: ConfirmationWaiter;
   remaining: number;
 }
 
-/** Tells the session which shard's connection a frame came from. */
+/** A channel or shard channel subscribed to, and the shard it is subscribed on. */
+interface Subscription {
+  readonly name: Buffer;
+  readonly slot: number;
+  /** Shard name; '' for patterns (they are on every shard). */
+  home: string;
+}
+
+/** Tells the session which shard's connection a frame came from; silent once retired. */
 class ShardPushSink implements PushSink {
   readonly #session: PubSubSession;
-  readonly #shard: number;
+  readonly #shard: string;
+  /** The shard left the topology and its connection was closed on purpose. */
+  isRetired = false;
 
-  constructor(session: PubSubSession, shard: number) {
+  constructor(session: PubSubSession, shard: string) {
     this.#session = session;
     this.#shard = shard;
   }
 
   onPush(frame: Buffer): void {
-    this.#session.onShardPush(this.#shard, frame);
+    if (!this.isRetired) this.#session.onShardPush(this.#shard, frame);
   }
 
   onPushClosed(): void {
-    this.#session.onPushClosed();
+    if (!this.isRetired) this.#session.onPushClosed();
   }
 }
+
+/** Commands a session sends to one shard as its subscriptions follow a new snapshot. */
+interface Moves {
+  readonly add: Record<Kind, Buffer[]>;
+  readonly remove: Record<Kind, Buffer[]>;
+}
+
+const SUBSCRIBE: Readonly<Record<Kind, string>> = { channel: 'SUBSCRIBE', pattern: 'PSUBSCRIBE', shard: 'SSUBSCRIBE' };
+const UNSUBSCRIBE: Readonly<Record<Kind, string>> = { channel: 'UNSUBSCRIBE', pattern: 'PUNSUBSCRIBE', shard: 'SUNSUBSCRIBE' };
 
 /**
  * A subscribed client. Channels live on the shard owning the channel name's slot (where
  * PUBLISH through the proxy goes too), patterns on every shard; each shard is reached through
  * a Pub/Sub connection of the client's own. The proxy writes the subscribe confirmations itself,
  * with the counts one Redis would give, once every shard involved has confirmed, and forwards
- * the messages as they come.
+ * the messages as they come. When a snapshot moves a channel's slot, or adds or removes a shard,
+ * the subscriptions follow (onTopology): the client stays subscribed to what it asked for.
  */
 export class PubSubSession {
   readonly #client: ClientContext;
   readonly #shards: PubSubShards;
   /** Subscriptions by kind, keyed by the name's latin1 text. */
-  readonly #subscriptions: Readonly<Record<Kind, Map<string, Buffer>>> = {
+  readonly #subscriptions: Readonly<Record<Kind, Map<string, Subscription>>> = {
     channel: new Map(),
     pattern: new Map(),
     shard: new Map(),
   };
-  readonly #connections = new Map<number, BackendConnection>();
-  /** Per shard, the confirmations still owed for each command sent there, in order. */
-  readonly #expectations = new Map<number, Expectation[]>();
+  /** By shard name. */
+  readonly #connections = new Map<string, { readonly connection: BackendConnection; readonly sink: ShardPushSink }>();
+  /** Per shard name, the confirmations still owed for each command sent there, in order. */
+  readonly #expectations = new Map<string, Expectation[]>();
+  /** The shards patterns are subscribed on: every shard of the last snapshot seen. */
+  #patternShards: string[];
   #isClosed = false;
 
   constructor(client: ClientContext, shards: PubSubShards) {
     this.#client = client;
     this.#shards = shards;
+    this.#patternShards = shards.topology.shards.map((shard) => shard.name);
   }
 
   /** True while the client holds any subscription (RESP2 subscribed mode). */
@@ -124,18 +168,24 @@ export class PubSubSession {
       return;
     }
     const subscribed = this.#subscriptions[kind];
-    const targets = isAdd || names.length > 0 ? names : [...subscribed.values()];
+    const targets = isAdd || names.length > 0 ? names : [...subscribed.values()].map((s) => s.name);
     const replies: Buffer[] = [];
     /** Names to send to each shard. */
-    const perShard = new Map<number, Buffer[]>();
+    const perShard = new Map<string, Buffer[]>();
     for (const name of targets) {
       const key = name.toString('latin1');
-      const isChange = isAdd ? !subscribed.has(key) : subscribed.has(key);
-      if (isAdd) subscribed.set(key, name);
-      else subscribed.delete(key);
+      let subscription = subscribed.get(key);
+      const isChange = isAdd ? subscription === undefined : subscription !== undefined;
+      if (isAdd && subscription === undefined) {
+        const slot = kind === 'pattern' ? -1 : keySlot(name, 0, name.length);
+        subscription = { name, slot, home: slot < 0 ? '' : homeOf(this.#shards.topology, slot) };
+        subscribed.set(key, subscription);
+      } else if (!isAdd) {
+        subscribed.delete(key);
+      }
       replies.push(confirmation(spec.name, name, this.#count(kind)));
       if (!isChange) continue;
-      const shards = kind === 'pattern' ? [...Array(this.#shards.shardCount).keys()] : [this.#shards.shardOfSlot(keySlot(name, 0, name.length))];
+      const shards = kind === 'pattern' ? this.#patternShards : [subscription!.home];
       for (const shard of shards) {
         const list = perShard.get(shard);
         if (list === undefined) perShard.set(shard, [name]);
@@ -157,8 +207,55 @@ export class PubSubSession {
     }
   }
 
+  /**
+   * A new snapshot: each channel moves to the shard its slot now lives on (subscribed there
+   * first, then unsubscribed where it was), patterns are subscribed on shards that joined, and
+   * the connections to shards that left are closed. Messages published meanwhile through an
+   * older snapshot may be missed, as across a Redis Cluster reshard; none is heard twice.
+   */
+  onTopology(topology: Topology): void {
+    if (this.#isClosed) return;
+    const names = topology.shards.map((shard) => shard.name);
+    const moves = new Map<string, Moves>();
+    const movesOn = (shard: string): Moves => {
+      let m = moves.get(shard);
+      if (m === undefined) {
+        m = { add: { channel: [], pattern: [], shard: [] }, remove: { channel: [], pattern: [], shard: [] } };
+        moves.set(shard, m);
+      }
+      return m;
+    };
+    for (const kind of ['channel', 'shard'] as const) {
+      for (const subscription of this.#subscriptions[kind].values()) {
+        const home = homeOf(topology, subscription.slot);
+        if (home === subscription.home) continue;
+        movesOn(home).add[kind].push(subscription.name);
+        if (names.includes(subscription.home)) movesOn(subscription.home).remove[kind].push(subscription.name);
+        subscription.home = home;
+      }
+    }
+    const patterns = [...this.#subscriptions.pattern.values()].map((s) => s.name);
+    for (const shard of names) if (!this.#patternShards.includes(shard)) movesOn(shard).add.pattern.push(...patterns);
+    this.#patternShards = names;
+    for (const [shard, m] of moves) {
+      for (const kind of ['channel', 'pattern', 'shard'] as const) this.#sendUnseen(shard, SUBSCRIBE[kind], m.add[kind]);
+    }
+    for (const [shard, m] of moves) {
+      for (const kind of ['channel', 'pattern', 'shard'] as const) this.#sendUnseen(shard, UNSUBSCRIBE[kind], m.remove[kind]);
+    }
+    for (const [shard, { connection, sink }] of this.#connections) {
+      if (names.includes(shard)) continue;
+      sink.isRetired = true;
+      connection.close();
+      this.#connections.delete(shard);
+      // Commands still waiting for that shard's confirmations wait for it no more.
+      for (const expectation of this.#expectations.get(shard) ?? []) expectation.pending.shardDone();
+      this.#expectations.delete(shard);
+    }
+  }
+
   /** A frame read on the Pub/Sub connection to `shard`. */
-  onShardPush(shard: number, frame: Buffer): void {
+  onShardPush(shard: string, frame: Buffer): void {
     if (this.#isClosed) return;
     const type = pushType(frame);
     if (type === 'message' || type === 'pmessage' || type === 'smessage') {
@@ -184,9 +281,11 @@ export class PubSubSession {
   }
 
   close(): void {
+    if (this.#isClosed) return;
     this.#isClosed = true;
-    for (const connection of this.#connections.values()) connection.close();
+    for (const { connection } of this.#connections.values()) connection.close();
     this.#connections.clear();
+    this.#shards.onClosed(this);
   }
 
   /** What Redis reports after each (un)subscribe: channels + patterns, or shard channels alone. */
@@ -195,16 +294,24 @@ export class PubSubSession {
     return kind === 'shard' ? s.shard.size : s.channel.size + s.pattern.size;
   }
 
-  #connection(shard: number): BackendConnection {
-    let connection = this.#connections.get(shard);
-    if (connection === undefined) {
-      connection = this.#shards.openPushConnection(shard, new ShardPushSink(this, shard));
-      this.#connections.set(shard, connection);
+  #connection(shard: string): BackendConnection {
+    let entry = this.#connections.get(shard);
+    if (entry === undefined) {
+      const sink = new ShardPushSink(this, shard);
+      entry = { connection: this.#shards.openPushConnection(this.#shards.topology.indexOfShard(shard), sink), sink };
+      this.#connections.set(shard, entry);
     }
-    return connection;
+    return entry.connection;
   }
 
-  #expected(shard: number): Expectation[] {
+  /** A (un)subscribe of the session's own; its confirmations are counted, not forwarded. */
+  #sendUnseen(shard: string, command: string, names: readonly Buffer[]): void {
+    if (names.length === 0) return;
+    this.#expected(shard).push({ pending: UNSEEN, remaining: names.length });
+    this.#connection(shard).sendToPush(encodeCommand([command, ...names]));
+  }
+
+  #expected(shard: string): Expectation[] {
     let queue = this.#expectations.get(shard);
     if (queue === undefined) {
       queue = [];

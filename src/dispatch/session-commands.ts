@@ -48,17 +48,20 @@ export class SessionCommands {
   readonly #shards: ShardAccess;
   /** In arrival order; each client has at most one (it reads nothing more while one waits). */
   #settleWaiters: SettleWaiter[] = [];
+  /** Clients' Pub/Sub sessions, told of each new snapshot so their subscriptions follow it. */
+  readonly #pubsubSessions = new Set<PubSubSession>();
 
   constructor(shards: ShardAccess) {
     this.#shards = shards;
   }
 
   /**
-   * A new snapshot: the commands whose slot has settled in it go now. Those of clients that have
-   * gone are dropped: a BLPOP sent for nobody would take an element no one receives, a WATCH
-   * would open a connection no one closes.
+   * A new snapshot: Pub/Sub subscriptions follow it, and the commands whose slot has settled in
+   * it go now. Those of clients that have gone are dropped: a BLPOP sent for nobody would take
+   * an element no one receives, a WATCH would open a connection no one closes.
    */
   onTopology(): void {
+    for (const session of this.#pubsubSessions) session.onTopology(this.#shards.topology);
     if (this.#settleWaiters.length === 0) return;
     const waiting = this.#settleWaiters;
     this.#settleWaiters = [];
@@ -187,13 +190,15 @@ export class SessionCommands {
     const pins = (client.pins ??= new ClientPins());
     if (pins.pubsub === null) {
       const shards = this.#shards;
+      const sessions = this.#pubsubSessions;
       pins.pubsub = new PubSubSession(client, {
-        get shardCount() {
-          return shards.topology.shards.length;
+        get topology() {
+          return shards.topology;
         },
-        shardOfSlot: (slot) => shards.topology.slotOwner[slot]!,
         openPushConnection: (shard, sink) => shards.dedicatedConnection(shard, sink),
+        onClosed: (session) => sessions.delete(session),
       });
+      sessions.add(pins.pubsub);
     }
     pins.pubsub.handle(frame, spec);
   }

@@ -1,6 +1,6 @@
 import Redis from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { HOST, planWindow, sleep, slotOf, useMigrationDeployment } from './migration-harness';
+import { HOST, ownerFromStateFile, planWindow, sleep, slotOf, useMigrationDeployment } from './migration-harness';
 
 /**
  * Transactions, WATCH and blocking commands run on one connection to one shard, so they cannot
@@ -13,8 +13,9 @@ const SLOT = 8191;
 /** At 20 keys a second the slot migrates for about 3 s. */
 const KEYS_IN_SLOT = 60;
 
-describe('transactions, WATCH and blocking commands on a slot being moved', () => {
-  const deployment = useMigrationDeployment({ shards: 2, config: { migrateKeysPerSecond: 20 } });
+describe('transactions, WATCH, blocking commands and Pub/Sub on slots being moved', () => {
+  // A third server, not in the proxy's YAML: the shard the last test adds.
+  const deployment = useMigrationDeployment({ shards: 3, proxyShards: 2, config: { migrateKeysPerSecond: 20 } });
 
   it('wait while the slot migrates, then run on its new owner', async () => {
     const { proxy, specs } = deployment;
@@ -90,6 +91,104 @@ describe('transactions, WATCH and blocking commands on a slot being moved', () =
       }
     } finally {
       for (const c of [client, watcher, blocker, pusher, leaver, target]) c.disconnect();
+    }
+  }, 60_000);
+
+  /** A subscriber to `channel` (SUBSCRIBE and SSUBSCRIBE) and to the pattern `ch*`, and what it hears. */
+  async function subscribe(port: number, channel: string): Promise<{ subscriber: Redis; heard: string[] }> {
+    const subscriber = new Redis({ host: HOST, port });
+    const heard: string[] = [];
+    subscriber.on('message', (ch: string, m: string) => heard.push(`message ${ch} ${m}`));
+    subscriber.on('smessage', (ch: string, m: string) => heard.push(`smessage ${ch} ${m}`));
+    subscriber.on('pmessage', (pattern: string, ch: string, m: string) => heard.push(`pmessage ${pattern} ${ch} ${m}`));
+    await subscriber.subscribe(channel);
+    await subscriber.ssubscribe(channel);
+    await subscriber.psubscribe('ch*');
+    return { subscriber, heard };
+  }
+
+  /** PUBLISH and SPUBLISH through the proxy; resolves with the receiver counts once the subscriber heard all. */
+  async function publish(publisher: Redis, channel: string, text: string, heard: string[]): Promise<number[]> {
+    const before = heard.length;
+    const counts = [await publisher.publish(channel, text), Number(await publisher.spublish(channel, text))];
+    const by = Date.now() + 2_000;
+    while (heard.length < before + 3 && Date.now() < by) await sleep(10);
+    return counts;
+  }
+
+  it('keeps Pub/Sub subscribers where PUBLISH goes when their channel\'s slot moves', async () => {
+    const { proxy } = deployment;
+    // The test before moved slot 8191 to s2: `reshard --slots 1` moves 8190 now.
+    let n = 0;
+    while (slotOf(`ch${n}`) !== SLOT - 1) n++;
+    const channel = `ch${n}`;
+    const { subscriber, heard } = await subscribe(proxy.port, channel);
+    const publisher = new Redis({ host: HOST, port: proxy.port });
+    try {
+      expect(await publish(publisher, channel, 'before', heard)).toEqual([2, 1]);
+      const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: 1 });
+      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+      expect((await proxy.waitForPlan(20_000)).state).toBe('done');
+      expect((await proxy.status()).shards.map((s) => s.slots)).toEqual([8190, 8194]);
+      expect(await publish(publisher, channel, 'after', heard)).toEqual([2, 1]);
+      expect(heard.sort()).toEqual(
+        [`message ${channel} before`, `pmessage ch* ${channel} before`, `smessage ${channel} before`, `message ${channel} after`, `pmessage ch* ${channel} after`, `smessage ${channel} after`].sort(),
+      );
+    } finally {
+      subscriber.disconnect();
+      publisher.disconnect();
+    }
+  }, 60_000);
+
+  it('subscribes patterns on a shard added later, and moves channels onto it', async () => {
+    const { proxy, specs } = deployment;
+    const channel = 'ch:added';
+    const { subscriber, heard } = await subscribe(proxy.port, channel);
+    const publisher = new Redis({ host: HOST, port: proxy.port });
+    try {
+      const submitted = await proxy.submit({ op: 'add-shard', name: 's3', primary: `${specs[2]!.node.host}:${specs[2]!.node.port}` });
+      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+      expect((await proxy.waitForPlan(30_000)).state).toBe('done');
+      const { owner } = ownerFromStateFile(proxy.stateFile);
+      // A channel whose slot the new shard owns: the pattern subscription must be there too.
+      let n = 0;
+      while (owner[slotOf(`ch:new:${n}`)] !== 's3') n++;
+      const onNewShard = `ch:new:${n}`;
+      expect(await publisher.publish(onNewShard, 'new')).toBe(1);
+      const by = Date.now() + 2_000;
+      while (heard.length < 1 && Date.now() < by) await sleep(10);
+      // The subscribed channel, wherever its slot went.
+      expect(await publish(publisher, channel, 'after', heard)).toEqual([2, 1]);
+      expect(heard.sort()).toEqual([`message ${channel} after`, `pmessage ch* ${channel} after`, `pmessage ch* ${onNewShard} new`, `smessage ${channel} after`].sort());
+    } finally {
+      subscriber.disconnect();
+      publisher.disconnect();
+    }
+  }, 60_000);
+
+  it('moves the subscriptions of a shard being removed, and keeps the client connected', async () => {
+    const { proxy } = deployment;
+    const { owner } = ownerFromStateFile(proxy.stateFile);
+    let n = 0;
+    while (owner[slotOf(`ch:gone:${n}`)] !== 's3') n++;
+    const channel = `ch:gone:${n}`;
+    const { subscriber, heard } = await subscribe(proxy.port, channel);
+    const publisher = new Redis({ host: HOST, port: proxy.port });
+    let isClosed = false;
+    subscriber.on('close', () => (isClosed = true));
+    try {
+      const submitted = await proxy.submit({ op: 'remove-shard', name: 's3' });
+      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+      expect((await proxy.waitForPlan(30_000)).state).toBe('done');
+      expect((await proxy.status()).shards.map((s) => s.name)).toEqual(['s1', 's2']);
+      expect(await publish(publisher, channel, 'after', heard)).toEqual([2, 1]);
+      expect(heard.sort()).toEqual([`message ${channel} after`, `pmessage ch* ${channel} after`, `smessage ${channel} after`].sort());
+      expect(isClosed).toBe(false);
+      // Its counts are the client's own, as before.
+      expect(await subscriber.psubscribe('other*')).toBe(3);
+    } finally {
+      subscriber.disconnect();
+      publisher.disconnect();
     }
   }, 60_000);
 });
