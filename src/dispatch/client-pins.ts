@@ -2,10 +2,11 @@ import type { BackendConnection } from '../backend/backend-connection';
 import type { PubSubSession } from './pubsub-session';
 import type { Transaction } from './transaction';
 
-/** A WATCH in force: the keys' slot and the client's own connection that holds the watch. */
+/** A WATCH in force: the keys' slot, the shard it watched them on, and the client's own connection that holds the watch. */
 export interface WatchState {
   readonly slot: number;
-  readonly shard: number;
+  /** The name of the shard that owned the slot at the first WATCH. */
+  readonly shardName: string;
   readonly connection: BackendConnection;
 }
 

@@ -5,7 +5,7 @@ import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeError, OK, QUEUED } from '../resp/resp-writer';
 import { commandSlot, CROSS_SLOT, NO_KEYS } from '../routing/route-planner';
 import type { ClientContext } from './client-context';
-import { ClientPins } from './client-pins';
+import { ClientPins, type WatchState } from './client-pins';
 import { wrongArity } from './local-commands';
 import { PubSubSession } from './pubsub-session';
 import type { ShardAccess } from './shard-access';
@@ -15,6 +15,8 @@ import { EXEC_REQUEST, Transaction, UNWATCH_REQUEST } from './transaction';
 const SETTLE_WAIT_MS = 30_000;
 const NOT_SETTLED = encodeError('TRYAGAIN the slot is being moved or its shard failed over; try again');
 const EXECABORT = encodeError('EXECABORT Transaction discarded because of previous errors.');
+/** EXEC's answer when a watched key changed (RESP2; the proxy speaks no RESP3). */
+const NULL_ARRAY = Buffer.from('*-1\r\n');
 const PONG_SUBSCRIBED = Buffer.from('*2\r\n$4\r\npong\r\n$0\r\n\r\n');
 
 /** Commands a subscribed RESP2 client may send (redis-server's list). */
@@ -247,7 +249,15 @@ export class SessionCommands {
     // MULTI and the queued commands were answered +OK/+QUEUED already; only EXEC's reply goes on.
     const batch = [...transaction.parts, EXEC_REQUEST];
     if (watch !== null) {
-      // A key that migrated since WATCH counts as modified: EXEC answers null, as it should.
+      // A key moved away since WATCH counts as modified on the watching shard: EXEC answers null.
+      // But WATCH sees only that shard: once the slot has moved or is moving, its keys may have
+      // been written on the target (those the source never had), and the transaction would run
+      // on a shard that no longer owns them. Redis answers null for a modified key; so does this.
+      if (!this.#isWatchedHome(watch)) {
+        watch.connection.send(UNWATCH_REQUEST, IGNORE_REPLY);
+        reply.onReply(NULL_ARRAY);
+        return;
+      }
       watch.connection.sendBatch(batch, transaction.count + 1, reply);
       return;
     }
@@ -258,6 +268,12 @@ export class SessionCommands {
       const shard = slot === NO_KEYS ? shards.anyShard() : shards.topology.slotOwner[slot]!;
       shards.primaryConnection(shard, client.id).sendBatch(batch, transaction.count + 1, reply);
     });
+  }
+
+  /** The watched slot is settled on the shard that held it at WATCH. */
+  #isWatchedHome(watch: WatchState): boolean {
+    const topology = this.#shards.topology;
+    return this.#isSettled(watch.slot) && topology.shards[topology.slotOwner[watch.slot]!]!.name === watch.shardName;
   }
 
   /** The slot's shard can take a command now: the slot is not migrating, the shard not failing over. */
@@ -303,9 +319,10 @@ export class SessionCommands {
     const request = Buffer.from(frame.bytes());
     const reply = client.awaitReply(spec);
     const send = (): void => {
-      const shard = this.#shards.topology.slotOwner[slot]!;
+      const topology = this.#shards.topology;
+      const shard = topology.slotOwner[slot]!;
       const connection = this.#ownConnection(client, shard);
-      pins.watch = { slot, shard, connection };
+      pins.watch = { slot, shardName: pins.watch?.shardName ?? topology.shards[shard]!.name, connection };
       connection.send(request, reply);
     };
     if (this.#isSettled(slot)) {

@@ -191,4 +191,35 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
       publisher.disconnect();
     }
   }, 60_000);
+
+  it('answers EXEC with null when the WATCHed slot moved since WATCH, and writes nothing', async () => {
+    const { proxy, specs } = deployment;
+    const { owner } = ownerFromStateFile(proxy.stateFile);
+    // s1's highest slot: the one `reshard --slots 1` moves to s2.
+    const slot = owner.lastIndexOf('s1');
+    let n = 0;
+    while (slotOf(`w${n}`) !== slot) n++;
+    // A key that does not exist: the move cannot touch it on s1, so WATCH on s1 sees nothing.
+    const key = `w${n}`;
+    const client = new Redis({ host: HOST, port: proxy.port });
+    const source = new Redis({ host: specs[0]!.node.host, port: specs[0]!.node.port });
+    try {
+      expect(await client.watch(key)).toBe('OK');
+      const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: 1 });
+      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+      expect((await proxy.waitForPlan(20_000)).state).toBe('done');
+      expect(ownerFromStateFile(proxy.stateFile).owner[slot]).toBe('s2');
+      expect(await client.multi().set(key, 'x').exec()).toBeNull();
+      expect(await client.get(key)).toBeNull();
+      expect(await source.exists(key)).toBe(0);
+      // The next transaction runs where the slot is now.
+      expect(await client.watch(key)).toBe('OK');
+      expect(await client.multi().set(key, 'y').exec()).toEqual([[null, 'OK']]);
+      expect(await client.get(key)).toBe('y');
+      expect(await source.exists(key)).toBe(0);
+    } finally {
+      client.disconnect();
+      source.disconnect();
+    }
+  }, 60_000);
 });
