@@ -43,14 +43,9 @@ function confirmation(name: string, subject: Buffer | null, count: number): Buff
   return Buffer.concat([Buffer.from(head + body), subject ?? Buffer.alloc(0), Buffer.from(subject === null ? `:${count}\r\n` : `\r\n:${count}\r\n`)]);
 }
 
-/**
- * The shard a channel or shard channel lives on: where PUBLISH and SPUBLISH for it go now, the
- * owner of its slot, or the slot's target while it migrates (commands on a migrating slot run
- * on the target).
- */
+/** The shard a channel or shard channel lives on: where PUBLISH and SPUBLISH for it go now. */
 function homeOf(topology: Topology, slot: number): string {
-  const migration = topology.migrations.get(slot);
-  return topology.shards[migration === undefined ? topology.slotOwner[slot]! : migration.to]!.name;
+  return topology.shards[topology.homeOf(slot)]!.name;
 }
 
 /** What owes confirmations: a client's command, or the session's own (re)subscription. */

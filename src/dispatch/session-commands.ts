@@ -1,8 +1,9 @@
+import type { BackendConnection } from '../backend/backend-connection';
 import { IGNORE_REPLY, type ReplySink } from '../backend/reply-sink';
 import type { CommandSpec } from '../commands/handling';
 import type { ReplySlot } from '../reply/reply-slot';
 import type { RequestFrame } from '../resp/request-parser';
-import { CROSSSLOT, encodeError, OK, QUEUED } from '../resp/resp-writer';
+import { CROSSSLOT, encodeCommand, encodeError, OK, QUEUED } from '../resp/resp-writer';
 import { commandSlot, CROSS_SLOT, NO_KEYS } from '../routing/route-planner';
 import type { ClientContext } from './client-context';
 import { ClientPins, type WatchState } from './client-pins';
@@ -41,6 +42,80 @@ interface SettleWaiter {
   readonly timer: NodeJS.Timeout;
 }
 
+const CLIENT_ID_REQUEST = encodeCommand(['CLIENT', 'ID']);
+/** A blocking command's answer when it timed out, or was woken by CLIENT UNBLOCK (RESP2). */
+const NULL_BULK = Buffer.from('$-1\r\n');
+
+/**
+ * A blocking command sent on its client's own connection. When a snapshot moves its slot (or
+ * starts moving it), the command is woken where it waits (CLIENT UNBLOCK: it answers as if timed
+ * out) and sent again where the slot now lives, so a worker blocked on a queue follows the
+ * queue; an answer with data that came before the wake-up goes to the client as it is.
+ */
+class BlockedCommand implements ReplySink {
+  readonly slot: number;
+  readonly reply: ReplySlot;
+  /** The shard it waits on, and its connection's id there (CLIENT ID; null until known). */
+  shardName = '';
+  nodeClientId: number | null = null;
+  /** Woken on purpose: a null answer means "send it again", not "timed out". */
+  isWoken = false;
+  /** Sends it (again) once the slot is settled. */
+  readonly #resend: () => void;
+  /** It answered (or failed): nothing to follow any more. */
+  readonly #onDone: (blocked: BlockedCommand) => void;
+  /** Asked to wake before CLIENT ID answered: wake as soon as it does. */
+  #wake: ((id: number) => void) | null = null;
+  /** Reads CLIENT ID's answer. */
+  readonly idSink: ReplySink = {
+    onReply: (frame) => {
+      this.nodeClientId = Number(frame.toString('latin1', 1, frame.length - 2));
+      this.#wake?.(this.nodeClientId);
+      this.#wake = null;
+    },
+    onFailure: () => undefined,
+  };
+
+  constructor(slot: number, reply: ReplySlot, resend: () => void, onDone: (blocked: BlockedCommand) => void) {
+    this.slot = slot;
+    this.reply = reply;
+    this.#resend = resend;
+    this.#onDone = onDone;
+  }
+
+  sentTo(shardName: string): void {
+    this.shardName = shardName;
+    this.nodeClientId = null;
+    this.isWoken = false;
+    this.#wake = null;
+  }
+
+  /** Wakes it where it waits: `unblock(id)` now, or once its connection's id is known. */
+  wakeUp(unblock: (id: number) => void): void {
+    this.isWoken = true;
+    if (this.nodeClientId !== null) unblock(this.nodeClientId);
+    else this.#wake = unblock;
+  }
+
+  onReply(frame: Buffer): void {
+    if (this.isWoken && isNullReply(frame)) {
+      this.#resend();
+      return;
+    }
+    this.#onDone(this);
+    this.reply.onReply(frame);
+  }
+
+  onFailure(error: Buffer): void {
+    this.#onDone(this);
+    this.reply.onFailure(error);
+  }
+}
+
+function isNullReply(frame: Buffer): boolean {
+  return frame.equals(NULL_ARRAY) || frame.equals(NULL_BULK);
+}
+
 /**
  * Commands that change the state of the connection they run on — transactions, WATCH,
  * blocking commands, Pub/Sub — carried out so that no shared backend connection ever holds
@@ -52,6 +127,8 @@ export class SessionCommands {
   #settleWaiters: SettleWaiter[] = [];
   /** Clients' Pub/Sub sessions, told of each new snapshot so their subscriptions follow it. */
   readonly #pubsubSessions = new Set<PubSubSession>();
+  /** Blocking commands sent and not answered yet, told of each new snapshot likewise. */
+  readonly #blocked = new Set<BlockedCommand>();
 
   constructor(shards: ShardAccess) {
     this.#shards = shards;
@@ -63,7 +140,16 @@ export class SessionCommands {
    * an element no one receives, a WATCH would open a connection no one closes.
    */
   onTopology(): void {
-    for (const session of this.#pubsubSessions) session.onTopology(this.#shards.topology);
+    const topology = this.#shards.topology;
+    for (const session of this.#pubsubSessions) session.onTopology(topology);
+    for (const blocked of this.#blocked) {
+      if (blocked.isWoken || blocked.slot === NO_KEYS) continue;
+      if (topology.shards[topology.homeOf(blocked.slot)]!.name === blocked.shardName) continue;
+      const where = topology.shardNamed(blocked.shardName);
+      // A shard gone from the topology owned no slot for a while: nothing blocks there on ours.
+      if (where === undefined) continue;
+      blocked.wakeUp((id) => this.#shards.primaryConnection(where.index, 0).send(encodeCommand(['CLIENT', 'UNBLOCK', String(id)]), IGNORE_REPLY));
+    }
     if (this.#settleWaiters.length === 0) return;
     const waiting = this.#settleWaiters;
     this.#settleWaiters = [];
@@ -180,12 +266,22 @@ export class SessionCommands {
     const request = Buffer.from(frame.bytes());
     const reply = client.awaitReply(spec);
     client.holdUntilReplied();
-    client.sendWhenFirst(reply, () =>
-      this.#whenSettled(slot, reply, () => {
-        const shard = slot === NO_KEYS ? this.#shards.anyShard() : this.#shards.topology.slotOwner[slot]!;
-        this.#ownConnection(client, shard).send(request, reply);
-      }),
+    const send = (): void => {
+      const topology = this.#shards.topology;
+      const shard = slot === NO_KEYS ? this.#shards.anyShard() : topology.slotOwner[slot]!;
+      const connection: BackendConnection = this.#ownConnection(client, shard);
+      blocked.sentTo(topology.shards[shard]!.name);
+      this.#blocked.add(blocked);
+      connection.send(CLIENT_ID_REQUEST, blocked.idSink);
+      connection.send(request, blocked);
+    };
+    const blocked = new BlockedCommand(
+      slot,
+      reply,
+      () => this.#whenSettled(slot, reply, send),
+      (done) => this.#blocked.delete(done),
     );
+    client.sendWhenFirst(reply, () => this.#whenSettled(slot, reply, send));
   }
 
   pubsub(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {

@@ -91,6 +91,12 @@ export class Topology {
     return this.shards.find((s) => s.name === name);
   }
 
+  /** The shard commands on `slot` go to now: its owner, or its target while it migrates. */
+  homeOf(slot: number): number {
+    const migration = this.migrations.get(slot);
+    return migration === undefined ? this.slotOwner[slot]! : migration.to;
+  }
+
   /** Index of the shard named `name`; throws when there is none. */
   indexOfShard(name: string): number {
     const shard = this.shardNamed(name);

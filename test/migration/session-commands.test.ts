@@ -222,4 +222,29 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
       source.disconnect();
     }
   }, 60_000);
+
+  it('wakes a BLPOP blocked before its slot moved when a push arrives after', async () => {
+    const { proxy } = deployment;
+    const { owner } = ownerFromStateFile(proxy.stateFile);
+    const slot = owner.lastIndexOf('s1');
+    let n = 0;
+    while (slotOf(`q${n}`) !== slot) n++;
+    const queue = `q${n}`;
+    const [worker, producer] = [0, 1].map(() => new Redis({ host: HOST, port: proxy.port }));
+    try {
+      const popped = worker.blpop(queue, 0);
+      popped.catch(() => undefined);
+      await sleep(200);
+      const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: 1 });
+      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+      expect((await proxy.waitForPlan(20_000)).state).toBe('done');
+      expect(ownerFromStateFile(proxy.stateFile).owner[slot]).toBe('s2');
+      await producer.lpush(queue, 'job');
+      const result = await Promise.race([popped, sleep(3_000).then(() => 'still blocked')]);
+      expect(result).toEqual([queue, 'job']);
+    } finally {
+      worker.disconnect();
+      producer.disconnect();
+    }
+  }, 60_000);
 });
