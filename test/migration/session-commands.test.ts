@@ -1,6 +1,6 @@
 import Redis from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { HOST, ownerFromStateFile, planWindow, sleep, slotOf, useMigrationDeployment } from './migration-harness';
+import { HOST, ownerFromStateFile, planWindow, sleep, slotOf, useMigrationDeployment, type MigrationProxy } from './migration-harness';
 
 /**
  * Transactions, WATCH and blocking commands run on one connection to one shard, so they cannot
@@ -13,15 +13,35 @@ const SLOT = 8191;
 /** At 20 keys a second the slot migrates for about 3 s. */
 const KEYS_IN_SLOT = 60;
 
+/** `${prefix}${n}` for the first n for which `isWanted(slot of it)` holds. */
+function nameWhere(prefix: string, isWanted: (slot: number) => boolean): string {
+  let n = 0;
+  while (!isWanted(slotOf(`${prefix}${n}`))) n++;
+  return `${prefix}${n}`;
+}
+
+/** Submits a plan to the proxy's admin endpoint and waits until it has run to the end. */
+async function runPlan(proxy: MigrationProxy, request: Record<string, unknown>): Promise<void> {
+  const submitted = await proxy.submit(request);
+  expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+  expect((await proxy.waitForPlan(30_000)).state).toBe('done');
+}
+
+/** The highest slot `shard` owns, by the proxy's state file. */
+function highestSlot(proxy: MigrationProxy, shard: string): number {
+  return ownerFromStateFile(proxy.stateFile).owner.lastIndexOf(shard);
+}
+
+/** s1's highest slot moves to s2 (redis-cli's reshard takes the giver's highest slots first). */
+const RESHARD_ONE_SLOT = { op: 'reshard', from: 's1', to: 's2', slots: 1 } as const;
+
 describe('transactions, WATCH, blocking commands and Pub/Sub on slots being moved', () => {
   // A third server, not in the proxy's YAML: the shard the last test adds.
   const deployment = useMigrationDeployment({ shards: 3, proxyShards: 2, config: { migrateKeysPerSecond: 20 } });
 
   it('wait while the slot migrates, then run on its new owner', async () => {
     const { proxy, specs } = deployment;
-    let n = 0;
-    while (slotOf(`{t${n}}`) !== SLOT) n++;
-    const tag = `{t${n}}`;
+    const tag = `{${nameWhere('t', (slot) => slot === SLOT)}}`;
     const [client, watcher, blocker, pusher, leaver] = [0, 1, 2, 3, 4].map(() => new Redis({ host: HOST, port: proxy.port }));
     const target = new Redis({ host: specs[1]!.node.host, port: specs[1]!.node.port });
     try {
@@ -29,7 +49,7 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
       for (let i = 0; i < KEYS_IN_SLOT; i++) filled.set(`${tag}:${i}`, String(i));
       await filled.exec();
 
-      const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: 1 });
+      const submitted = await proxy.submit(RESHARD_ONE_SLOT);
       expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
       const migratingBy = Date.now() + 10_000;
       while ((await proxy.status()).slotsMigrating === 0 && Date.now() < migratingBy) await sleep(10);
@@ -119,16 +139,12 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
   it('keeps Pub/Sub subscribers where PUBLISH goes when their channel\'s slot moves', async () => {
     const { proxy } = deployment;
     // The test before moved slot 8191 to s2: `reshard --slots 1` moves 8190 now.
-    let n = 0;
-    while (slotOf(`ch${n}`) !== SLOT - 1) n++;
-    const channel = `ch${n}`;
+    const channel = nameWhere('ch', (slot) => slot === SLOT - 1);
     const { subscriber, heard } = await subscribe(proxy.port, channel);
     const publisher = new Redis({ host: HOST, port: proxy.port });
     try {
       expect(await publish(publisher, channel, 'before', heard)).toEqual([2, 1]);
-      const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: 1 });
-      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
-      expect((await proxy.waitForPlan(20_000)).state).toBe('done');
+      await runPlan(proxy, RESHARD_ONE_SLOT);
       expect((await proxy.status()).shards.map((s) => s.slots)).toEqual([8190, 8194]);
       expect(await publish(publisher, channel, 'after', heard)).toEqual([2, 1]);
       expect(heard.sort()).toEqual(
@@ -146,14 +162,10 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
     const { subscriber, heard } = await subscribe(proxy.port, channel);
     const publisher = new Redis({ host: HOST, port: proxy.port });
     try {
-      const submitted = await proxy.submit({ op: 'add-shard', name: 's3', primary: `${specs[2]!.node.host}:${specs[2]!.node.port}` });
-      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
-      expect((await proxy.waitForPlan(30_000)).state).toBe('done');
+      await runPlan(proxy, { op: 'add-shard', name: 's3', primary: `${specs[2]!.node.host}:${specs[2]!.node.port}` });
       const { owner } = ownerFromStateFile(proxy.stateFile);
       // A channel whose slot the new shard owns: the pattern subscription must be there too.
-      let n = 0;
-      while (owner[slotOf(`ch:new:${n}`)] !== 's3') n++;
-      const onNewShard = `ch:new:${n}`;
+      const onNewShard = nameWhere('ch:new:', (slot) => owner[slot] === 's3');
       expect(await publisher.publish(onNewShard, 'new')).toBe(1);
       const by = Date.now() + 2_000;
       while (heard.length < 1 && Date.now() < by) await sleep(10);
@@ -169,17 +181,13 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
   it('moves the subscriptions of a shard being removed, and keeps the client connected', async () => {
     const { proxy } = deployment;
     const { owner } = ownerFromStateFile(proxy.stateFile);
-    let n = 0;
-    while (owner[slotOf(`ch:gone:${n}`)] !== 's3') n++;
-    const channel = `ch:gone:${n}`;
+    const channel = nameWhere('ch:gone:', (slot) => owner[slot] === 's3');
     const { subscriber, heard } = await subscribe(proxy.port, channel);
     const publisher = new Redis({ host: HOST, port: proxy.port });
     let isClosed = false;
     subscriber.on('close', () => (isClosed = true));
     try {
-      const submitted = await proxy.submit({ op: 'remove-shard', name: 's3' });
-      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
-      expect((await proxy.waitForPlan(30_000)).state).toBe('done');
+      await runPlan(proxy, { op: 'remove-shard', name: 's3' });
       expect((await proxy.status()).shards.map((s) => s.name)).toEqual(['s1', 's2']);
       expect(await publish(publisher, channel, 'after', heard)).toEqual([2, 1]);
       expect(heard.sort()).toEqual([`message ${channel} after`, `pmessage ch* ${channel} after`, `smessage ${channel} after`].sort());
@@ -194,20 +202,15 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
 
   it('answers EXEC with null when the WATCHed slot moved since WATCH, and writes nothing', async () => {
     const { proxy, specs } = deployment;
-    const { owner } = ownerFromStateFile(proxy.stateFile);
     // s1's highest slot: the one `reshard --slots 1` moves to s2.
-    const slot = owner.lastIndexOf('s1');
-    let n = 0;
-    while (slotOf(`w${n}`) !== slot) n++;
+    const slot = highestSlot(proxy, 's1');
     // A key that does not exist: the move cannot touch it on s1, so WATCH on s1 sees nothing.
-    const key = `w${n}`;
+    const key = nameWhere('w', (s) => s === slot);
     const client = new Redis({ host: HOST, port: proxy.port });
     const source = new Redis({ host: specs[0]!.node.host, port: specs[0]!.node.port });
     try {
       expect(await client.watch(key)).toBe('OK');
-      const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: 1 });
-      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
-      expect((await proxy.waitForPlan(20_000)).state).toBe('done');
+      await runPlan(proxy, RESHARD_ONE_SLOT);
       expect(ownerFromStateFile(proxy.stateFile).owner[slot]).toBe('s2');
       expect(await client.multi().set(key, 'x').exec()).toBeNull();
       expect(await client.get(key)).toBeNull();
@@ -225,19 +228,14 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
 
   it('wakes a BLPOP blocked before its slot moved when a push arrives after', async () => {
     const { proxy } = deployment;
-    const { owner } = ownerFromStateFile(proxy.stateFile);
-    const slot = owner.lastIndexOf('s1');
-    let n = 0;
-    while (slotOf(`q${n}`) !== slot) n++;
-    const queue = `q${n}`;
+    const slot = highestSlot(proxy, 's1');
+    const queue = nameWhere('q', (s) => s === slot);
     const [worker, producer] = [0, 1].map(() => new Redis({ host: HOST, port: proxy.port }));
     try {
       const popped = worker.blpop(queue, 0);
       popped.catch(() => undefined);
       await sleep(200);
-      const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: 1 });
-      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
-      expect((await proxy.waitForPlan(20_000)).state).toBe('done');
+      await runPlan(proxy, RESHARD_ONE_SLOT);
       expect(ownerFromStateFile(proxy.stateFile).owner[slot]).toBe('s2');
       await producer.lpush(queue, 'job');
       const result = await Promise.race([popped, sleep(3_000).then(() => 'still blocked')]);
