@@ -139,7 +139,7 @@ export class PubSubSession {
   /** Per shard name, the confirmations still owed for each command sent there, in order. */
   readonly #expectations = new Map<string, Expectation[]>();
   /** The shards patterns are subscribed on: every shard of the last snapshot seen. */
-  #patternShards: string[];
+  #patternShards: readonly string[];
   #isClosed = false;
 
   constructor(client: ClientContext, shards: PubSubShards) {
@@ -208,9 +208,8 @@ export class PubSubSession {
    * the connections to shards that left are closed. Messages published meanwhile through an
    * older snapshot may be missed, as across a Redis Cluster reshard; none is heard twice.
    */
-  onTopology(topology: Topology): void {
+  onTopology(topology: Topology, names: readonly string[]): void {
     if (this.#isClosed) return;
-    const names = topology.shards.map((shard) => shard.name);
     const moves = new Map<string, Moves>();
     const movesOn = (shard: string): Moves => {
       let m = moves.get(shard);
@@ -229,8 +228,12 @@ export class PubSubSession {
         subscription.home = home;
       }
     }
-    const patterns = [...this.#subscriptions.pattern.values()].map((s) => s.name);
-    for (const shard of names) if (!this.#patternShards.includes(shard)) movesOn(shard).add.pattern.push(...patterns);
+    if (this.#subscriptions.pattern.size > 0) {
+      for (const shard of names) {
+        if (this.#patternShards.includes(shard)) continue;
+        for (const subscription of this.#subscriptions.pattern.values()) movesOn(shard).add.pattern.push(subscription.name);
+      }
+    }
     this.#patternShards = names;
     for (const [shard, m] of moves) {
       for (const kind of ['channel', 'pattern', 'shard'] as const) this.#sendUnseen(shard, SUBSCRIBE[kind], m.add[kind]);

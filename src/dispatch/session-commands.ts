@@ -1,4 +1,3 @@
-import type { BackendConnection } from '../backend/backend-connection';
 import { IGNORE_REPLY, type ReplySink } from '../backend/reply-sink';
 import type { CommandSpec } from '../commands/handling';
 import type { ReplySlot } from '../reply/reply-slot';
@@ -141,7 +140,10 @@ export class SessionCommands {
    */
   onTopology(): void {
     const topology = this.#shards.topology;
-    for (const session of this.#pubsubSessions) session.onTopology(topology);
+    if (this.#pubsubSessions.size > 0) {
+      const names = topology.shards.map((shard) => shard.name);
+      for (const session of this.#pubsubSessions) session.onTopology(topology, names);
+    }
     for (const blocked of this.#blocked) {
       if (blocked.isWoken || blocked.slot === NO_KEYS) continue;
       if (topology.shards[topology.homeOf(blocked.slot)]!.name === blocked.shardName) continue;
@@ -269,7 +271,7 @@ export class SessionCommands {
     const send = (): void => {
       const topology = this.#shards.topology;
       const shard = slot === NO_KEYS ? this.#shards.anyShard() : topology.slotOwner[slot]!;
-      const connection: BackendConnection = this.#ownConnection(client, shard);
+      const connection = this.#ownConnection(client, shard);
       blocked.sentTo(topology.shards[shard]!.name);
       this.#blocked.add(blocked);
       connection.send(CLIENT_ID_REQUEST, blocked.idSink);
