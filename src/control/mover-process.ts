@@ -2,13 +2,16 @@ import { log } from '../log/logger';
 import { idleThisProcess } from '../runtime/background-process';
 import { topologyFromJson } from '../topology/topology-codec';
 import type { Topology } from '../topology/topology';
+import { movesOf, workOutPlan } from './plan-view';
+import { PlanError } from './rebalance-planner';
 import type { FromMover, HostCall, ProgressFields, ToMover } from './slot-migrator';
 import { MigrationAbortedError, MigrationProgress, SlotMover, type MoverHost } from './slot-mover';
 
 /**
  * The slot mover's process (see slot-migrator.ts): runs SlotMovers one after another (one per
  * 'start'), asking the proxy for every snapshot change and reporting progress; the snapshots it
- * reads arrive as messages. It lives as long as the proxy, idle between runs.
+ * reads arrive as messages. It also works out plans ('plan'), at any time. It lives as long as
+ * the proxy, idle between runs.
  */
 
 /** How often progress goes to the proxy while the mover runs. */
@@ -67,7 +70,7 @@ process.on('message', (message: ToMover) => {
       const running = new SlotMover(host, message.options);
       mover = running;
       const timer = setInterval(() => tell({ type: 'progress', progress: fieldsOf(progress) } satisfies FromMover), PROGRESS_EVERY_MS);
-      running.run(message.moves, progress).then(
+      running.run(movesOf(message.moves), progress).then(
         () => {
           clearInterval(timer);
           tell({ type: 'progress', progress: fieldsOf(progress) } satisfies FromMover);
@@ -83,6 +86,15 @@ process.on('message', (message: ToMover) => {
           } satisfies FromMover);
         },
       );
+      return;
+    }
+    case 'plan': {
+      try {
+        const work = workOutPlan(topologyFromJson(message.topology), message.job);
+        tell({ type: 'planned', id: message.id, work, error: null, isPlanError: false } satisfies FromMover);
+      } catch (err) {
+        tell({ type: 'planned', id: message.id, work: null, error: (err as Error).message ?? String(err), isPlanError: err instanceof PlanError } satisfies FromMover);
+      }
       return;
     }
     case 'topology':

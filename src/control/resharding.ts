@@ -10,21 +10,8 @@ import { nodeKey, Topology, type ShardInfo } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
 import { AdminServer } from './admin-server';
 import { addShardToConfigFile, removeShardFromConfigFile, rewriteForWarmUp, writeSlotsToConfigFile } from './config-file-editor';
-import {
-  countsAfter,
-  fromRanges,
-  groupMoves,
-  planRebalance,
-  planReshard,
-  PlanBusyError,
-  PlanError,
-  slotCounts,
-  slotMapOf,
-  toRanges,
-  type MoveGroup,
-  type SlotMap,
-  type SlotMove,
-} from './rebalance-planner';
+import type { PlanJob, PlanRequest, PlanTrigger, PlanView, ShardSpec, StoredPlan } from './plan-view';
+import { PlanBusyError, PlanError, slotCounts, slotMapOf } from './rebalance-planner';
 import type { RuntimeMembership } from './runtime-membership';
 import { MigrationAbortedError, MigrationProgress, SlotMigrator, type BigKeyEntry } from './slot-migrator';
 import { writeFileAtomic, type StateFile } from './state-file';
@@ -40,53 +27,7 @@ import { writeFileAtomic, type StateFile } from './state-file';
  * slot table whenever the plan (re)starts, so a resumed plan moves only what is left.
  */
 
-/** What a client of the admin endpoint (or a reload) asks for. */
-export type PlanRequest =
-  | { readonly op: 'reshard'; readonly from: string; readonly to: string; readonly slots: number }
-  | { readonly op: 'rebalance'; readonly weights?: Readonly<Record<string, number>> }
-  | { readonly op: 'add-shard'; readonly name: string; readonly primary: string; readonly replicas?: readonly string[]; readonly rebalance?: boolean }
-  | { readonly op: 'remove-shard'; readonly name: string };
-
-export type PlanTrigger = 'admin' | 'reload' | 'startup';
-
-/** A shard a plan adds. */
-interface ShardSpec {
-  readonly name: string;
-  readonly primary: Address;
-  readonly replicas: readonly Address[];
-}
-
-/** The plan file's contents. */
-interface StoredPlan {
-  readonly format: 'slotproxy-reshard';
-  readonly version: 1;
-  readonly id: string;
-  readonly op: PlanRequest['op'] | 'resume';
-  readonly trigger: PlanTrigger;
-  readonly createdAt: string;
-  readonly addShards: readonly ShardSpec[];
-  readonly removeShards: readonly string[];
-  /** Rebalance goal (weights by shard name, 1 when absent); null for an explicit reshard or none. */
-  readonly weights: Readonly<Record<string, number>> | null;
-  /** Explicit slots to move (reshard), as inclusive ranges. */
-  readonly reshard: { readonly from: string; readonly to: string; readonly slots: readonly (readonly [number, number])[] } | null;
-  /** Chunked copies under way: their temporary keys are removed before resuming. */
-  readonly bigKeys: readonly BigKeyEntry[];
-}
-
-/** A plan as shown before it runs and while it runs. */
-export interface PlanView {
-  readonly id: string;
-  readonly op: StoredPlan['op'];
-  readonly trigger: PlanTrigger;
-  readonly addShards: readonly { readonly name: string; readonly primary: string; readonly replicas: readonly string[] }[];
-  readonly removeShards: readonly string[];
-  readonly slotsToMove: number;
-  readonly moves: readonly MoveGroup[];
-  /** Slots per shard now and once the plan is done. */
-  readonly countsBefore: Readonly<Record<string, number>>;
-  readonly countsAfter: Readonly<Record<string, number>>;
-}
+export type { PlanRequest, PlanTrigger, PlanView } from './plan-view';
 
 export type RunState = 'idle' | 'running' | 'done' | 'failed' | 'aborted';
 
@@ -229,16 +170,15 @@ export class Resharding {
 
   /** The plan a request would run, without running it. */
   async preview(request: PlanRequest): Promise<PlanView> {
-    const plan = await this.#planFor(request, 'admin');
-    return this.#view(plan, this.#movesFor(plan));
+    const job = await this.#planFor(request, 'admin');
+    return (await this.#migrator.plan(job)).view;
   }
 
   /** Starts the plan; resolves with its view once it has begun. */
   async submit(request: PlanRequest, trigger: PlanTrigger = 'admin'): Promise<PlanView> {
     if (this.#running !== null) throw new PlanBusyError(`plan ${this.#run?.plan.id} is still running`);
-    const plan = await this.#planFor(request, trigger);
-    if (this.#running !== null) throw new PlanBusyError(`plan ${this.#run?.plan.id} is still running`);
-    return this.#launch(plan);
+    const job = await this.#planFor(request, trigger);
+    return this.#launch(job);
   }
 
   status(): ReshardStatus {
@@ -333,17 +273,12 @@ export class Resharding {
   }
 
   /**
-   * Runs the planning code and the YAML writer once, on a copy, at start: their first run is
-   * slow (cold code), and it would otherwise come at the start of a plan, on the data path's
-   * thread, while clients wait.
+   * Runs the YAML writer once, on a copy, at start: its first run is slow (cold code), and it
+   * would otherwise come at the start of a plan, on the data path's thread, while clients wait.
+   * (Plans themselves are worked out in the mover's process.)
    */
   #warmUp(): void {
     try {
-      const map = slotMapOf(this.#store.current);
-      const spare = { names: [...map.names, '\u0000spare'], owner: map.owner };
-      const moves = planRebalance(spare);
-      groupMoves(moves);
-      countsAfter(spare, moves);
       if (this.#config.configFile !== null) rewriteForWarmUp(fs.readFileSync(this.#config.configFile, 'utf8'));
     } catch {
       // Only a warm-up.
@@ -368,7 +303,8 @@ export class Resharding {
     };
   }
 
-  async #planFor(request: PlanRequest, trigger: PlanTrigger): Promise<StoredPlan> {
+  /** The plan a request makes; worked out (and refused when it cannot be made) by `SlotMigrator.plan()`. */
+  async #planFor(request: PlanRequest, trigger: PlanTrigger): Promise<PlanJob> {
     if (this.#stateFile === null) {
       throw new PlanError('resharding needs stateFile in the config: without it a restart would route by the YAML\'s slots, not where keys were moved');
     }
@@ -376,66 +312,23 @@ export class Resharding {
     const names = topology.shards.map((s) => s.name);
     switch (request.op) {
       case 'reshard': {
-        const moves = planReshard(slotMapOf(topology), request.from, request.to, request.slots);
-        return { ...this.#newPlan('reshard', trigger), weights: null, reshard: { from: request.from, to: request.to, slots: toRanges(moves.map((m) => m.slot)) } };
+        return { plan: { ...this.#newPlan('reshard', trigger), weights: null, reshard: { from: request.from, to: request.to, slots: [] } }, reshardCount: request.slots };
       }
       case 'rebalance': {
-        const weights = request.weights ?? {};
-        planRebalance(slotMapOf(topology), weights);
-        return { ...this.#newPlan('rebalance', trigger), weights };
+        return { plan: { ...this.#newPlan('rebalance', trigger), weights: request.weights ?? {} } };
       }
       case 'add-shard': {
         const spec = parseShardSpec(request.name, request.primary, request.replicas ?? []);
         await this.#checkNewShard(spec, topology);
         const plan = { ...this.#newPlan('add-shard', trigger), addShards: [spec] };
-        return request.rebalance === false ? { ...plan, weights: null } : plan;
+        return { plan: request.rebalance === false ? { ...plan, weights: null } : plan };
       }
       case 'remove-shard': {
         if (!names.includes(request.name)) throw new PlanError(`no shard named ${request.name}`);
         if (names.length < 2) throw new PlanError('cannot remove the only shard');
-        return { ...this.#newPlan('remove-shard', trigger), removeShards: [request.name] };
+        return { plan: { ...this.#newPlan('remove-shard', trigger), removeShards: [request.name] } };
       }
     }
-  }
-
-  /** The moves a plan needs from the current slot table (plus slots left migrating, to finish them). */
-  #movesFor(plan: StoredPlan): SlotMove[] {
-    const topology = this.#store.current;
-    const map = planMap(topology, plan);
-    let moves: SlotMove[];
-    if (plan.reshard !== null) {
-      const { from, to } = plan.reshard;
-      moves = fromRanges(plan.reshard.slots).map((slot) => ({ slot, from, to }));
-    } else if (plan.weights === null) {
-      moves = [];
-    } else {
-      moves = planRebalance(map, plan.weights, plan.removeShards.filter((name) => map.names.includes(name)));
-    }
-    const planned = new Set(moves.map((m) => m.slot));
-    for (const [slot, m] of topology.migrations) {
-      if (!planned.has(slot)) moves.push({ slot, from: topology.shards[m.from]!.name, to: topology.shards[m.to]!.name });
-    }
-    return moves;
-  }
-
-  #view(plan: StoredPlan, moves: readonly SlotMove[]): PlanView {
-    const topology = this.#store.current;
-    // Slots already migrating count as their source's until they are moved.
-    const fromMap = planMap(topology, plan);
-    for (const [slot, m] of topology.migrations) fromMap.owner[slot] = m.from;
-    const before: Record<string, number> = {};
-    slotCounts(fromMap).forEach((n, i) => (before[fromMap.names[i]!] = n));
-    return {
-      id: plan.id,
-      op: plan.op,
-      trigger: plan.trigger,
-      addShards: plan.addShards.map((s) => ({ name: s.name, primary: nodeKey(s.primary), replicas: s.replicas.map((r) => nodeKey(r)) })),
-      removeShards: plan.removeShards,
-      slotsToMove: moves.length,
-      moves: groupMoves(moves),
-      countsBefore: before,
-      countsAfter: countsAfter(fromMap, moves),
-    };
   }
 
   /** Refuses a shard the topology cannot take: a taken name or address, a node that is not an empty primary. */
@@ -478,33 +371,45 @@ export class Resharding {
 
   /** Starts a plan built elsewhere (startup, reload), logging instead of throwing. */
   #startQuietly(plan: StoredPlan): void {
-    try {
-      this.#launch(plan);
-    } catch (err) {
+    this.#launch({ plan }).catch((err: unknown) => {
       log.error('resharding plan refused', { id: plan.id, error: (err as Error).message });
-    }
+    });
   }
 
-  #launch(plan: StoredPlan): PlanView {
-    const view = this.#view(plan, this.#movesFor(plan));
-    const run: Run = { plan, view, progress: new MigrationProgress(), state: 'running', error: null, finishedAt: null };
-    this.#run = run;
-    log.info('resharding plan started', {
-      id: plan.id,
-      op: plan.op,
-      trigger: plan.trigger,
-      slots: view.slotsToMove,
-      added: plan.addShards.map((s) => s.name),
-      removed: [...plan.removeShards],
-    });
-    this.#running = this.#execute(run).finally(() => {
-      this.#running = null;
-      if (this.#isReloadPending && !this.#isClosed) {
-        this.#isReloadPending = false;
-        void this.reload('reload');
-      }
-    });
-    return view;
+  /**
+   * Works the plan out (in the mover's process), then runs it; resolves with its view once it
+   * has begun. The plan counts as running from this call on: one runs at a time.
+   */
+  #launch(job: PlanJob): Promise<PlanView> {
+    if (this.#running !== null) return Promise.reject(new PlanBusyError(`plan ${this.#run?.plan.id ?? job.plan.id} is still running`));
+    const planned = this.#migrator.plan(job);
+    this.#running = planned
+      .then(
+        ({ plan, view }) => {
+          // Synchronously, before the caller hears of the view: a status asked next sees the run.
+          const run: Run = { plan, view, progress: new MigrationProgress(), state: 'running', error: null, finishedAt: null };
+          this.#run = run;
+          log.info('resharding plan started', {
+            id: plan.id,
+            op: plan.op,
+            trigger: plan.trigger,
+            slots: view.slotsToMove,
+            added: plan.addShards.map((s) => s.name),
+            removed: [...plan.removeShards],
+          });
+          return this.#execute(run);
+        },
+        // Refused: the caller hears why from the promise returned.
+        () => undefined,
+      )
+      .finally(() => {
+        this.#running = null;
+        if (this.#isReloadPending && !this.#isClosed) {
+          this.#isReloadPending = false;
+          void this.reload('reload');
+        }
+      });
+    return planned.then(({ view }) => view);
   }
 
   async #execute(run: Run): Promise<void> {
@@ -518,7 +423,7 @@ export class Resharding {
       }
       // Let the data path run between the synchronous steps of a plan's start.
       await new Promise((resolve) => setImmediate(resolve));
-      await this.#migrator.run(this.#movesFor(plan), progress);
+      await this.#migrator.run(run.view.moves, progress);
       for (const name of plan.removeShards) {
         await this.#dropShard(name);
         if (file !== null) await removeShardFromConfigFile(file, name, this.#rangesByShard());
@@ -658,13 +563,6 @@ export class Resharding {
       void this.reload('reload');
     });
   }
-}
-
-/** The slot map the plan works on: the snapshot's (migrating slots as their targets'), plus the shards the plan adds. */
-function planMap(topology: Topology, plan: StoredPlan): SlotMap {
-  const map = slotMapOf(topology);
-  const added = plan.addShards.filter((s) => !map.names.includes(s.name)).map((s) => s.name);
-  return added.length === 0 ? map : { names: [...map.names, ...added], owner: map.owner };
 }
 
 function parseShardSpec(name: string, primary: string, replicas: readonly string[]): ShardSpec {

@@ -9,8 +9,9 @@ import { topologyToJson, type TopologyJson } from '../topology/topology-codec';
 import { nodeKey, Topology, type SlotMigration } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
 import { removeTempKey } from './big-key-copier';
+import { movesOf, workOutPlan, type PlanJob, type PlannedWork } from './plan-view';
 import { RawConnection } from './raw-connection';
-import type { SlotMove } from './rebalance-planner';
+import { PlanError, type MoveGroup } from './rebalance-planner';
 import {
   MigrationAbortedError,
   MigrationProgress,
@@ -32,6 +33,9 @@ export { MigrationAbortedError, MigrationProgress, type BigKeyEntry, type SlotMi
  * copying, compiling and garbage then never hold up the data path's event loop or take a core a
  * client's command waits for; the data path only sees the snapshots it publishes. Without it
  * (sources run by a test runner) the mover runs on this thread.
+ *
+ * Plans are worked out there too (plan-view.ts): on the data path's thread their cold passes
+ * over the slot table held clients up for 5-15 ms at a plan's start.
  */
 
 /** Where the migrator keeps what a restart must clean up. */
@@ -42,7 +46,8 @@ export interface MigrationJournal {
 
 /** Messages to the mover process. */
 export type ToMover =
-  | { readonly type: 'start'; readonly moves: readonly SlotMove[]; readonly options: SlotMigratorOptions; readonly topology: TopologyJson; readonly logLevel: LogLevel }
+  | { readonly type: 'start'; readonly moves: readonly MoveGroup[]; readonly options: SlotMigratorOptions; readonly topology: TopologyJson; readonly logLevel: LogLevel }
+  | { readonly type: 'plan'; readonly id: number; readonly job: PlanJob; readonly topology: TopologyJson }
   | { readonly type: 'topology'; readonly topology: TopologyJson }
   | { readonly type: 'reply'; readonly id: number; readonly error: string | null }
   | { readonly type: 'abort' };
@@ -52,6 +57,7 @@ export type FromMover =
   | { readonly type: 'call'; readonly id: number; readonly call: HostCall }
   | { readonly type: 'error'; readonly kind: string }
   | { readonly type: 'progress'; readonly progress: ProgressFields }
+  | { readonly type: 'planned'; readonly id: number; readonly work: PlannedWork | null; readonly error: string | null; readonly isPlanError: boolean }
   | { readonly type: 'end'; readonly error: string | null; readonly isAborted: boolean };
 
 /** A MoverHost call made from the mover process. */
@@ -66,6 +72,11 @@ export type ProgressFields = Omit<MigrationProgress, 'startedAt'>;
 const MOVER_FILE = path.join(__dirname, 'mover-process.js');
 /** How long a slot change waits for others to share its snapshot. */
 const COMMIT_GATHER_MS = 10;
+/**
+ * How long a plan waits for the mover process to work it out before it is worked out here: the
+ * process is in SCHED_IDLE, and on saturated cores (or stopped) it may not run for a long time.
+ */
+export const PLAN_TIMEOUT_MS = 5_000;
 /** Times a run starts a new mover process after its process died, before the run fails. */
 const MOVER_RESTARTS = 5;
 
@@ -94,6 +105,9 @@ export class SlotMigrator {
   #runProgress: { readonly progress: MigrationProgress; readonly before: RunningTotals } | null = null;
   #counted: Counted = { keys: 0, slots: 0, bigKeys: 0 };
   #isAborted = false;
+  /** Plans being worked out in the mover process, by request id. */
+  readonly #plans = new Map<number, PendingPlan>();
+  #nextPlanId = 1;
 
   constructor(store: TopologyStore, persist: (topology: Topology) => Promise<void>, journal: MigrationJournal, options: SlotMigratorOptions, logLevel: LogLevel = 'info') {
     this.#store = store;
@@ -104,11 +118,45 @@ export class SlotMigrator {
   }
 
   /**
+   * Works out `job` against the current snapshot, in the mover process when there is one (here
+   * when it cannot: none, gone, or silent for PLAN_TIMEOUT_MS).
+   * @throws PlanError when the plan cannot be made
+   */
+  plan(job: PlanJob): Promise<PlannedWork> {
+    const child = fs.existsSync(MOVER_FILE) ? this.#moverProcess() : null;
+    if (child === null || !child.connected) return new Promise((resolve) => resolve(workOutPlan(this.#store.current, job)));
+    const id = this.#nextPlanId++;
+    const topology = this.#store.current;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        const pending = this.#plans.get(id);
+        if (pending === undefined) return;
+        this.#plans.delete(id);
+        log.warn('the mover process did not work the plan out in time; working it out here', { ms: PLAN_TIMEOUT_MS });
+        settlePlan(pending, () => workOutPlan(topology, job));
+      }, PLAN_TIMEOUT_MS);
+      this.#plans.set(id, {
+        topology,
+        job,
+        resolve: (work) => {
+          clearTimeout(timer);
+          resolve(work);
+        },
+        reject: (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      });
+      send(child, { type: 'plan', id, job, topology: topologyToJson(topology) } satisfies ToMover);
+    });
+  }
+
+  /**
    * Moves every slot of `moves` (those already moved are skipped, those already migrating are
    * resumed); resolves when all are owned by their targets.
    * @throws MigrationAbortedError when abort() was called first
    */
-  run(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
+  run(moves: readonly MoveGroup[], progress: MigrationProgress): Promise<void> {
     if (this.#isAborted) return Promise.reject(new MigrationAbortedError('the migration was stopped'));
     return fs.existsSync(MOVER_FILE) ? this.#runInProcesses(moves, progress) : this.#runHere(moves, progress);
   }
@@ -146,7 +194,7 @@ export class SlotMigrator {
     }
   }
 
-  async #runHere(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
+  async #runHere(moves: readonly MoveGroup[], progress: MigrationProgress): Promise<void> {
     const before = snapshotOf(progress);
     const store = this.#store;
     const host: MoverHost = {
@@ -163,7 +211,7 @@ export class SlotMigrator {
     const onChange = (): void => mover.onTopology();
     store.on('change', onChange);
     try {
-      await mover.run(moves, progress);
+      await mover.run(movesOf(moves), progress);
     } finally {
       store.off('change', onChange);
       this.#abort = null;
@@ -202,6 +250,10 @@ export class SlotMigrator {
     const onGone = (err: Error): void => {
       if (this.#child === child) this.#child = null;
       this.#onRunEnd?.(err);
+      // Plans it was working out are worked out here instead: a plan must not fail for that.
+      const plans = [...this.#plans.values()];
+      this.#plans.clear();
+      for (const pending of plans) settlePlan(pending, () => workOutPlan(pending.topology, pending.job));
     };
     child.on('error', (err) => onGone(new MoverExitedError(`the mover process could not run: ${err.message}`)));
     child.on('exit', (code, signal) => onGone(new MoverExitedError(`the mover process exited (${signal ?? `code ${code}`})`)));
@@ -214,7 +266,7 @@ export class SlotMigrator {
    * replaced and the run resumed, as a restarted proxy resumes one: moves done are skipped, slots
    * left migrating are finished, marks left on the sources are cleared first.
    */
-  async #runInProcesses(moves: readonly SlotMove[], progress: MigrationProgress): Promise<void> {
+  async #runInProcesses(moves: readonly MoveGroup[], progress: MigrationProgress): Promise<void> {
     for (let restarts = 0; ; restarts++) {
       try {
         await this.#runInProcess(moves, progress, runningTotals(progress));
@@ -235,7 +287,7 @@ export class SlotMigrator {
   }
 
   /** One mover process's part of a run; `before` holds what earlier processes of the run did. */
-  #runInProcess(moves: readonly SlotMove[], progress: MigrationProgress, before: RunningTotals): Promise<void> {
+  #runInProcess(moves: readonly MoveGroup[], progress: MigrationProgress, before: RunningTotals): Promise<void> {
     return new Promise((resolve, reject) => {
       const child = this.#moverProcess();
       // The mover reads shard names and primaries from its snapshot (slot ownership it was given
@@ -281,6 +333,14 @@ export class SlotMigrator {
       case 'error':
         migrationErrorsTotal.inc({ kind: message.kind });
         return;
+      case 'planned': {
+        const pending = this.#plans.get(message.id);
+        if (pending === undefined) return;
+        this.#plans.delete(message.id);
+        if (message.work !== null) pending.resolve(message.work);
+        else pending.reject(message.isPlanError ? new PlanError(message.error ?? 'no plan') : new Error(message.error ?? 'no plan'));
+        return;
+      }
       case 'progress': {
         const run = this.#runProgress;
         if (run === null) return;
@@ -367,6 +427,22 @@ export class SlotMigrator {
     const result = this.#commits.then(change);
     this.#commits = result.catch(() => undefined);
     return result;
+  }
+}
+
+/** A plan sent to the mover process to be worked out, with what working it out here needs. */
+interface PendingPlan {
+  readonly topology: Topology;
+  readonly job: PlanJob;
+  resolve(work: PlannedWork): void;
+  reject(err: Error): void;
+}
+
+function settlePlan(pending: PendingPlan, workOut: () => PlannedWork): void {
+  try {
+    pending.resolve(workOut());
+  } catch (err) {
+    pending.reject(err as Error);
   }
 }
 

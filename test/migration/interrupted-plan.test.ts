@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { ReshardStatus } from '../../src/control/resharding';
+import { PLAN_TIMEOUT_MS } from '../../src/control/slot-migrator';
 import {
   checkPlacement,
   expectPlacementClean,
@@ -122,4 +123,47 @@ describe('a proxy stopped gracefully mid-plan', () => {
     expect(proxy.logs()).toMatch(/resuming the resharding plan/);
     console.log('graceful-stop figures', JSON.stringify({ stopMs, clientErrorsWhileDown: errors.length, commands: ops }));
   }, 180_000);
+});
+
+describe('a plan asked for while the mover process is stopped', () => {
+  const deployment = useMigrationDeployment({ shards: 3, proxyShards: 3 });
+
+  /** A dry run of a 100-slot reshard, timed. */
+  async function preview(): Promise<{ ms: number; status: number; body: unknown }> {
+    const startedAt = Date.now();
+    const response = await deployment.proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: 100, dryRun: true });
+    return { ms: Date.now() - startedAt, ...response };
+  }
+
+  it('is worked out in the mover process, or on the proxy\'s thread once that process is silent for PLAN_TIMEOUT_MS', async () => {
+    const { proxy } = deployment;
+    let movers: ProcessThreads[] = [];
+    for (let i = 0; i < 100 && movers.length === 0; i++) {
+      movers = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+      if (movers.length === 0) await sleep(50);
+    }
+    expect(movers.length).toBe(1);
+    const expected = { plan: expect.objectContaining({ op: 'reshard', slotsToMove: 100, moves: [{ from: 's1', to: 's2', count: 100, ranges: [[5361, 5460]] }] }) };
+
+    const running = await preview();
+    expect(running.status, JSON.stringify(running.body)).toBe(200);
+    expect(running.body).toEqual(expected);
+    expect(running.ms).toBeLessThan(PLAN_TIMEOUT_MS / 2);
+
+    process.kill(movers[0]!.pid, 'SIGSTOP');
+    try {
+      const stopped = await preview();
+      expect(stopped.status, JSON.stringify(stopped.body)).toBe(200);
+      expect(stopped.body).toEqual(expected);
+      // It waited for the mover, so the mover is where plans are worked out.
+      expect(stopped.ms).toBeGreaterThanOrEqual(PLAN_TIMEOUT_MS - 100);
+      expect(stopped.ms).toBeLessThan(PLAN_TIMEOUT_MS + 2_000);
+      expect(proxy.logs()).toMatch(/did not work the plan out in time; working it out here/);
+    } finally {
+      process.kill(movers[0]!.pid, 'SIGCONT');
+    }
+    const resumed = await preview();
+    expect(resumed.body).toEqual(expected);
+    expect(resumed.ms).toBeLessThan(PLAN_TIMEOUT_MS / 2);
+  }, 60_000);
 });
