@@ -135,7 +135,7 @@ describe('a plan asked for while the mover process is stopped', () => {
     return { ms: Date.now() - startedAt, ...response };
   }
 
-  it('is worked out in the mover process, or on the proxy\'s thread once that process is silent for PLAN_TIMEOUT_MS', async () => {
+  it('is worked out in the mover process, or on the proxy\'s thread once that process is silent for PLAN_TIMEOUT_MS or gone', async () => {
     const { proxy } = deployment;
     let movers: ProcessThreads[] = [];
     for (let i = 0; i < 100 && movers.length === 0; i++) {
@@ -165,5 +165,21 @@ describe('a plan asked for while the mover process is stopped', () => {
     const resumed = await preview();
     expect(resumed.body).toEqual(expected);
     expect(resumed.ms).toBeLessThan(PLAN_TIMEOUT_MS / 2);
+
+    // A mover process that dies with a plan pending: the proxy works that plan out at once, and
+    // the next plan goes to a new mover process.
+    process.kill(movers[0]!.pid, 'SIGSTOP');
+    const pending = preview();
+    await sleep(500);
+    process.kill(movers[0]!.pid, 'SIGKILL');
+    const orphaned = await pending;
+    expect(orphaned.status, JSON.stringify(orphaned.body)).toBe(200);
+    expect(orphaned.body).toEqual(expected);
+    expect(orphaned.ms).toBeLessThan(PLAN_TIMEOUT_MS - 1_000);
+    const next = await preview();
+    expect(next.body).toEqual(expected);
+    const replacements = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+    expect(replacements.length).toBe(1);
+    expect(replacements[0]!.pid).not.toBe(movers[0]!.pid);
   }, 60_000);
 });
