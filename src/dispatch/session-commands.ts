@@ -2,7 +2,7 @@ import { IGNORE_REPLY, type ReplySink } from '../backend/reply-sink';
 import type { CommandSpec } from '../commands/handling';
 import type { ReplySlot } from '../reply/reply-slot';
 import type { RequestFrame } from '../resp/request-parser';
-import { CROSSSLOT, encodeCommand, encodeError, OK, QUEUED } from '../resp/resp-writer';
+import { CROSSSLOT, encodeCommand, encodeError, NULL_ARRAY, NULL_BULK, OK, QUEUED } from '../resp/resp-writer';
 import { commandSlot, CROSS_SLOT, NO_KEYS } from '../routing/route-planner';
 import type { ClientContext } from './client-context';
 import { ClientPins, type WatchState } from './client-pins';
@@ -15,8 +15,6 @@ import { EXEC_REQUEST, Transaction, UNWATCH_REQUEST } from './transaction';
 const SETTLE_WAIT_MS = 30_000;
 const NOT_SETTLED = encodeError('TRYAGAIN the slot is being moved or its shard failed over; try again');
 const EXECABORT = encodeError('EXECABORT Transaction discarded because of previous errors.');
-/** EXEC's answer when a watched key changed (RESP2; the proxy speaks no RESP3). */
-const NULL_ARRAY = Buffer.from('*-1\r\n');
 const PONG_SUBSCRIBED = Buffer.from('*2\r\n$4\r\npong\r\n$0\r\n\r\n');
 
 /** Commands a subscribed RESP2 client may send (redis-server's list). */
@@ -42,8 +40,6 @@ interface SettleWaiter {
 }
 
 const CLIENT_ID_REQUEST = encodeCommand(['CLIENT', 'ID']);
-/** A blocking command's answer when it timed out, or was woken by CLIENT UNBLOCK (RESP2). */
-const NULL_BULK = Buffer.from('$-1\r\n');
 
 /**
  * A blocking command sent on its client's own connection. When a snapshot moves its slot (or

@@ -7,6 +7,8 @@ export const OK = Buffer.from('+OK\r\n');
 export const PONG = Buffer.from('+PONG\r\n');
 export const QUEUED = Buffer.from('+QUEUED\r\n');
 export const NULL_BULK = Buffer.from('$-1\r\n');
+/** A null array: EXEC's answer when a watched key changed, a blocking command's on timeout. */
+export const NULL_ARRAY = Buffer.from('*-1\r\n');
 export const CRLF = Buffer.from('\r\n');
 export const CROSSSLOT = Buffer.from("-CROSSSLOT Keys in request don't hash to the same slot\r\n");
 
