@@ -75,7 +75,7 @@ export interface ProxyConfig {
    * slotproxy_unconfirmed_writes_total. @default refuse
    */
   readonly noReplicaWrites: NoReplicaWrites;
-  /** MIGRATE timeout when moving keys of a migrating slot (on demand and in the background). @default 2000 */
+  /** MIGRATE timeout when moving keys of a migrating slot (on demand, at most 250 ms, and in the background). @default 2000 */
   readonly migrateTimeoutMs: number;
   /** Processes sharing the listening port. @default 1 */
   readonly workers: number;

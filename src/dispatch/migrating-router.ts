@@ -17,7 +17,7 @@ export interface ShardConnections {
 }
 
 export interface MigratingRouterOptions {
-  /** MIGRATE's timeout for keys moved on demand. @default 2000 */
+  /** MIGRATE's timeout for keys moved on demand (at most MAX_ON_DEMAND_MIGRATE_TIMEOUT_MS is used). @default 2000 */
   readonly migrateTimeoutMs: number;
   /** Backend password for MIGRATE's AUTH; null when none. */
   readonly password: string | null;
@@ -35,6 +35,23 @@ const MAX_RETRY_DELAY_MS = 500;
 /** Parked commands are looked at least this often (deadlines, locks a lost snapshot never lifts). */
 const MAX_TICK_MS = 250;
 
+/**
+ * Key-move scripts in flight at once to one target node. The script's MIGRATE runs inside the
+ * source, which answers no one while it waits for the target: with the target stalled (frozen,
+ * cut off) every script queued on the source waits out the MIGRATE timeout in turn, so the cap
+ * bounds how long a stalled target can hold its sources.
+ */
+const MOVES_IN_FLIGHT_PER_TARGET = 4;
+/**
+ * MIGRATE's timeout for a command's keys, at most: they are small (big keys are copied in
+ * chunks) and move in a millisecond; waiting longer only holds the source.
+ */
+const MAX_ON_DEMAND_MIGRATE_TIMEOUT_MS = 250;
+/** After a move failed with an I/O error, no move goes to that target for this long (doubling per failure, up to MAX_HOLD_MS). */
+const MIN_HOLD_MS = 250;
+const MAX_HOLD_MS = 4_000;
+
+const PING = Buffer.from('*1\r\n$4\r\nPING\r\n');
 const BIG = Buffer.from('+BIG\r\n');
 const MOVING = Buffer.from('+MOVING\r\n');
 /** The script's body, encoded once: every on-demand move sends it as a view. */
@@ -67,6 +84,8 @@ class KeyMove implements ReplySink {
   retryAt = 0;
   /** The last error, for the reply if the deadline passes. */
   lastError = '';
+  /** The target its script is in flight to; null when none is. */
+  target: MoveTarget | null = null;
 
   constructor(router: MigratingRouter, keys: readonly Buffer[], slot: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean) {
     this.router = router;
@@ -85,6 +104,8 @@ class KeyMove implements ReplySink {
   }
 
   onReply(frame: Buffer): void {
+    // -ERR ... IOERR error or timeout ...: MIGRATE could not reach the target in time.
+    this.router.settled(this, frame[0] === 45 && frame.includes(IOERR));
     if (frame[0] === 43) {
       // +OK: moved. +NOKEY: nothing of it left on the source. +BIG: a big key still on the
       // source. +MOVING: the background mover has the key in flight.
@@ -97,6 +118,7 @@ class KeyMove implements ReplySink {
   }
 
   onFailure(error: Buffer): void {
+    this.router.settled(this, false);
     // The script may or may not have run; running it again is harmless.
     this.#retry(error.toString('utf8', 1, error.length - 2));
   }
@@ -105,6 +127,49 @@ class KeyMove implements ReplySink {
     this.failures++;
     this.lastError = reason;
     this.router.park(this, Math.min(MAX_RETRY_DELAY_MS, RETRY_DELAY_MS * 2 ** (this.failures - 1)));
+  }
+}
+
+const IOERR = Buffer.from('IOERR');
+
+/**
+ * A target node as key moves see it: scripts in flight to it, moves waiting for one of its
+ * MOVES_IN_FLIGHT_PER_TARGET places, and whether it stalled. After a move failed with an I/O
+ * error, none goes until the target has answered a PING through the data path (so a frozen
+ * target holds its sources for one round of MIGRATE timeouts, not for as long as it is frozen)
+ * and a hold has passed (so a target the proxy reaches but its sources cannot is tried less and
+ * less often); then one at a time until one succeeds.
+ */
+class MoveTarget implements ReplySink {
+  readonly key: string;
+  readonly #router: MigratingRouter;
+  inFlight = 0;
+  limit = MOVES_IN_FLIGHT_PER_TARGET;
+  /** Moves waiting for a place, in arrival order. */
+  waiting: KeyMove[] = [];
+  holdMs = 0;
+  holdUntil = 0;
+  /** A PING is in flight to it (sent after a stall); nothing goes until it answers. */
+  isProbing = false;
+
+  constructor(router: MigratingRouter, key: string) {
+    this.#router = router;
+    this.key = key;
+  }
+
+  canSend(now: number): boolean {
+    return this.inFlight < this.limit && !this.isProbing && now >= this.holdUntil;
+  }
+
+  /** The PING's answer: the target answers again. */
+  onReply(): void {
+    this.isProbing = false;
+    this.#router.onTargetAnswered(this);
+  }
+
+  onFailure(): void {
+    this.isProbing = false;
+    this.#router.onTargetAnswered(this);
   }
 }
 
@@ -118,7 +183,8 @@ class KeyMove implements ReplySink {
  *
  * Commands that cannot go yet wait here ("parked"): keys the snapshot locks (a chunked copy
  * under way), keys the script answered BIG or MOVING for, and moves that failed (retried with
- * backoff).
+ * backoff). Moves also wait for a place at their target (MoveTarget: a stalled target must not
+ * hold its sources for long).
  * A command on a key that has a parked command waits behind it, so one client's commands on a
  * key keep their order. Parked commands go again when a snapshot arrives or their retry time
  * comes, and fail with TRYAGAIN only after PARK_TIMEOUT_MS.
@@ -139,6 +205,11 @@ export class MigratingRouter {
   #timer: NodeJS.Timeout | null = null;
   /** When #timer fires (ms since the epoch). */
   #timerAt = 0;
+  /** Target nodes by host:port. */
+  readonly #targets = new Map<string, MoveTarget>();
+  /** Keys of moves waiting for a target's place -> how many hold each: later commands on them park behind. */
+  readonly #waitingKeys = new Map<string, number>();
+  #isReleaseQueued = false;
 
   constructor(shards: ShardConnections, options: MigratingRouterOptions) {
     this.#shards = shards;
@@ -147,7 +218,9 @@ export class MigratingRouter {
 
   /** Commands waiting for their keys; for tests and stats. */
   get parkedCount(): number {
-    return this.#parked.length;
+    let waiting = 0;
+    for (const target of this.#targets.values()) waiting += target.waiting.length;
+    return this.#parked.length + waiting;
   }
 
   /**
@@ -173,8 +246,69 @@ export class MigratingRouter {
     const parked = this.#parked;
     this.#parked = [];
     this.#parkedKeys.clear();
+    for (const target of this.#targets.values()) {
+      parked.push(...target.waiting);
+      target.waiting = [];
+    }
+    this.#waitingKeys.clear();
     this.#stopTimer();
     for (const move of parked) move.sink.onFailure(SHUTTING_DOWN);
+  }
+
+  /** A move's script answered (or its connection failed): its place at the target is free. */
+  settled(move: KeyMove, isStall: boolean): void {
+    const target = move.target;
+    if (target === null) return;
+    move.target = null;
+    target.inFlight--;
+    const now = Date.now();
+    if (isStall) {
+      target.limit = 1;
+      // The other scripts already queued behind the first to time out fail the same way: one stall.
+      if (now >= target.holdUntil) {
+        target.holdMs = Math.min(MAX_HOLD_MS, Math.max(MIN_HOLD_MS, 2 * target.holdMs));
+        target.holdUntil = now + target.holdMs;
+      }
+      this.#probe(target);
+    } else if (target.holdMs > 0 && !target.isProbing && now >= target.holdUntil) {
+      // A move went through after a stall: back to full speed.
+      target.limit = MOVES_IN_FLIGHT_PER_TARGET;
+      target.holdMs = 0;
+    }
+    if (target.waiting.length > 0) this.#releaseAt(target.holdUntil);
+  }
+
+  onTargetAnswered(target: MoveTarget): void {
+    if (target.waiting.length > 0) this.#releaseAt(target.holdUntil);
+  }
+
+  /**
+   * Looks at the waiting moves at `at`, or, when that has passed, once the replies being read
+   * now are handled (after this move's own handling: it may park, and an earlier command on its
+   * keys must go first), still in this event-loop turn.
+   */
+  #releaseAt(at: number): void {
+    if (at > Date.now()) {
+      this.#wakeAt(at);
+      return;
+    }
+    if (this.#isReleaseQueued) return;
+    this.#isReleaseQueued = true;
+    queueMicrotask(() => {
+      this.#isReleaseQueued = false;
+      this.#release(false);
+    });
+  }
+
+  /** Asks the stalled target for a PING through the data path (not through its sources). */
+  #probe(target: MoveTarget): void {
+    if (target.isProbing) return;
+    const topology = this.#shards.topology;
+    const shard = topology.shards.findIndex((info) => nodeKey(info.primary) === target.key);
+    // No longer a primary (failed over, removed): moves go to whatever the snapshot says now.
+    if (shard < 0) return;
+    target.isProbing = true;
+    this.#shards.sendToPrimary(shard, PING, target, 0, false);
   }
 
   /** The script answered +OK or +NOKEY: the keys are on the target now. */
@@ -221,11 +355,30 @@ export class MigratingRouter {
       this.#shards.sendToPrimary(topology.slotOwner[move.slot]!, move.request, move.sink, move.clientId, move.isWrite);
       return;
     }
-    if ((this.#parked.length > 0 && this.#holdsParkedKey(move)) || isLocked(migration, move)) {
+    if ((this.#parked.length > 0 && this.#holdsParkedKey(move)) || (this.#waitingKeys.size > 0 && this.#holdsWaitingKey(move)) || isLocked(migration, move)) {
       this.park(move, RETRY_DELAY_MS);
       return;
     }
-    const args = this.#targetArgs(this.#shards.primaryAddress(migration.to));
+    const targetAddress = this.#shards.primaryAddress(migration.to);
+    const targetKey = nodeKey(targetAddress);
+    let target = this.#targets.get(targetKey);
+    if (target === undefined) this.#targets.set(targetKey, (target = new MoveTarget(this, targetKey)));
+    if (target.waiting.length > 0 || !target.canSend(Date.now())) {
+      target.waiting.push(move);
+      for (const name of move.names) this.#waitingKeys.set(name, (this.#waitingKeys.get(name) ?? 0) + 1);
+      // Sent when a script settles or the target answers; looked at meanwhile for its deadline.
+      const now = Date.now();
+      this.#wakeAt(target.holdUntil > now && !target.isProbing ? target.holdUntil : now + MAX_TICK_MS);
+      return;
+    }
+    this.#sendScript(move, migration, target, targetAddress);
+  }
+
+  #sendScript(move: KeyMove, migration: SlotMigration, target: MoveTarget, targetAddress: NodeAddress): void {
+    const topology = this.#shards.topology;
+    target.inFlight++;
+    move.target = target;
+    const args = this.#targetArgs(targetAddress);
     const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + args.count), EVAL_HEAD, encodeBulk(String(move.keys.length))];
     for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
     parts.push(args.bytes);
@@ -244,7 +397,8 @@ export class MigratingRouter {
     const key = nodeKey(target);
     let encoded = this.#argsByTarget.get(key);
     if (encoded === undefined) {
-      const args = keyMoveArgs({ host: target.host, port: target.port, timeoutMs: this.#options.migrateTimeoutMs, password: this.#options.password });
+      const timeoutMs = Math.min(this.#options.migrateTimeoutMs, MAX_ON_DEMAND_MIGRATE_TIMEOUT_MS);
+      const args = keyMoveArgs({ host: target.host, port: target.port, timeoutMs, password: this.#options.password });
       encoded = { count: args.length, bytes: Buffer.concat(args.map((arg) => encodeBulk(arg))) };
       this.#argsByTarget.set(key, encoded);
     }
@@ -254,6 +408,46 @@ export class MigratingRouter {
   #holdsParkedKey(move: KeyMove): boolean {
     for (const name of move.names) if (this.#parkedKeys.has(name)) return true;
     return false;
+  }
+
+  #holdsWaitingKey(move: KeyMove): boolean {
+    for (const name of move.names) if (this.#waitingKeys.has(name)) return true;
+    return false;
+  }
+
+  /**
+   * Sends the waiting moves whose target has places again, in arrival order; those whose slot
+   * settled or whose target is no longer where their slot goes are routed afresh. Returns the
+   * earliest time a held target opens (Infinity when none waits on a hold).
+   */
+  #drainTargets(now: number, expired: KeyMove[]): number {
+    let nextAt = Infinity;
+    const topology = this.#shards.topology;
+    for (const [key, target] of this.#targets) {
+      if (target.waiting.length === 0) {
+        if (target.inFlight === 0 && target.holdMs === 0 && !target.isProbing) this.#targets.delete(key);
+        continue;
+      }
+      const rerouted: KeyMove[] = [];
+      while (target.waiting.length > 0) {
+        const move = target.waiting[0]!;
+        const migration = topology.migrations.get(move.slot);
+        const isStillHere = migration !== undefined && nodeKey(this.#shards.primaryAddress(migration.to)) === key;
+        if (now < move.deadline && isStillHere && !target.canSend(now)) break;
+        target.waiting.shift();
+        for (const name of move.names) {
+          const n = this.#waitingKeys.get(name)! - 1;
+          if (n === 0) this.#waitingKeys.delete(name);
+          else this.#waitingKeys.set(name, n);
+        }
+        if (now >= move.deadline) expired.push(move);
+        else if (!isStillHere) rerouted.push(move);
+        else this.#sendScript(move, migration, target, this.#shards.primaryAddress(migration.to));
+      }
+      for (const move of rerouted) this.#route(move);
+      if (target.waiting.length > 0 && !target.isProbing && target.inFlight < target.limit) nextAt = Math.min(nextAt, target.holdUntil);
+    }
+    return nextAt;
   }
 
   /**
@@ -291,9 +485,11 @@ export class MigratingRouter {
       this.#parkedKeys.clear();
       for (const move of kept) for (const name of move.names) this.#parkedKeys.set(name, (this.#parkedKeys.get(name) ?? 0) + 1);
     }
-    if (kept.length === 0) this.#stopTimer();
+    // Moves waiting for a target's place are older than the parked ones behind them: first.
+    const openAt = this.#targets.size > 0 ? this.#drainTargets(now, expired) : Infinity;
+    if (kept.length === 0 && this.#waitingKeys.size === 0) this.#stopTimer();
     else {
-      let next = now + MAX_TICK_MS;
+      let next = Math.min(now + MAX_TICK_MS, Math.max(now + 1, openAt));
       for (const move of kept) if (move.retryAt > now && move.retryAt < next) next = move.retryAt;
       this.#wakeAt(next);
     }

@@ -1,0 +1,139 @@
+import * as fs from 'node:fs';
+import Redis from 'ioredis';
+import { describe, expect, it } from 'vitest';
+import {
+  checkPlacement,
+  evenOwner,
+  expectPlacementClean,
+  HOST,
+  keyName,
+  loadKeys,
+  ownerFromStateFile,
+  sleep,
+  slotOf,
+  startLoad,
+  useMigrationDeployment,
+} from './migration-harness';
+
+/**
+ * A command on a key of a migrating slot moves the key with MIGRATE, which runs inside the
+ * source: while the target does not answer, the source answers no one. A frozen target (here
+ * SIGSTOPped for 3 s in the middle of a reshard, while commands keep asking for keys of the
+ * migrating slots) must not take its source down with it: the source's other keys stay served.
+ * Before the key moves were gated per target (migrating-router.ts, MoveTarget), each move
+ * queued on the source waited out its 2 s MIGRATE timeout in turn and the source's other
+ * clients waited ~3 s, the whole freeze.
+ */
+
+const KEYS = 30_000;
+const FREEZE_MS = 3_000;
+
+describe('a migration target that stalls', () => {
+  const deployment = useMigrationDeployment({ shards: 3 });
+
+  it('holds its source for at most a few MIGRATE timeouts, and loses nothing', async () => {
+    const { shards, proxy, specs } = deployment;
+    await loadKeys(shards.primaries, KEYS);
+    const load = await startLoad(proxy.port, { clients: 10, opsPerSecond: 2_000, keys: KEYS });
+    await sleep(1_000);
+    const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: 3_000 });
+    expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+    const moving = (submitted.body as { plan: { moves: { ranges: [number, number][] }[] } }).plan.moves[0]!.ranges;
+    const isMoving = (slot: number): boolean => moving.some(([from, to]) => slot >= from && slot <= to);
+    await sleep(300);
+
+    // Connected before the freeze: a new ioredis client's ready check (INFO) asks every shard.
+    const asker = new Redis({ host: HOST, port: proxy.port, maxRetriesPerRequest: 0 });
+    const probe = new Redis({ host: HOST, port: proxy.port, maxRetriesPerRequest: 0 });
+    const direct = new Redis({ host: shards.primaries[0]!.host, port: shards.primaries[0]!.port });
+    const clients = [asker, probe, direct];
+    await Promise.all(clients.map((client) => client.ping()));
+    const target = shards.primaries[1]!;
+    target.kill('SIGSTOP');
+    const frozenAt = Date.now();
+    let thawedAt = Infinity;
+    try {
+      // The slots migrating now (the mover waits on the frozen target too, so they stay so).
+      const state = JSON.parse(fs.readFileSync(proxy.stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
+      const migrating = new Set(state.topology.migrations.map((m) => m.slot));
+      expect(migrating.size).toBeGreaterThan(0);
+      const onMigrating: string[] = [];
+      for (let n = 0; n < KEYS; n++) if (migrating.has(slotOf(keyName(n)))) onMigrating.push(keyName(n));
+      expect(onMigrating.length).toBeGreaterThan(20);
+
+      // Keys of the migrating slots asked for all the time (asker), 8 commands in flight: each
+      // one not moved yet sends a key move to the source. A client of the source's other keys
+      // (probe) times each command; another (direct) times PINGs to the source itself.
+      let probeKey = '';
+      for (let n = 0; probeKey === ''; n++) if (evenOwner(3)[slotOf(`probe:${n}`)] === 0 && !isMoving(slotOf(`probe:${n}`))) probeKey = `probe:${n}`;
+      let isStopping = false;
+      const askerErrors: string[] = [];
+      let asked = 0;
+      const askers = Array.from({ length: 8 }, async (_, i) => {
+        for (let j = i; !isStopping; j += 8) {
+          try {
+            await asker.get(onMigrating[j % onMigrating.length]!);
+            asked++;
+          } catch (err) {
+            askerErrors.push((err as Error).message);
+          }
+        }
+      });
+      const directTimes: [number, number][] = [];
+      const directProbing = (async (): Promise<void> => {
+        while (!isStopping) {
+          const at = Date.now();
+          await direct.ping();
+          directTimes.push([at, Date.now() - at]);
+          await sleep(5);
+        }
+      })();
+      const probeTimes: [number, number][] = [];
+      const probing = (async (): Promise<void> => {
+        while (!isStopping) {
+          const at = Date.now();
+          await probe.set(probeKey, String(at));
+          probeTimes.push([at, Date.now() - at]);
+          await sleep(5);
+        }
+      })();
+
+      await sleep(FREEZE_MS);
+      target.kill('SIGCONT');
+      thawedAt = Date.now();
+      const status = await proxy.waitForPlan(120_000);
+      await sleep(300);
+      isStopping = true;
+      await Promise.all([...askers, probing, directProbing]);
+
+      const report = await load.stop();
+
+      const logs = proxy.logs();
+      expect(status.state, logs.slice(-3000)).toBe('done');
+      const inFreeze = (times: [number, number][]): [number, number][] => times.filter(([at]) => at >= frozenAt && at < thawedAt);
+      const during = inFreeze(probeTimes);
+      const longest = Math.max(...during.map(([, ms]) => ms));
+      const sourceLongest = Math.max(...inFreeze(directTimes).map(([, ms]) => ms));
+      console.log(
+        'target-stall figures',
+        JSON.stringify({ probeCommands: during.length, longestMs: longest, sourceLongestMs: sourceLongest, asked, freezeMs: FREEZE_MS }),
+      );
+      // 4 key moves in flight to a target at most, each MIGRATE waiting 250 ms at most, then
+      // none until the target answers: the source and its other keys wait about a second at worst.
+      expect(sourceLongest).toBeLessThan(1_500);
+      expect(longest).toBeLessThan(1_500);
+      expect(during.length).toBeGreaterThan(100);
+      expect(askerErrors.slice(0, 5)).toEqual([]);
+      expect(asked).toBeGreaterThan(100);
+
+      const { owner, migrations } = ownerFromStateFile(proxy.stateFile);
+      expect(migrations).toBe(0);
+      expectPlacementClean(await checkPlacement(specs, owner, KEYS, load.expected));
+      expect(report.errors.slice(0, 5)).toEqual([]);
+      expect(report.staleReads.slice(0, 5)).toEqual([]);
+    } finally {
+      if (thawedAt === Infinity) target.kill('SIGCONT');
+      for (const client of clients) client.disconnect();
+    }
+  }, 180_000);
+});
