@@ -27,7 +27,7 @@ export type Handling =
   | 'script'
   /** CONFIG SET: every node of every shard, for an allow-list of parameters. */
   | 'config-set'
-  /** INFO: the proxy's own sections plus the shards' summed ones. */
+  /** INFO: the proxy's own sections plus the shards' summed ones; a shard silent for 1 s is named, not waited for. */
   | 'info'
   /** Refused with `-ERR command 'x' is not allowed through slotproxy`. */
   | 'refused';

@@ -292,7 +292,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
       return;
     }
     const count = this.#shards.length;
-    const gather = new InfoSink(client.awaitReply(spec), count, proxySection, includesSection(requested, 'keyspace'));
+    const names = this.#shards.map((shard) => shard.info.name);
+    const gather = new InfoSink(client.awaitReply(spec), names, proxySection, includesSection(requested, 'keyspace'));
     const request = frame.bytes();
     for (let s = 0; s < count; s++) this.#send(s, request, gather.piece(s), client.id, false, true);
   }

@@ -1,7 +1,7 @@
 import type { ReplySink } from '../backend/reply-sink';
 import { PieceSink, type PieceOwner } from '../reply/gather';
 import { decodeReply } from '../resp/reply-decoder';
-import { encodeBulk } from '../resp/resp-writer';
+import { encodeBulk, encodeError } from '../resp/resp-writer';
 
 /** Sections the proxy writes itself; every other section comes from the shards. */
 export const PROXY_SECTION = 'proxy';
@@ -50,6 +50,14 @@ function sumKeyspace(texts: readonly string[]): string[] {
 }
 
 /**
+ * How long INFO waits for every shard. A shard that does not answer (frozen, cut off: its
+ * connection is not down, so nothing fails its requests) must not hold INFO: ioredis sends it
+ * as its ready check on every connect, and a client held there holds its commands for every
+ * shard. After this the shards that answered speak, and the Proxy section names the others.
+ */
+export const INFO_WAIT_MS = 1_000;
+
+/**
  * Gathers every shard's INFO and answers with the proxy's section first, the first shard's
  * sections next (servers are configured alike), and the keyspace summed over all shards.
  */
@@ -57,14 +65,19 @@ export class InfoSink implements PieceOwner {
   readonly #target: ReplySink;
   readonly #proxySection: string | null;
   readonly #wantsKeyspace: boolean;
-  readonly #replies: Buffer[];
+  readonly #shardNames: readonly string[];
+  readonly #replies: (Buffer | undefined)[];
   #received = 0;
+  #timer: NodeJS.Timeout | null;
 
-  constructor(target: ReplySink, shardCount: number, proxySection: string | null, wantsKeyspace: boolean) {
+  constructor(target: ReplySink, shardNames: readonly string[], proxySection: string | null, wantsKeyspace: boolean, waitMs = INFO_WAIT_MS) {
     this.#target = target;
     this.#proxySection = proxySection;
     this.#wantsKeyspace = wantsKeyspace;
-    this.#replies = new Array<Buffer>(shardCount);
+    this.#shardNames = shardNames;
+    this.#replies = new Array<Buffer | undefined>(shardNames.length);
+    this.#timer = setTimeout(() => this.#answer(), waitMs);
+    this.#timer.unref();
   }
 
   piece(index: number): ReplySink {
@@ -72,22 +85,34 @@ export class InfoSink implements PieceOwner {
   }
 
   onPiece(index: number, frame: Buffer): void {
+    // A shard answering after INFO was answered without it: too late.
+    if (this.#timer === null) return;
     this.#replies[index] = frame;
-    if (++this.#received < this.#replies.length) return;
+    if (++this.#received === this.#replies.length) this.#answer();
+  }
+
+  #answer(): void {
+    if (this.#timer === null) return;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    const silent = this.#shardNames.filter((_, i) => this.#replies[i] === undefined);
+    const replies = this.#replies.filter((r): r is Buffer => r !== undefined);
     // A shard that is down must not make INFO fail: clients (ioredis's ready check) and
     // operators need it most then. The healthy shards speak; the Proxy section shows the rest.
-    const texts = this.#replies
+    const texts = replies
       .filter((r) => r[0] !== 45)
       .map((r) => {
         const value = decodeReply(r);
         return Buffer.isBuffer(value) ? value.toString('utf8') : '';
       });
     if (texts.length === 0 && this.#proxySection === null) {
-      this.#target.onReply(this.#replies[0]!);
+      this.#target.onReply(replies[0] ?? encodeError(`ERR no shard answered INFO within ${INFO_WAIT_MS} ms`));
       return;
     }
     const parts: string[] = [];
-    if (this.#proxySection !== null) parts.push(this.#proxySection);
+    if (this.#proxySection !== null) {
+      parts.push(silent.length === 0 ? this.#proxySection : `${this.#proxySection}\r\ninfo_shards_not_answering:${silent.join(',')}`);
+    }
     for (const section of sections(texts[0] ?? '')) {
       if (section.name === 'Keyspace') continue;
       parts.push([`# ${section.name}`, ...section.body].join('\r\n'));

@@ -1,0 +1,54 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { INFO_WAIT_MS } from '../../src/dispatch/info-command';
+import { connect, keysOnShard, startDeployment, type Deployment } from '../helpers/deployment';
+
+/**
+ * A shard that stops answering without going down (frozen, cut off by the network): its
+ * connection stays up, so nothing fails its requests until the health checker acts
+ * (nodeTimeoutMs) or commandTimeoutMs, when set. Commands for its keys wait; the other shards'
+ * clients must not. ioredis sends INFO as its ready check on every connect, and INFO asks every
+ * shard: it answers after INFO_WAIT_MS with the shards that did, or no new client could start.
+ */
+
+describe('a shard that stops answering (frozen, not down)', () => {
+  let deployment: Deployment | undefined;
+  beforeAll(async () => {
+    // The health checker kept out of it: this is about the time before it acts.
+    deployment = await startDeployment({ replicas: 0, extra: { nodeTimeoutMs: 30_000 } });
+  }, 60_000);
+  afterAll(async () => {
+    deployment?.shards.primaries[1]?.kill('SIGCONT');
+    await deployment?.stop();
+  });
+
+  it('does not hold INFO: a new ioredis client gets ready and serves the other shards', async () => {
+    const { shards, proxy, viaProxy } = deployment!;
+    const [key] = keysOnShard(0, 'frozen-shard', 1);
+    const frozen = shards.primaries[1]!;
+    frozen.kill('SIGSTOP');
+    try {
+      const startedAt = Date.now();
+      // ioredis's defaults: the ready check (INFO) runs before any command is sent.
+      const client = connect({ host: '127.0.0.1', port: proxy.port });
+      try {
+        await client.set(key!, 'v');
+        expect(await client.get(key!)).toBe('v');
+        const readyMs = Date.now() - startedAt;
+        expect(readyMs).toBeLessThan(INFO_WAIT_MS + 2_000);
+        // INFO names the shard that did not answer, and sums the keyspace of the others.
+        const info = await client.info();
+        expect(info).toContain('info_shards_not_answering:s2');
+        expect(info).toMatch(/# Keyspace\r\ndb0:keys=\d+/);
+        expect(info).toMatch(/# Server\r\nredis_version:/);
+      } finally {
+        client.disconnect();
+      }
+    } finally {
+      frozen.kill('SIGCONT');
+    }
+    // Answering again: every shard speaks, no note.
+    const info = await viaProxy.info();
+    expect(info).not.toContain('info_shards_not_answering');
+    expect(info).toContain('# Keyspace');
+  }, 30_000);
+});
