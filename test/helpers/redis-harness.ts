@@ -21,6 +21,8 @@ export interface ShardsOptions {
   readonly replicas?: number;
   /** @default false */
   readonly appendonly?: boolean;
+  /** requirepass (and masterauth) on every server. @default none */
+  readonly password?: string;
 }
 
 export interface Shards {
@@ -42,6 +44,7 @@ export interface SingleRedis {
 export async function startShards(n: number, options: ShardsOptions = {}): Promise<Shards> {
   const replicaCount = options.replicas ?? 0;
   const appendonly = options.appendonly ?? false;
+  const password = options.password === undefined ? {} : { password: options.password };
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'slotproxy-shards-'));
   const primaries: LocalRedis[] = [];
   const replicas: LocalRedis[][] = [];
@@ -58,7 +61,7 @@ export async function startShards(n: number, options: ShardsOptions = {}): Promi
 
   try {
     const started = await Promise.allSettled(
-      Array.from({ length: n }, (_, i) => startRedisServer({ dir: path.join(root, `p${i}`), appendonly })),
+      Array.from({ length: n }, (_, i) => startRedisServer({ dir: path.join(root, `p${i}`), appendonly, ...password })),
     );
     primaries.push(...fulfilled(started));
     throwFirstRejection(started);
@@ -68,6 +71,7 @@ export async function startShards(n: number, options: ShardsOptions = {}): Promi
           startRedisServer({
             dir: path.join(root, `p${i}-r${j}`),
             appendonly,
+            ...password,
             replicaOf: { host: primary.host, port: primary.port },
           }),
         ),
