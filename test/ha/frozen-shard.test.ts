@@ -52,3 +52,47 @@ describe('a shard that stops answering (frozen, not down)', () => {
     expect(info).toContain('# Keyspace');
   }, 30_000);
 });
+
+describe('commandTimeoutMs with a shard that stops answering', () => {
+  let deployment: Deployment | undefined;
+  beforeAll(async () => {
+    deployment = await startDeployment({ replicas: 0, extra: { nodeTimeoutMs: 30_000, commandTimeoutMs: 500 } });
+  }, 60_000);
+  afterAll(async () => {
+    deployment?.shards.primaries[1]?.kill('SIGCONT');
+    await deployment?.stop();
+  });
+
+  it('fails what waits on it after the timeout, leaves the other shards alone, and reconnects once it answers', async () => {
+    const { shards, viaProxy } = deployment!;
+    const [onFrozen] = keysOnShard(1, 'timeout', 1);
+    const [onOther] = keysOnShard(0, 'timeout', 1);
+    await viaProxy.set(onFrozen!, 'before');
+    const frozen = shards.primaries[1]!;
+    frozen.kill('SIGSTOP');
+    try {
+      const startedAt = Date.now();
+      const [frozenResult, otherResult] = await Promise.allSettled([viaProxy.get(onFrozen!), viaProxy.set(onOther!, 'meanwhile')]);
+      const failedAfterMs = Date.now() - startedAt;
+      expect(frozenResult.status).toBe('rejected');
+      expect(String((frozenResult as PromiseRejectedResult).reason)).toMatch(/s2.*no reply within 500 ms \(commandTimeoutMs\)/);
+      expect(failedAfterMs).toBeGreaterThanOrEqual(450);
+      expect(failedAfterMs).toBeLessThan(2_000);
+      expect(otherResult).toEqual({ status: 'fulfilled', value: 'OK' });
+    } finally {
+      frozen.kill('SIGCONT');
+    }
+    // The next command reconnects (after the connection's backoff) and finds the value.
+    expect(await waitForValue(() => viaProxy.get(onFrozen!), 'before', 5_000)).toBe('before');
+    expect(await viaProxy.get(onOther!)).toBe('meanwhile');
+  }, 30_000);
+});
+
+async function waitForValue<T>(read: () => Promise<T>, wanted: T, timeoutMs: number): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await read().catch(() => undefined);
+    if (value === wanted || Date.now() > deadline) return value as T;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
