@@ -139,9 +139,9 @@ export class LocalCommands {
           ],
         ]);
       case 'cluster|nodes': {
-        const host = client.localHost.includes(':') ? `[${client.localHost}]` : client.localHost;
+        // As Redis writes it: the address as is, IPv6 without brackets (clients split at the last colon).
         return encodeBulk(
-          `${this.#identity.nodeId} ${host}:${client.localPort}@${client.localPort + 10000} myself,master - 0 0 1 connected 0-16383\n`,
+          `${this.#identity.nodeId} ${client.localHost}:${client.localPort}@${client.localPort + 10000} myself,master - 0 0 1 connected 0-16383\n`,
         );
       }
       default:
