@@ -1,0 +1,65 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readStateFile } from '../../src/control/state-file';
+import { startShards, type Shards } from '../helpers/redis-harness';
+import { connect, logEvents, roleOf, shardOfKey, startHaProxy, waitFor, type HaProxy } from './ha-harness';
+
+/**
+ * An operator swaps a shard's primary and replica by hand (REPLICAOF on the nodes, not through
+ * the proxy). The recorded primary now answers writes with READONLY; the health checker sees
+ * it report role replica, following the other member, which says it is a primary, and the
+ * proxy adopts that node as the shard's primary (failover.ts, "primary adopted"): writes
+ * through the proxy work again, and the state file records the swap.
+ */
+
+describe('roles moved by hand', () => {
+  let shards: Shards | undefined;
+  let ha: HaProxy | undefined;
+  beforeAll(async () => {
+    shards = await startShards(3, { replicas: 1 });
+    ha = await startHaProxy(shards);
+  }, 60_000);
+  afterAll(async () => {
+    await ha?.stop();
+    await shards?.stopAll();
+  });
+
+  it('are followed: the node that takes writes becomes the recorded primary', async () => {
+    const [oldPrimary, oldReplica] = [shards!.primaries[1]!, shards!.replicas[1]![0]!];
+    let key = '';
+    for (let n = 0; key === ''; n++) if (shardOfKey(`hand:${n}`, 3) === 1) key = `hand:${n}`;
+    const client = connect({ host: '127.0.0.1', port: ha!.proxy.port });
+    try {
+      expect(await client.set(key, 'before')).toBe('OK');
+      // The swap, as an operator would do it.
+      const [p, r] = [connect(oldPrimary), connect(oldReplica)];
+      try {
+        await r.call('REPLICAOF', 'NO', 'ONE');
+        await p.call('REPLICAOF', oldReplica.host, String(oldReplica.port));
+      } finally {
+        p.disconnect();
+        r.disconnect();
+      }
+      expect((await roleOf(oldPrimary)).role).toBe('slave');
+
+      await waitFor('writes through the proxy work again', async () => (await client.set(key, 'after').catch(() => null)) === 'OK', 15_000);
+      expect(await client.get(key)).toBe('after');
+      const adopted = logEvents(ha!.proxy, 'primary adopted');
+      expect(adopted).toHaveLength(1);
+      expect(adopted[0]).toMatchObject({ shard: 's1', recorded: `127.0.0.1:${oldPrimary.port}`, actual: `127.0.0.1:${oldReplica.port}` });
+      const shard = readStateFile(ha!.stateFile)!.topology.shards[1]!;
+      expect(shard.primary.port).toBe(oldReplica.port);
+      expect(shard.replicas.map((n) => n.port)).toContain(oldPrimary.port);
+      // The old primary, now a replica, has the write.
+      await waitFor('replicated', async () => {
+        const c = connect(oldPrimary);
+        try {
+          return (await c.get(key)) === 'after';
+        } finally {
+          c.disconnect();
+        }
+      }, 5_000);
+    } finally {
+      client.disconnect();
+    }
+  }, 60_000);
+});
