@@ -441,6 +441,31 @@ describe('command kinds through slotproxy (issue 6)', () => {
     });
   });
 
+  describe('argument errors: answered as Redis answers them', () => {
+    it('unknown subcommands, containers named alone, too few arguments', async () => {
+      await expectSame([
+        ['CONFIG', 'FOO'],
+        ['OBJECT', 'NOPE', 'x'],
+        ['MEMORY', 'NOPE'],
+        ['SCRIPT', 'NOPE'],
+        ['XINFO', 'NOPE', 'x'],
+        ['CONFIG'],
+        ['OBJECT'],
+        ['XINFO'],
+        ['SCAN'],
+        ['EVAL', 'return 1'],
+        ['EVALSHA', 'abc'],
+        ['EVAL_RO', 'return 1'],
+        ['CONFIG', 'SET', 'maxmemory'],
+        ['CONFIG', 'SET'],
+        ['GET'],
+        ['SET', 'k'],
+        ['MGET'],
+        ['DEL'],
+      ]);
+    });
+  });
+
   describe('CONFIG GET / CONFIG SET', () => {
     const everyNode = (): Redis[] => [...primaries, ...replicas];
 
