@@ -68,6 +68,19 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
       await sleep(100);
       leaver.disconnect();
 
+      // A script on keys of the slot does not wait: its keys move first (on demand), then it
+      // runs on the target, while the slot still migrates.
+      const scripter = new Redis({ host: HOST, port: proxy.port });
+      try {
+        const incremented = await scripter.eval("redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCRBY', KEYS[2], 10)", 2, `${tag}:ev`, `${tag}:7`, 'x');
+        expect(incremented).toBe(17);
+        expect((await proxy.status()).slotsMigrating).toBe(1);
+        expect(await target.mget(`${tag}:ev`, `${tag}:7`)).toEqual(['x', '17']);
+        expect(await scripter.evalsha(await scripter.script('LOAD', 'return redis.call("GET", KEYS[1])') as string, 1, `${tag}:8`)).toBe('8');
+      } finally {
+        scripter.disconnect();
+      }
+
       const [execDone, watchDone] = await Promise.all([exec, watched]);
       // Answered only once the slot stopped migrating (a status asked after the answer says so).
       expect(execDone.value).toEqual([
