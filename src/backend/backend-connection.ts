@@ -151,6 +151,11 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     return this.#state;
   }
 
+  /** How long the oldest request in flight has waited for its reply, in seconds (0 when none waits). */
+  oldestWaitSeconds(): number {
+    return this.#inFlight.length === 0 ? 0 : tick() - this.#queuedAt.peek();
+  }
+
   /** Queues a request (one buffer, or several written back to back) for this turn's flush. */
   send(request: Buffer | readonly Buffer[], sink: ReplySink): void {
     if (this.#queue(request, sink)) this.#push(sink);

@@ -465,8 +465,23 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
     this.#send(shard, request, sink, clientId, isWrite, false);
   }
 
+  /**
+   * The next shard in turn that looks able to answer now: not failing over, its primary's
+   * connection not down, and no reply there overdue by ANY_SHARD_STALL_SECONDS (a frozen or
+   * cut-off node keeps its connection up; a keyless command such as redis-cli's COMMAND DOCS at
+   * start-up must not wait for it when another shard can answer). Round robin when none does.
+   */
   #anyShard(): number {
-    this.#nextShard = (this.#nextShard + 1) % this.#shards.length;
+    const count = this.#shards.length;
+    for (let i = 1; i <= count; i++) {
+      const index = (this.#nextShard + i) % count;
+      const shard = this.#shards[index]!;
+      if (shard.info.isFailingOver) continue;
+      if (shard.primary.connections.some((c) => c.state === 'down' || c.oldestWaitSeconds() > ANY_SHARD_STALL_SECONDS)) continue;
+      this.#nextShard = index;
+      return index;
+    }
+    this.#nextShard = (this.#nextShard + 1) % count;
     return this.#nextShard;
   }
 
@@ -476,6 +491,9 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
     this.#pools.close();
   }
 }
+
+/** A shard whose oldest reply is this overdue is passed over by keyless commands any shard can answer. */
+const ANY_SHARD_STALL_SECONDS = 0.5;
 
 /** ROLE through the proxy: a primary without replicas, as cluster-aware tooling expects of one node. */
 const ROLE_REPLY = Buffer.from('*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n');

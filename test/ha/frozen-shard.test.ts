@@ -51,6 +51,32 @@ describe('a shard that stops answering (frozen, not down)', () => {
     expect(info).not.toContain('info_shards_not_answering');
     expect(info).toContain('# Keyspace');
   }, 30_000);
+
+  it('passes it over for keyless commands any shard can answer (COMMAND DOCS, TIME) once a reply there is overdue', async () => {
+    const { shards, proxy } = deployment!;
+    const [onFrozen] = keysOnShard(1, 'frozen-shard', 1);
+    const waiting = connect({ host: '127.0.0.1', port: proxy.port });
+    const client = connect({ host: '127.0.0.1', port: proxy.port });
+    await Promise.all([waiting.ping(), client.ping()]);
+    const frozen = shards.primaries[1]!;
+    frozen.kill('SIGSTOP');
+    try {
+      const stuck = waiting.get(onFrozen!);
+      stuck.catch(() => undefined);
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      // Round robin would send every third one to the frozen shard.
+      const startedAt = Date.now();
+      for (let i = 0; i < 9; i++) {
+        expect(Array.isArray(await client.call('COMMAND', 'DOCS', 'GET'))).toBe(true);
+        expect(((await client.call('TIME')) as string[]).length).toBe(2);
+      }
+      expect(Date.now() - startedAt).toBeLessThan(1_000);
+    } finally {
+      frozen.kill('SIGCONT');
+      waiting.disconnect();
+      client.disconnect();
+    }
+  }, 30_000);
 });
 
 describe('commandTimeoutMs with a shard that stops answering', () => {
