@@ -151,6 +151,11 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     return this.#state;
   }
 
+  /** The node it talks to. */
+  get address(): NodeAddress {
+    return this.#options.address;
+  }
+
   /** How long the oldest request in flight has waited for its reply, in seconds (0 when none waits). */
   oldestWaitSeconds(): number {
     return this.#inFlight.length === 0 ? 0 : tick() - this.#queuedAt.peek();

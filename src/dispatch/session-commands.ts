@@ -1,3 +1,4 @@
+import type { BackendConnection } from '../backend/backend-connection';
 import { IGNORE_REPLY, type ReplySink } from '../backend/reply-sink';
 import type { CommandSpec } from '../commands/handling';
 import type { ReplySlot } from '../reply/reply-slot';
@@ -9,6 +10,7 @@ import { ClientPins, type WatchState } from './client-pins';
 import { wrongArity } from './local-commands';
 import { PubSubSession } from './pubsub-session';
 import type { ShardAccess } from './shard-access';
+import { nodeKey } from '../topology/topology';
 import { EXEC_REQUEST, Transaction, UNWATCH_REQUEST } from './transaction';
 
 /** How long a transaction, WATCH or blocking command waits for its slot to settle. */
@@ -50,11 +52,14 @@ const CLIENT_ID_REQUEST = encodeCommand(['CLIENT', 'ID']);
 class BlockedCommand implements ReplySink {
   readonly slot: number;
   readonly reply: ReplySlot;
-  /** The shard it waits on, and its connection's id there (CLIENT ID; null until known). */
+  /** The shard it waits on, the connection it waits on, and that connection's id there (CLIENT ID; null until known). */
   shardName = '';
+  connection: BackendConnection | null = null;
   nodeClientId: number | null = null;
   /** Woken on purpose: a null answer means "send it again", not "timed out". */
   isWoken = false;
+  /** Its connection closed on purpose (the shard failed over under it): the failure means "send it again". */
+  isFailedOver = false;
   /** Sends it (again) once the slot is settled. */
   readonly #resend: () => void;
   /** It answered (or failed): nothing to follow any more. */
@@ -78,11 +83,23 @@ class BlockedCommand implements ReplySink {
     this.#onDone = onDone;
   }
 
-  sentTo(shardName: string): void {
+  sentTo(shardName: string, connection: BackendConnection): void {
     this.shardName = shardName;
+    this.connection = connection;
     this.nodeClientId = null;
     this.isWoken = false;
+    this.isFailedOver = false;
     this.#wake = null;
+  }
+
+  /**
+   * Its shard failed over while the old primary kept the connection up (frozen, cut off): no
+   * push to the new primary would reach it there. The connection is closed (so the old node,
+   * if it comes back, pops nothing for it) and the command sent again on the new primary.
+   */
+  leaveFailedPrimary(): void {
+    this.isFailedOver = true;
+    this.connection?.close();
   }
 
   /** Wakes it where it waits: `unblock(id)` now, or once its connection's id is known. */
@@ -102,6 +119,11 @@ class BlockedCommand implements ReplySink {
   }
 
   onFailure(error: Buffer): void {
+    if (this.isFailedOver) {
+      this.isFailedOver = false;
+      this.#resend();
+      return;
+    }
     this.#onDone(this);
     this.reply.onFailure(error);
   }
@@ -141,7 +163,13 @@ export class SessionCommands {
       for (const session of this.#pubsubSessions) session.onTopology(topology, names);
     }
     for (const blocked of this.#blocked) {
-      if (blocked.isWoken || blocked.slot === NO_KEYS) continue;
+      if (blocked.isWoken || blocked.isFailedOver || blocked.connection === null) continue;
+      const home = topology.shardNamed(blocked.shardName);
+      if (home !== undefined && nodeKey(home.primary) !== nodeKey(blocked.connection.address)) {
+        blocked.leaveFailedPrimary();
+        continue;
+      }
+      if (blocked.slot === NO_KEYS) continue;
       if (topology.shards[topology.homeOf(blocked.slot)]!.name === blocked.shardName) continue;
       const where = topology.shardNamed(blocked.shardName);
       // A shard gone from the topology owned no slot for a while: nothing blocks there on ours.
@@ -268,7 +296,7 @@ export class SessionCommands {
       const topology = this.#shards.topology;
       const shard = slot === NO_KEYS ? this.#shards.anyShard() : topology.slotOwner[slot]!;
       const connection = this.#ownConnection(client, shard);
-      blocked.sentTo(topology.shards[shard]!.name);
+      blocked.sentTo(topology.shards[shard]!.name, connection);
       this.#blocked.add(blocked);
       connection.send(CLIENT_ID_REQUEST, blocked.idSink);
       connection.send(request, blocked);
@@ -457,6 +485,10 @@ export class SessionCommands {
   #ownConnection(client: ClientContext, shard: number): ReturnType<ShardAccess['dedicatedConnection']> {
     const pins = (client.pins ??= new ClientPins());
     let connection = pins.connections.get(shard);
+    // One to a node that is no longer the shard's primary (a failover since) is not reused.
+    if (connection !== undefined && connection.state !== 'closed' && nodeKey(connection.address) !== nodeKey(this.#shards.topology.shards[shard]!.primary)) {
+      connection.close();
+    }
     if (connection === undefined || connection.state === 'closed') {
       connection = this.#shards.dedicatedConnection(shard);
       pins.connections.set(shard, connection);

@@ -1,0 +1,71 @@
+import Redis from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startShards, type Shards } from '../helpers/redis-harness';
+import { logEvents, shardOfKey, sleep, startHaProxy, waitFor, type HaProxy } from './ha-harness';
+
+/**
+ * Blocking commands and Pub/Sub hold a connection of their own to the shard's primary. When the
+ * primary fails by freezing (or being cut off) rather than dying, that connection stays up, so
+ * nothing tells them the shard failed over: the BLPOP waits where no push will come, the
+ * subscriptions hear nothing of what is published on the new primary, and a (P)SUBSCRIBE sent
+ * meanwhile waits for a confirmation that never comes. After the failover a BLPOP is sent again
+ * on the new primary, and a subscribed client is disconnected, as its own Redis failing would
+ * do, so it subscribes again (ioredis does by itself).
+ */
+
+describe('blocking commands and Pub/Sub across the failover of a frozen primary', () => {
+  let shards: Shards | undefined;
+  let ha: HaProxy | undefined;
+  beforeAll(async () => {
+    shards = await startShards(3, { replicas: 1 });
+    ha = await startHaProxy(shards);
+  }, 60_000);
+  afterAll(async () => {
+    shards?.primaries[1]?.kill('SIGCONT');
+    await ha?.stop();
+    await shards?.stopAll();
+  });
+
+  it('a BLPOP gets the push made on the new primary; subscribers hear what is published there', async () => {
+    const port = ha!.proxy.port;
+    const onShard1 = (prefix: string): string => {
+      for (let n = 0; ; n++) if (shardOfKey(`${prefix}${n}`, 3) === 1) return `${prefix}${n}`;
+    };
+    const [queue, channel] = [onShard1('queue'), onShard1('news')];
+    const [worker, subscriber, lateSubscriber, producer] = [0, 1, 2, 3].map(() => new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 1 }));
+    try {
+      for (const client of [worker, subscriber, lateSubscriber, producer]) client.on('error', () => undefined);
+      await Promise.all([worker, subscriber, lateSubscriber, producer].map((c) => c.ping()));
+      const heard: string[] = [];
+      subscriber.on('message', (ch: string, message: string) => heard.push(`message ${ch} ${message}`));
+      subscriber.on('pmessage', (_pattern: string, ch: string, message: string) => heard.push(`pmessage ${ch} ${message}`));
+      lateSubscriber.on('pmessage', (_pattern: string, ch: string, message: string) => heard.push(`late ${ch} ${message}`));
+      await subscriber.subscribe(channel);
+      await subscriber.psubscribe('news*');
+      const popped = worker.blpop(queue, 0);
+      await sleep(200);
+
+      const frozen = shards!.primaries[1]!;
+      frozen.kill('SIGSTOP');
+      // Sent while the primary is frozen: confirmed only once the shard has failed over.
+      const lateConfirmed = lateSubscriber.psubscribe('news*');
+      await waitFor('failed over', () => logEvents(ha!.proxy, 'failover promoted').length === 1, 15_000);
+      expect(await Promise.race([lateConfirmed.then(() => 'confirmed'), sleep(10_000).then(() => 'not confirmed in 10 s')])).toBe('confirmed');
+      await waitFor('writable again', async () => (await producer.set(`${queue}:probe`, '1').catch(() => null)) === 'OK', 10_000);
+
+      expect(await producer.rpush(queue, 'job-1')).toBe(1);
+      expect(await Promise.race([popped, sleep(5_000).then(() => 'still blocked')])).toEqual([queue, 'job-1']);
+      // Every subscription back in place (the subscriber reconnects and subscribes again)...
+      let probes = 0;
+      await waitFor('resubscribed', async () => (await producer.publish(channel, `probe-${probes++}`)) === 3, 10_000);
+      // ...then one message, heard once by each.
+      expect(await producer.publish(channel, 'after')).toBe(3);
+      const after = (): string[] => heard.filter((line) => line.endsWith(' after')).sort();
+      await waitFor('heard', () => after().length >= 3, 5_000);
+      await sleep(100);
+      expect(after()).toEqual([`late ${channel} after`, `message ${channel} after`, `pmessage ${channel} after`]);
+    } finally {
+      for (const client of [worker, subscriber, lateSubscriber, producer]) client.disconnect();
+    }
+  }, 60_000);
+});
