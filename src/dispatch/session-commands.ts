@@ -375,8 +375,11 @@ export class SessionCommands {
       // But WATCH sees only that shard: once the slot has moved or is moving, its keys may have
       // been written on the target (those the source never had), and the transaction would run
       // on a shard that no longer owns them. Redis answers null for a modified key; so does this.
+      // A failover since WATCH is the same: writes the old primary acknowledged may be gone.
       if (!this.#isWatchedHome(watch)) {
-        watch.connection.send(UNWATCH_REQUEST, IGNORE_REPLY);
+        // The old primary may be frozen: its connection is closed, not asked to UNWATCH.
+        if (this.#isOnPrimary(watch.connection)) watch.connection.send(UNWATCH_REQUEST, IGNORE_REPLY);
+        else watch.connection.close();
         reply.onReply(NULL_ARRAY);
         return;
       }
@@ -392,10 +395,16 @@ export class SessionCommands {
     });
   }
 
-  /** The watched slot is settled on the shard that held it at WATCH. */
+  /** The watched slot is settled on the shard that held it at WATCH, whose primary is still the node watching. */
   #isWatchedHome(watch: WatchState): boolean {
     const topology = this.#shards.topology;
-    return this.#isSettled(watch.slot) && topology.shards[topology.slotOwner[watch.slot]!]!.name === watch.shardName;
+    return this.#isSettled(watch.slot) && topology.shards[topology.slotOwner[watch.slot]!]!.name === watch.shardName && this.#isOnPrimary(watch.connection);
+  }
+
+  /** The connection goes to the primary of a shard of the current snapshot. */
+  #isOnPrimary(connection: BackendConnection): boolean {
+    const key = nodeKey(connection.address);
+    return this.#shards.topology.shards.some((shard) => nodeKey(shard.primary) === key);
   }
 
   /** The slot's shard can take a command now: the slot is not migrating, the shard not failing over. */

@@ -10,7 +10,8 @@ import { logEvents, shardOfKey, sleep, startHaProxy, waitFor, type HaProxy } fro
  * subscriptions hear nothing of what is published on the new primary, and a (P)SUBSCRIBE sent
  * meanwhile waits for a confirmation that never comes. After the failover a BLPOP is sent again
  * on the new primary, and a subscribed client is disconnected, as its own Redis failing would
- * do, so it subscribes again (ioredis does by itself).
+ * do, so it subscribes again (ioredis does by itself). A transaction WATCHed on the old primary
+ * answers EXEC with null, as for a modified key.
  */
 
 describe('blocking commands and Pub/Sub across the failover of a frozen primary', () => {
@@ -26,16 +27,17 @@ describe('blocking commands and Pub/Sub across the failover of a frozen primary'
     await shards?.stopAll();
   });
 
-  it('a BLPOP gets the push made on the new primary; subscribers hear what is published there', async () => {
+  it('a BLPOP gets the push made on the new primary; subscribers hear what is published there; a WATCH made before aborts EXEC', async () => {
     const port = ha!.proxy.port;
     const onShard1 = (prefix: string): string => {
       for (let n = 0; ; n++) if (shardOfKey(`${prefix}${n}`, 3) === 1) return `${prefix}${n}`;
     };
     const [queue, channel] = [onShard1('queue'), onShard1('news')];
-    const [worker, subscriber, lateSubscriber, producer] = [0, 1, 2, 3].map(() => new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 1 }));
+    const [worker, subscriber, lateSubscriber, producer, watcher] = [0, 1, 2, 3, 4].map(() => new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 1 }));
+    const counter = onShard1('counter');
     try {
-      for (const client of [worker, subscriber, lateSubscriber, producer]) client.on('error', () => undefined);
-      await Promise.all([worker, subscriber, lateSubscriber, producer].map((c) => c.ping()));
+      for (const client of [worker, subscriber, lateSubscriber, producer, watcher]) client.on('error', () => undefined);
+      await Promise.all([worker, subscriber, lateSubscriber, producer, watcher].map((c) => c.ping()));
       const heard: string[] = [];
       subscriber.on('message', (ch: string, message: string) => heard.push(`message ${ch} ${message}`));
       subscriber.on('pmessage', (_pattern: string, ch: string, message: string) => heard.push(`pmessage ${ch} ${message}`));
@@ -43,6 +45,9 @@ describe('blocking commands and Pub/Sub across the failover of a frozen primary'
       await subscriber.subscribe(channel);
       await subscriber.psubscribe('news*');
       const popped = worker.blpop(queue, 0);
+      // A WATCH taken on the primary that is about to freeze.
+      await producer.set(counter, '1');
+      expect(await watcher.watch(counter)).toBe('OK');
       await sleep(200);
 
       const frozen = shards!.primaries[1]!;
@@ -52,6 +57,13 @@ describe('blocking commands and Pub/Sub across the failover of a frozen primary'
       await waitFor('failed over', () => logEvents(ha!.proxy, 'failover promoted').length === 1, 15_000);
       expect(await Promise.race([lateConfirmed.then(() => 'confirmed'), sleep(10_000).then(() => 'not confirmed in 10 s')])).toBe('confirmed');
       await waitFor('writable again', async () => (await producer.set(`${queue}:probe`, '1').catch(() => null)) === 'OK', 10_000);
+
+      // The transaction watched on the old primary: EXEC answers null (as for a modified key:
+      // what the old primary acknowledged may be gone), at once; done again, it commits.
+      const aborted = await Promise.race([watcher.multi().incr(counter).exec(), sleep(5_000).then(() => 'EXEC still waiting')]);
+      expect(aborted).toBeNull();
+      await watcher.watch(counter);
+      expect(await watcher.multi().incr(counter).exec()).toEqual([[null, 2]]);
 
       expect(await producer.rpush(queue, 'job-1')).toBe(1);
       expect(await Promise.race([popped, sleep(5_000).then(() => 'still blocked')])).toEqual([queue, 'job-1']);
@@ -65,7 +77,7 @@ describe('blocking commands and Pub/Sub across the failover of a frozen primary'
       await sleep(100);
       expect(after()).toEqual([`late ${channel} after`, `message ${channel} after`, `pmessage ${channel} after`]);
     } finally {
-      for (const client of [worker, subscriber, lateSubscriber, producer]) client.disconnect();
+      for (const client of [worker, subscriber, lateSubscriber, producer, watcher]) client.disconnect();
     }
   }, 60_000);
 });
