@@ -158,7 +158,8 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
 
   /** How long the oldest request in flight has waited for its reply, in seconds (0 when none waits). */
   oldestWaitSeconds(): number {
-    return this.#inFlight.length === 0 ? 0 : tick() - this.#queuedAt.peek();
+    // The clock read here, not tick(): that would move the turn clock the latency counts use.
+    return this.#inFlight.length === 0 ? 0 : performance.now() / 1000 - this.#queuedAt.peek();
   }
 
   /** Queues a request (one buffer, or several written back to back) for this turn's flush. */

@@ -5,12 +5,12 @@ import type { ReplySlot } from '../reply/reply-slot';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeCommand, encodeError, NULL_ARRAY, NULL_BULK, OK, QUEUED } from '../resp/resp-writer';
 import { commandSlot, CROSS_SLOT, NO_KEYS } from '../routing/route-planner';
+import { nodeKey } from '../topology/topology';
 import type { ClientContext } from './client-context';
 import { ClientPins, type WatchState } from './client-pins';
 import { wrongArity } from './local-commands';
 import { PubSubSession } from './pubsub-session';
 import type { ShardAccess } from './shard-access';
-import { nodeKey } from '../topology/topology';
 import { EXEC_REQUEST, Transaction, UNWATCH_REQUEST } from './transaction';
 
 /** How long a transaction, WATCH or blocking command waits for its slot to settle. */
