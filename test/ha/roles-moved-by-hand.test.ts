@@ -46,8 +46,15 @@ describe('roles moved by hand', () => {
       const adopted = logEvents(ha!.proxy, 'primary adopted');
       expect(adopted).toHaveLength(1);
       expect(adopted[0]).toMatchObject({ shard: 's1', recorded: `127.0.0.1:${oldPrimary.port}`, actual: `127.0.0.1:${oldReplica.port}` });
-      const shard = readStateFile(ha!.stateFile)!.topology.shards[1]!;
-      expect(shard.primary.port).toBe(oldReplica.port);
+      // The state file is written after the snapshot is published: a moment later.
+      const shard = await waitFor(
+        'state file records the swap',
+        () => {
+          const recorded = readStateFile(ha!.stateFile)?.topology.shards[1];
+          return recorded?.primary.port === oldReplica.port ? recorded : undefined;
+        },
+        5_000,
+      );
       expect(shard.replicas.map((n) => n.port)).toContain(oldPrimary.port);
       // The old primary, now a replica, has the write.
       await waitFor('replicated', async () => {
