@@ -13,7 +13,7 @@ const KEYS = 40_000;
 
 describe('resharding CLI and admin endpoint', () => {
   // A slow mover, so a plan is still running when the second request comes.
-  const deployment = useMigrationDeployment({ shards: 3, config: { migrateKeysPerSecond: 4_000 } });
+  const deployment = useMigrationDeployment({ shards: 3, config: { migrateKeysPerSecond: 2_000 } });
 
   it('say what is wrong with a request, refuse a second plan while one runs, and run a weighted rebalance', async () => {
     const { shards, proxy } = deployment;
