@@ -2,7 +2,7 @@ import type { BackendConnection } from '../backend/backend-connection';
 import type { ReplySink } from '../backend/reply-sink';
 import { PieceSink, type PieceOwner } from '../reply/gather';
 import { decodeReply } from '../resp/reply-decoder';
-import { encodeCommand, encodeError, encodeValue, type RespValue } from '../resp/resp-writer';
+import { encodeCommand, encodeError, encodeValue, NULL_BULK, type RespValue } from '../resp/resp-writer';
 
 /**
  * Reply sinks for the commands whose reply the proxy must look at before the client sees it.
@@ -61,8 +61,6 @@ export interface ShardSender {
   sendToShard(shard: number, request: Buffer, sink: ReplySink, clientId: number): void;
 }
 
-const NULL_BULK_FRAME = Buffer.from('$-1\r\n');
-
 /** RANDOMKEY: a shard with no keys answers nil; then the next shard is asked, until all were. */
 export class FirstNonEmptySink implements ReplySink {
   readonly #target: ReplySink;
@@ -83,7 +81,7 @@ export class FirstNonEmptySink implements ReplySink {
   }
 
   onReply(frame: Buffer): void {
-    if (frame.equals(NULL_BULK_FRAME) && this.#tried < this.#shardCount) {
+    if (frame.equals(NULL_BULK) && this.#tried < this.#shardCount) {
       this.#tried++;
       this.#shard = (this.#shard + 1) % this.#shardCount;
       this.#sender.sendToShard(this.#shard, this.#request, this, this.#clientId);
