@@ -1,9 +1,8 @@
 import { log as defaultLog, type Logger } from '../log/logger';
 import { demotionsTotal, failoverDurationSeconds, failoversTotal, nodeFailuresTotal, nodeRole, nodeUp, replicaRepointsTotal } from '../metrics/metrics';
-import { nodeKey, Topology, type NodeAddress, type ShardInfo } from '../topology/topology';
+import { nodeKey, sameNode, Topology, type NodeAddress, type ShardInfo } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
 import type { NodeReport, NodeState } from './health-checker';
-import { sameNode } from './topology-builder';
 
 /**
  * What failover needs of the health checker: the last report of a node, a fresh one, and a

@@ -109,7 +109,7 @@ export function workOutPlan(topology: Topology, job: PlanJob): PlannedWork {
   for (const [slot, m] of topology.migrations) {
     if (!planned.has(slot)) moves.push({ slot, from: topology.shards[m.from]!.name, to: topology.shards[m.to]!.name });
   }
-  return { plan, view: viewOf(topology, plan, moves) };
+  return { plan, view: viewOf(topology, plan, map, moves) };
 }
 
 /** The moves a view lists, one per slot. */
@@ -121,9 +121,10 @@ export function movesOf(groups: readonly MoveGroup[]): SlotMove[] {
   return moves;
 }
 
-function viewOf(topology: Topology, plan: StoredPlan, moves: readonly SlotMove[]): PlanView {
-  // Slots already migrating count as their source's until they are moved.
-  const fromMap = planMap(topology, plan);
+function viewOf(topology: Topology, plan: StoredPlan, map: SlotMap, moves: readonly SlotMove[]): PlanView {
+  // Slots already migrating count as their source's until they are moved (on a copy: `map`
+  // has them as their targets').
+  const fromMap: SlotMap = { names: map.names, owner: Uint16Array.from(map.owner) };
   for (const [slot, m] of topology.migrations) fromMap.owner[slot] = m.from;
   const before: Record<string, number> = {};
   slotCounts(fromMap).forEach((n, i) => (before[fromMap.names[i]!] = n));

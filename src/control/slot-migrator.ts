@@ -133,7 +133,7 @@ export class SlotMigrator {
         if (pending === undefined) return;
         this.#plans.delete(id);
         log.warn('the mover process did not work the plan out in time; working it out here', { ms: PLAN_TIMEOUT_MS });
-        settlePlan(pending, () => workOutPlan(topology, job));
+        workOutHere(pending);
       }, PLAN_TIMEOUT_MS);
       this.#plans.set(id, {
         topology,
@@ -253,7 +253,7 @@ export class SlotMigrator {
       // Plans it was working out are worked out here instead: a plan must not fail for that.
       const plans = [...this.#plans.values()];
       this.#plans.clear();
-      for (const pending of plans) settlePlan(pending, () => workOutPlan(pending.topology, pending.job));
+      for (const pending of plans) workOutHere(pending);
     };
     child.on('error', (err) => onGone(new MoverExitedError(`the mover process could not run: ${err.message}`)));
     child.on('exit', (code, signal) => onGone(new MoverExitedError(`the mover process exited (${signal ?? `code ${code}`})`)));
@@ -438,9 +438,10 @@ interface PendingPlan {
   reject(err: Error): void;
 }
 
-function settlePlan(pending: PendingPlan, workOut: () => PlannedWork): void {
+/** Works a plan the mover process did not answer out on this thread. */
+function workOutHere(pending: PendingPlan): void {
   try {
-    pending.resolve(workOut());
+    pending.resolve(workOutPlan(pending.topology, pending.job));
   } catch (err) {
     pending.reject(err as Error);
   }

@@ -1,5 +1,5 @@
 import type { ProxyConfig, ShardConfig } from '../config/config-types';
-import { nodeKey, SLOT_COUNT, Topology, type NodeAddress, type ShardInfo, type SlotMigration } from '../topology/topology';
+import { nodeKey, sameNode, SLOT_COUNT, Topology, type NodeAddress, type ShardInfo, type SlotMigration } from '../topology/topology';
 import type { StateFileJson } from './state-file';
 
 /** The first snapshot, straight from the YAML topology. */
@@ -86,8 +86,4 @@ function mergeShard(shard: ShardConfig, saved: ShardInfo, index: number, notes: 
   // Readable replicas are confirmed by the first health check round before the proxy serves.
   const readReplicas = saved.readReplicas.filter((r) => replicas.some((m) => sameNode(m, r)));
   return { index, name: shard.name, primary, replicas, readReplicas, isFailingOver: false };
-}
-
-export function sameNode(a: NodeAddress, b: NodeAddress): boolean {
-  return a.port === b.port && a.host === b.host;
 }

@@ -70,13 +70,13 @@ export class InfoSink implements PieceOwner {
   #received = 0;
   #timer: NodeJS.Timeout | null;
 
-  constructor(target: ReplySink, shardNames: readonly string[], proxySection: string | null, wantsKeyspace: boolean, waitMs = INFO_WAIT_MS) {
+  constructor(target: ReplySink, shardNames: readonly string[], proxySection: string | null, wantsKeyspace: boolean) {
     this.#target = target;
     this.#proxySection = proxySection;
     this.#wantsKeyspace = wantsKeyspace;
     this.#shardNames = shardNames;
     this.#replies = new Array<Buffer | undefined>(shardNames.length);
-    this.#timer = setTimeout(() => this.#answer(), waitMs);
+    this.#timer = setTimeout(() => this.#answer(), INFO_WAIT_MS);
     this.#timer.unref();
   }
 

@@ -3,7 +3,7 @@ import type { ReplySink } from '../backend/reply-sink';
 import { CRLF, encodeArrayHeader, encodeBulk, encodeError } from '../resp/resp-writer';
 import { keySlot } from '../routing/key-slot';
 import { confirmsMoves, KEY_MOVE_SCRIPT, keyMoveArgs } from '../topology/key-move-script';
-import { nodeKey, type NodeAddress, type SlotMigration, type Topology } from '../topology/topology';
+import { nodeKey, sameNode, type NodeAddress, type SlotMigration, type Topology } from '../topology/topology';
 
 /** What the router needs of the dispatcher. */
 export interface ShardConnections {
@@ -141,7 +141,9 @@ const IOERR = Buffer.from('IOERR');
  * less often); then one at a time until one succeeds.
  */
 class MoveTarget implements ReplySink {
-  readonly key: string;
+  readonly address: NodeAddress;
+  /** The key-move script's arguments after the keys (this target, the MIGRATE timeout, ...), encoded once. */
+  readonly args: { readonly count: number; readonly bytes: Buffer };
   readonly #router: MigratingRouter;
   inFlight = 0;
   limit = MOVES_IN_FLIGHT_PER_TARGET;
@@ -152,9 +154,10 @@ class MoveTarget implements ReplySink {
   /** A PING is in flight to it (sent after a stall); nothing goes until it answers. */
   isProbing = false;
 
-  constructor(router: MigratingRouter, key: string) {
+  constructor(router: MigratingRouter, address: NodeAddress, args: readonly string[]) {
     this.#router = router;
-    this.key = key;
+    this.address = address;
+    this.args = { count: args.length, bytes: Buffer.concat(args.map((arg) => encodeBulk(arg))) };
   }
 
   canSend(now: number): boolean {
@@ -196,8 +199,6 @@ class MoveTarget implements ReplySink {
 export class MigratingRouter {
   readonly #shards: ShardConnections;
   readonly #options: MigratingRouterOptions;
-  /** The script's arguments after the keys, encoded once per target node. */
-  readonly #argsByTarget = new Map<string, { readonly count: number; readonly bytes: Buffer }>();
   /** Parked commands in arrival order. */
   #parked: KeyMove[] = [];
   /** Keys of parked commands -> how many parked commands hold each. */
@@ -205,7 +206,7 @@ export class MigratingRouter {
   #timer: NodeJS.Timeout | null = null;
   /** When #timer fires (ms since the epoch). */
   #timerAt = 0;
-  /** Target nodes by host:port. */
+  /** Every node moves have gone to, by host:port (a few per deployment; kept). */
   readonly #targets = new Map<string, MoveTarget>();
   /** Keys of moves waiting for a target's place -> how many hold each: later commands on them park behind. */
   readonly #waitingKeys = new Map<string, number>();
@@ -304,7 +305,7 @@ export class MigratingRouter {
   #probe(target: MoveTarget): void {
     if (target.isProbing) return;
     const topology = this.#shards.topology;
-    const shard = topology.shards.findIndex((info) => nodeKey(info.primary) === target.key);
+    const shard = topology.shards.findIndex((info) => sameNode(info.primary, target.address));
     // No longer a primary (failed over, removed): moves go to whatever the snapshot says now.
     if (shard < 0) return;
     target.isProbing = true;
@@ -359,10 +360,7 @@ export class MigratingRouter {
       this.park(move, RETRY_DELAY_MS);
       return;
     }
-    const targetAddress = this.#shards.primaryAddress(migration.to);
-    const targetKey = nodeKey(targetAddress);
-    let target = this.#targets.get(targetKey);
-    if (target === undefined) this.#targets.set(targetKey, (target = new MoveTarget(this, targetKey)));
+    const target = this.#targetFor(this.#shards.primaryAddress(migration.to));
     if (target.waiting.length > 0 || !target.canSend(Date.now())) {
       target.waiting.push(move);
       for (const name of move.names) this.#waitingKeys.set(name, (this.#waitingKeys.get(name) ?? 0) + 1);
@@ -371,14 +369,14 @@ export class MigratingRouter {
       this.#wakeAt(target.holdUntil > now && !target.isProbing ? target.holdUntil : now + MAX_TICK_MS);
       return;
     }
-    this.#sendScript(move, migration, target, targetAddress);
+    this.#sendScript(move, migration, target);
   }
 
-  #sendScript(move: KeyMove, migration: SlotMigration, target: MoveTarget, targetAddress: NodeAddress): void {
+  #sendScript(move: KeyMove, migration: SlotMigration, target: MoveTarget): void {
     const topology = this.#shards.topology;
     target.inFlight++;
     move.target = target;
-    const args = this.#targetArgs(targetAddress);
+    const args = target.args;
     const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + args.count), EVAL_HEAD, encodeBulk(String(move.keys.length))];
     for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
     parts.push(args.bytes);
@@ -393,16 +391,15 @@ export class MigratingRouter {
     else connection.send(parts, move);
   }
 
-  #targetArgs(target: NodeAddress): { readonly count: number; readonly bytes: Buffer } {
-    const key = nodeKey(target);
-    let encoded = this.#argsByTarget.get(key);
-    if (encoded === undefined) {
+  #targetFor(address: NodeAddress): MoveTarget {
+    const key = nodeKey(address);
+    let target = this.#targets.get(key);
+    if (target === undefined) {
       const timeoutMs = Math.min(this.#options.migrateTimeoutMs, MAX_ON_DEMAND_MIGRATE_TIMEOUT_MS);
-      const args = keyMoveArgs({ host: target.host, port: target.port, timeoutMs, password: this.#options.password });
-      encoded = { count: args.length, bytes: Buffer.concat(args.map((arg) => encodeBulk(arg))) };
-      this.#argsByTarget.set(key, encoded);
+      target = new MoveTarget(this, address, keyMoveArgs({ host: address.host, port: address.port, timeoutMs, password: this.#options.password }));
+      this.#targets.set(key, target);
     }
-    return encoded;
+    return target;
   }
 
   #holdsParkedKey(move: KeyMove): boolean {
@@ -423,16 +420,13 @@ export class MigratingRouter {
   #drainTargets(now: number, expired: KeyMove[]): number {
     let nextAt = Infinity;
     const topology = this.#shards.topology;
-    for (const [key, target] of this.#targets) {
-      if (target.waiting.length === 0) {
-        if (target.inFlight === 0 && target.holdMs === 0 && !target.isProbing) this.#targets.delete(key);
-        continue;
-      }
+    for (const target of this.#targets.values()) {
+      if (target.waiting.length === 0) continue;
       const rerouted: KeyMove[] = [];
       while (target.waiting.length > 0) {
         const move = target.waiting[0]!;
         const migration = topology.migrations.get(move.slot);
-        const isStillHere = migration !== undefined && nodeKey(this.#shards.primaryAddress(migration.to)) === key;
+        const isStillHere = migration !== undefined && sameNode(this.#shards.primaryAddress(migration.to), target.address);
         if (now < move.deadline && isStillHere && !target.canSend(now)) break;
         target.waiting.shift();
         for (const name of move.names) {
@@ -442,7 +436,7 @@ export class MigratingRouter {
         }
         if (now >= move.deadline) expired.push(move);
         else if (!isStillHere) rerouted.push(move);
-        else this.#sendScript(move, migration, target, this.#shards.primaryAddress(migration.to));
+        else this.#sendScript(move, migration, target);
       }
       for (const move of rerouted) this.#route(move);
       if (target.waiting.length > 0 && !target.isProbing && target.inFlight < target.limit) nextAt = Math.min(nextAt, target.holdUntil);
@@ -486,7 +480,7 @@ export class MigratingRouter {
       for (const move of kept) for (const name of move.names) this.#parkedKeys.set(name, (this.#parkedKeys.get(name) ?? 0) + 1);
     }
     // Moves waiting for a target's place are older than the parked ones behind them: first.
-    const openAt = this.#targets.size > 0 ? this.#drainTargets(now, expired) : Infinity;
+    const openAt = this.#waitingKeys.size > 0 ? this.#drainTargets(now, expired) : Infinity;
     if (kept.length === 0 && this.#waitingKeys.size === 0) this.#stopTimer();
     else {
       let next = Math.min(now + MAX_TICK_MS, Math.max(now + 1, openAt));

@@ -4,7 +4,7 @@ import type { CommandSpec } from '../commands/handling';
 import type { RequestFrame } from '../resp/request-parser';
 import { encodeCommand } from '../resp/resp-writer';
 import { keySlot } from '../routing/key-slot';
-import { nodeKey, type Topology } from '../topology/topology';
+import { sameNode, type Topology } from '../topology/topology';
 import type { ClientContext } from './client-context';
 
 /** What a Pub/Sub session needs of the dispatcher. */
@@ -134,8 +134,8 @@ export class PubSubSession {
     pattern: new Map(),
     shard: new Map(),
   };
-  /** By shard name; `primary` is the node (host:port) the connection went to. */
-  readonly #connections = new Map<string, { readonly connection: BackendConnection; readonly sink: ShardPushSink; readonly primary: string }>();
+  /** By shard name. */
+  readonly #connections = new Map<string, { readonly connection: BackendConnection; readonly sink: ShardPushSink }>();
   /** Per shard name, the confirmations still owed for each command sent there, in order. */
   readonly #expectations = new Map<string, Expectation[]>();
   /** The shards patterns are subscribed on: every shard of the last snapshot seen. */
@@ -210,9 +210,9 @@ export class PubSubSession {
    */
   onTopology(topology: Topology, names: readonly string[]): void {
     if (this.#isClosed) return;
-    for (const [shard, { primary }] of this.#connections) {
+    for (const [shard, { connection }] of this.#connections) {
       const info = topology.shardNamed(shard);
-      if (info !== undefined && nodeKey(info.primary) !== primary) {
+      if (info !== undefined && !sameNode(info.primary, connection.address)) {
         // The shard failed over while its old primary kept the connection up (frozen, cut
         // off): the subscriptions there hear nothing of what is published on the new primary,
         // and confirmations owed from there may never come. End the client, as its own Redis
@@ -307,9 +307,7 @@ export class PubSubSession {
     let entry = this.#connections.get(shard);
     if (entry === undefined) {
       const sink = new ShardPushSink(this, shard);
-      const topology = this.#shards.topology;
-      const index = topology.indexOfShard(shard);
-      entry = { connection: this.#shards.openPushConnection(index, sink), sink, primary: nodeKey(topology.shards[index]!.primary) };
+      entry = { connection: this.#shards.openPushConnection(this.#shards.topology.indexOfShard(shard), sink), sink };
       this.#connections.set(shard, entry);
     }
     return entry.connection;

@@ -5,7 +5,7 @@ import type { ReplySlot } from '../reply/reply-slot';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeCommand, encodeError, NULL_ARRAY, NULL_BULK, OK, QUEUED } from '../resp/resp-writer';
 import { commandSlot, CROSS_SLOT, NO_KEYS } from '../routing/route-planner';
-import { nodeKey } from '../topology/topology';
+import { sameNode } from '../topology/topology';
 import type { ClientContext } from './client-context';
 import { ClientPins, type WatchState } from './client-pins';
 import { wrongArity } from './local-commands';
@@ -164,16 +164,14 @@ export class SessionCommands {
     }
     for (const blocked of this.#blocked) {
       if (blocked.isWoken || blocked.isFailedOver || blocked.connection === null) continue;
-      const home = topology.shardNamed(blocked.shardName);
-      if (home !== undefined && nodeKey(home.primary) !== nodeKey(blocked.connection.address)) {
-        blocked.leaveFailedPrimary();
-        continue;
-      }
-      if (blocked.slot === NO_KEYS) continue;
-      if (topology.shards[topology.homeOf(blocked.slot)]!.name === blocked.shardName) continue;
       const where = topology.shardNamed(blocked.shardName);
       // A shard gone from the topology owned no slot for a while: nothing blocks there on ours.
       if (where === undefined) continue;
+      if (!sameNode(where.primary, blocked.connection.address)) {
+        blocked.leaveFailedPrimary();
+        continue;
+      }
+      if (blocked.slot === NO_KEYS || topology.shards[topology.homeOf(blocked.slot)]!.name === blocked.shardName) continue;
       blocked.wakeUp((id) => this.#shards.primaryConnection(where.index, 0).send(encodeCommand(['CLIENT', 'UNBLOCK', String(id)]), IGNORE_REPLY));
     }
     if (this.#settleWaiters.length === 0) return;
@@ -378,7 +376,7 @@ export class SessionCommands {
       // A failover since WATCH is the same: writes the old primary acknowledged may be gone.
       if (!this.#isWatchedHome(watch)) {
         // The old primary may be frozen: its connection is closed, not asked to UNWATCH.
-        if (this.#isOnPrimary(watch.connection)) watch.connection.send(UNWATCH_REQUEST, IGNORE_REPLY);
+        if (this.#isOnPrimaryOf(watch.connection, watch.shardName)) watch.connection.send(UNWATCH_REQUEST, IGNORE_REPLY);
         else watch.connection.close();
         reply.onReply(NULL_ARRAY);
         return;
@@ -398,13 +396,13 @@ export class SessionCommands {
   /** The watched slot is settled on the shard that held it at WATCH, whose primary is still the node watching. */
   #isWatchedHome(watch: WatchState): boolean {
     const topology = this.#shards.topology;
-    return this.#isSettled(watch.slot) && topology.shards[topology.slotOwner[watch.slot]!]!.name === watch.shardName && this.#isOnPrimary(watch.connection);
+    return this.#isSettled(watch.slot) && topology.shards[topology.slotOwner[watch.slot]!]!.name === watch.shardName && this.#isOnPrimaryOf(watch.connection, watch.shardName);
   }
 
-  /** The connection goes to the primary of a shard of the current snapshot. */
-  #isOnPrimary(connection: BackendConnection): boolean {
-    const key = nodeKey(connection.address);
-    return this.#shards.topology.shards.some((shard) => nodeKey(shard.primary) === key);
+  /** The connection goes to the current primary of the shard named `shardName`. */
+  #isOnPrimaryOf(connection: BackendConnection, shardName: string): boolean {
+    const shard = this.#shards.topology.shardNamed(shardName);
+    return shard !== undefined && sameNode(shard.primary, connection.address);
   }
 
   /** The slot's shard can take a command now: the slot is not migrating, the shard not failing over. */
@@ -495,7 +493,7 @@ export class SessionCommands {
     const pins = (client.pins ??= new ClientPins());
     let connection = pins.connections.get(shard);
     // One to a node that is no longer the shard's primary (a failover since) is not reused.
-    if (connection !== undefined && connection.state !== 'closed' && nodeKey(connection.address) !== nodeKey(this.#shards.topology.shards[shard]!.primary)) {
+    if (connection !== undefined && connection.state !== 'closed' && !sameNode(connection.address, this.#shards.topology.shards[shard]!.primary)) {
       connection.close();
     }
     if (connection === undefined || connection.state === 'closed') {

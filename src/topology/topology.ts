@@ -8,6 +8,10 @@ export function nodeKey(address: NodeAddress): string {
   return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
 }
 
+export function sameNode(a: NodeAddress, b: NodeAddress): boolean {
+  return a.port === b.port && a.host === b.host;
+}
+
 /** One shard of a snapshot. */
 export interface ShardInfo {
   /** Position in `Topology.shards`; what the slot table holds. */
