@@ -238,6 +238,9 @@ export async function runDemo(args: readonly string[]): Promise<void> {
   }
 }
 
+/** The demo nodes' busy-reply-threshold (lua-time-limit), below the default nodeTimeoutMs by more than a probe interval. */
+const SCRIPT_BUSY_REPLY_MS = 3000;
+
 /** One node with AOF on in `<dir>/<folder>`, on `preferredPort` when free, else on any free port. */
 async function startNode(dir: string, folder: string, preferredPort: number, primary?: LocalRedis): Promise<LocalRedis> {
   const options = {
@@ -245,6 +248,9 @@ async function startNode(dir: string, folder: string, preferredPort: number, pri
     host: HOST,
     appendonly: true,
     replicaOf: primary === undefined ? undefined : { host: primary.host, port: primary.port },
+    // A node mid-script answers nothing until this threshold, then -BUSY; under the proxy's
+    // nodeTimeoutMs (5 s), a slow script is seen to be one instead of taken for a failure.
+    extraArgs: ['--lua-time-limit', String(SCRIPT_BUSY_REPLY_MS)],
   };
   if (await isPortFree(preferredPort, HOST)) {
     try {

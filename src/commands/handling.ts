@@ -29,6 +29,11 @@ export type Handling =
   | 'config-set'
   /** INFO: the proxy's own sections plus the shards' summed ones; a shard silent for 1 s is named, not waited for. */
   | 'info'
+  /**
+   * SCRIPT KILL, FUNCTION KILL: every shard's primary, each on a connection of its own (the
+   * shared one waits behind the running script); +OK when one of them killed it.
+   */
+  | 'kill-script'
   /** Refused with `-ERR command 'x' is not allowed through slotproxy`. */
   | 'refused';
 

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import Redis from 'ioredis';
+import { log } from '../log/logger';
 import { nodeKey, type NodeAddress } from '../topology/topology';
 
 /** What the health checker believes about a node. */
@@ -110,6 +111,13 @@ interface HealthEvents {
  * probe is not either. A connection refused twice in a row fails the node at once: nothing
  * listens on the port, so the process is dead, and waiting out the timeout would only delay the
  * failover (Redis Cluster and Sentinel wait; slotproxy need not).
+ *
+ * A node running a script or function past its busy-reply-threshold (`lua-time-limit`) answers
+ * every probe with -BUSY: it is alive, and its script may be writing. Like a Redis Cluster node
+ * (which keeps answering the cluster bus then), it is not failed over for it: a failover would
+ * throw the script's work away and demote a node that is about to be well again. SCRIPT KILL or
+ * FUNCTION KILL through the proxy stops a runaway one. Before that threshold the node answers
+ * nothing at all, like a frozen one, so a threshold at or above `nodeTimeoutMs` is warned about.
  */
 export class HealthChecker extends EventEmitter<HealthEvents> {
   readonly #options: Required<HealthCheckerOptions>;
@@ -222,6 +230,10 @@ class NodeProbe {
   #lastErrorCode: string | null = null;
   #retryTimer: NodeJS.Timeout | null = null;
   #isClosed = false;
+  /** The node's lua-time-limit was read (or could not be): checked once per probe. */
+  #isThresholdChecked = false;
+  /** The last probe was answered -BUSY (logged once per busy spell). */
+  #isBusy = false;
 
   constructor(
     address: NodeAddress,
@@ -387,16 +399,52 @@ class NodeProbe {
           // A reply we cannot read (a proxy, a sentinel on the port) is not a healthy node.
         }
       },
-      () => {
+      (err: Error) => {
         // A lost probe is not a failure: the deadline decides.
         if (this.#probeSentAt === sentAt) this.#probeSentAt = null;
+        if (!this.#isClosed && err.message.startsWith('BUSY')) this.#onBusy(err.message);
       },
+    );
+    if (!this.#isThresholdChecked) this.#checkBusyThreshold();
+  }
+
+  /** Alive, running a long script: the deadline is put off for as long as it answers. */
+  #onBusy(message: string): void {
+    this.#deadline.refresh();
+    if (this.#isBusy) return;
+    this.#isBusy = true;
+    log.warn('node busy running a script; not failed over while it answers BUSY (SCRIPT KILL or FUNCTION KILL through the proxy stops it)', {
+      node: this.#key,
+      reply: message.slice(0, 120),
+    });
+  }
+
+  /**
+   * A node answers nothing for its busy-reply-threshold while a script runs; at or above
+   * nodeTimeoutMs, a long script looks like a failure and is failed over before it can say BUSY.
+   */
+  #checkBusyThreshold(): void {
+    this.#isThresholdChecked = true;
+    // lua-time-limit is busy-reply-threshold's name before Redis 7 and its alias since.
+    (this.#redis.config('GET', 'lua-time-limit') as Promise<string[]>).then(
+      (reply) => {
+        const thresholdMs = Number(reply[1]);
+        if (!(thresholdMs > 0) || thresholdMs + this.#options.probeIntervalMs < this.#options.nodeTimeoutMs) return;
+        log.warn('a script running longer than nodeTimeoutMs on this node will be taken for a failure: its busy-reply-threshold is not below nodeTimeoutMs', {
+          node: this.#key,
+          busyReplyThresholdMs: thresholdMs,
+          nodeTimeoutMs: this.#options.nodeTimeoutMs,
+        });
+      },
+      // CONFIG may be refused (managed Redis, ACL): nothing to warn about then.
+      () => undefined,
     );
   }
 
   #onInfo(text: string): void {
     const info = parseReplicationInfo(text);
     this.#deadline.refresh();
+    this.#isBusy = false;
     const previous = this.#report.state;
     this.#report = { ...this.#report, ...info, state: 'up', lastOkAt: Date.now(), failedAt: 0, failReason: null };
     this.#onReport(this.#report, previous);

@@ -10,7 +10,7 @@ import { encodeCommand } from '../resp/resp-writer';
 import { includesSection, InfoSink, requestedSections } from './info-command';
 import { SessionCommands } from './session-commands';
 import type { ShardAccess } from './shard-access';
-import { decodeScanCursor, EveryNodeSink, FirstNonEmptySink, NoScriptSink, ScanSink, type ShardSender } from './special-sinks';
+import { decodeScanCursor, EveryNodeSink, FirstNonEmptySink, KillScriptSink, NoScriptSink, ScanSink, type ShardSender } from './special-sinks';
 import { Gather } from '../reply/gather';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeBulk, encodeError } from '../resp/resp-writer';
@@ -195,6 +195,9 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
       case 'info':
         this.#info(frame, spec, client);
         return;
+      case 'kill-script':
+        this.#killScript(frame, spec, client);
+        return;
     }
   }
 
@@ -371,6 +374,20 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
       const piece = fragments[f]!;
       if (piece.migration !== null) this.#migrating.send(piece.keys, piece.migration, piece.parts, gather.piece(f), client.id, spec.isWrite);
       else this.#send(piece.shard, piece.parts, gather.piece(f), client.id, spec.isWrite, spec.isReadonly);
+    }
+  }
+
+  /**
+   * SCRIPT KILL / FUNCTION KILL: a shard running a long script answers nothing on the shared
+   * connection the script came by, and other connections only once it is past its
+   * busy-reply-threshold; so each primary gets the request on a connection of its own.
+   */
+  #killScript(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    const bytes = frame.bytes();
+    const sink = new KillScriptSink(client.awaitReply(spec), this.#shards.map((shard) => shard.info.name));
+    for (let s = 0; s < this.#shards.length; s++) {
+      const connection = this.dedicatedConnection(s);
+      connection.send(bytes, sink.piece(s, connection));
     }
   }
 

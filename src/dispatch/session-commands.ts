@@ -25,7 +25,7 @@ const ALLOWED_WHILE_SUBSCRIBED: ReadonlySet<string> = new Set([
 ]);
 
 /** Handlings that cannot be queued in a transaction: they are not one shard's to run. */
-const NOT_IN_TRANSACTION: ReadonlySet<string> = new Set(['broadcast', 'scan', 'first-non-empty', 'config-set', 'info', 'pubsub', 'refused']);
+const NOT_IN_TRANSACTION: ReadonlySet<string> = new Set(['broadcast', 'scan', 'first-non-empty', 'config-set', 'info', 'kill-script', 'pubsub', 'refused']);
 
 function isValidArity(spec: CommandSpec, argc: number): boolean {
   return spec.arity > 0 ? argc === spec.arity : argc >= -spec.arity;

@@ -155,3 +155,60 @@ export class EveryNodeSink implements PieceOwner {
     this.#target.onReply(refused.length === 0 ? this.#replies[0]! : encodeError(`ERR CONFIG SET refused by ${refused.join('; ')}`));
   }
 }
+
+/** How long SCRIPT KILL waits for a shard (one mid-script answers only past its busy-reply-threshold, 5 s by default). */
+export const KILL_WAIT_MS = 10_000;
+
+/**
+ * SCRIPT KILL / FUNCTION KILL on every shard's primary, each on a connection opened for it
+ * (closed once it answered): +OK as soon as one shard killed its script; otherwise, once all
+ * answered (or KILL_WAIT_MS passed), the most telling refusal: UNKILLABLE, then any other error,
+ * then NOTBUSY (no shard was running one).
+ */
+export class KillScriptSink {
+  readonly #target: ReplySink;
+  readonly #names: readonly string[];
+  readonly #replies: (Buffer | undefined)[];
+  readonly #connections: BackendConnection[] = [];
+  readonly #timer: NodeJS.Timeout;
+  #received = 0;
+  #isAnswered = false;
+
+  constructor(target: ReplySink, shardNames: readonly string[]) {
+    this.#target = target;
+    this.#names = shardNames;
+    this.#replies = new Array<Buffer | undefined>(shardNames.length);
+    this.#timer = setTimeout(() => this.#answer(), KILL_WAIT_MS);
+    this.#timer.unref();
+  }
+
+  /** The sink for shard `index`'s reply on `connection`, which it closes. */
+  piece(index: number, connection: BackendConnection): ReplySink {
+    this.#connections[index] = connection;
+    return new PieceSink(this, index);
+  }
+
+  onPiece(index: number, frame: Buffer): void {
+    if (this.#isAnswered || this.#replies[index] !== undefined) return;
+    this.#replies[index] = frame;
+    this.#connections[index]?.close();
+    if (frame.toString('latin1', 0, 3) === '+OK' || ++this.#received === this.#names.length) this.#answer();
+  }
+
+  #answer(): void {
+    if (this.#isAnswered) return;
+    this.#isAnswered = true;
+    clearTimeout(this.#timer);
+    for (const connection of this.#connections) connection?.close();
+    const replies = this.#replies;
+    const pick = (prefix: string): Buffer | undefined => replies.find((r) => r !== undefined && r.toString('latin1', 0, prefix.length) === prefix);
+    const silent = this.#names.filter((_, i) => replies[i] === undefined);
+    const reply =
+      pick('+OK') ??
+      pick('-UNKILLABLE') ??
+      replies.find((r) => r !== undefined && r[0] === 45 && r.toString('latin1', 0, 8) !== '-NOTBUSY') ??
+      (silent.length > 0 ? encodeError(`ERR shard(s) ${silent.join(', ')} did not answer within ${KILL_WAIT_MS} ms`) : undefined) ??
+      replies[0]!;
+    this.#target.onReply(reply);
+  }
+}

@@ -29,7 +29,7 @@ export class LatencyHistogram {
 /** Handling kinds used as the `class` label of the end-to-end latency histogram. */
 export const COMMAND_CLASSES = [
   'single', 'split', 'broadcast', 'any-shard', 'local', 'refused', 'transaction', 'blocking', 'pubsub',
-  'scan', 'first-non-empty', 'script', 'config-set', 'info', 'error',
+  'scan', 'first-non-empty', 'script', 'config-set', 'info', 'kill-script', 'error',
 ] as const;
 export type CommandClass = (typeof COMMAND_CLASSES)[number];
 

@@ -31,6 +31,7 @@ const HANDLINGS = Object.keys({
   script: true,
   'config-set': true,
   info: true,
+  'kill-script': true,
 } as const satisfies Record<Handling, true>);
 const MERGES = Object.keys({
   mget: true,
