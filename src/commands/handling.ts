@@ -27,7 +27,7 @@ export type Handling =
   | 'script'
   /** CONFIG SET: every node of every shard, for an allow-list of parameters. */
   | 'config-set'
-  /** INFO: the proxy's own sections plus the shards' summed ones; a shard silent for 1 s is named, not waited for. */
+  /** INFO: the proxy's own section, then the shards' merged into one server's (counters added up; clients, port and ROLE the proxy's; cluster enabled); a shard silent for 1 s is named, not waited for. */
   | 'info'
   /**
    * SCRIPT KILL, FUNCTION KILL: every shard's primary, each on a connection of its own (the

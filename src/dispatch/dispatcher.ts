@@ -8,6 +8,7 @@ import type { PushSink } from '../backend/backend-connection';
 import type { DataPathStats } from '../metrics/data-path-stats';
 import { encodeCommand } from '../resp/resp-writer';
 import { includesSection, InfoSink, requestedSections } from './info-command';
+import type { ProxyFacts } from '../reply/info-merge';
 import { SessionCommands } from './session-commands';
 import type { ShardAccess } from './shard-access';
 import { decodeScanCursor, EveryNodeSink, FirstNonEmptySink, KillScriptSink, NoScriptSink, ScanSink, type ShardSender } from './special-sinks';
@@ -296,18 +297,34 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
     }
     const count = this.#shards.length;
     const names = this.#shards.map((shard) => shard.info.name);
-    const gather = new InfoSink(client.awaitReply(spec), names, proxySection, includesSection(requested, 'keyspace'));
+    const facts: ProxyFacts = {
+      tcpPort: client.localPort,
+      processId: process.pid,
+      uptimeSeconds: Math.floor((Date.now() - this.#startedAt) / 1000),
+      connectedClients: this.#stats.clients.connected,
+      totalConnectionsReceived: this.#stats.clients.accepted,
+      totalCommandsProcessed: this.#commandsProcessed(),
+      instantaneousOpsPerSec: this.#opsSample.perSecond,
+    };
+    const gather = new InfoSink(client.awaitReply(spec), names, proxySection, facts, includesSection(requested, 'keyspace'));
     const request = frame.bytes();
     for (let s = 0; s < count; s++) this.#send(s, request, gather.piece(s), client.id, false, true);
   }
 
-  #proxySection(): string {
+  /** Commands answered so far; also samples the rate for instantaneous_ops_per_sec. */
+  #commandsProcessed(): number {
     const now = Date.now();
     const total = this.#stats.commands.calls.reduce((sum, n) => sum + n, 0);
     const sample = this.#opsSample;
     if (now - sample.at >= 1000) {
       this.#opsSample = { at: now, total, perSecond: Math.round(((total - sample.total) * 1000) / (now - sample.at)) };
     }
+    return total;
+  }
+
+  #proxySection(): string {
+    const now = Date.now();
+    const total = this.#commandsProcessed();
     const uptime = Math.floor((now - this.#startedAt) / 1000);
     const lines = [
       '# Proxy',

@@ -2,6 +2,7 @@ import type { ReplySink } from '../backend/reply-sink';
 import { PieceSink, type PieceOwner } from '../reply/gather';
 import { decodeReply } from '../resp/reply-decoder';
 import { encodeBulk, encodeError } from '../resp/resp-writer';
+import { mergeSections, sumKeyspace, type ProxyFacts } from '../reply/info-merge';
 
 /** Sections the proxy writes itself; every other section comes from the shards. */
 export const PROXY_SECTION = 'proxy';
@@ -17,38 +18,6 @@ export function includesSection(requested: { all: boolean; names: ReadonlySet<st
   return requested.all || requested.names.has('default') || requested.names.has(section);
 }
 
-/** Splits INFO text into sections by their `# Name` headers, keeping order. */
-function sections(text: string): { name: string; body: string[] }[] {
-  const out: { name: string; body: string[] }[] = [];
-  for (const line of text.split('\r\n')) {
-    if (line.startsWith('# ')) out.push({ name: line.slice(2), body: [] });
-    else if (line !== '' && out.length > 0) out[out.length - 1]!.body.push(line);
-  }
-  return out;
-}
-
-/** `db0:keys=3,expires=1,avg_ttl=0` lines of every shard, added up per database. */
-function sumKeyspace(texts: readonly string[]): string[] {
-  const totals = new Map<string, { keys: number; expires: number; ttlWeighted: number }>();
-  for (const text of texts) {
-    for (const section of sections(text)) {
-      if (section.name !== 'Keyspace') continue;
-      for (const line of section.body) {
-        const match = /^(db\d+):keys=(\d+),expires=(\d+),avg_ttl=(\d+)/.exec(line);
-        if (match === null) continue;
-        const total = totals.get(match[1]!) ?? { keys: 0, expires: 0, ttlWeighted: 0 };
-        total.keys += Number(match[2]);
-        total.expires += Number(match[3]);
-        total.ttlWeighted += Number(match[4]) * Number(match[3]);
-        totals.set(match[1]!, total);
-      }
-    }
-  }
-  return [...totals].map(
-    ([db, t]) => `${db}:keys=${t.keys},expires=${t.expires},avg_ttl=${t.expires > 0 ? Math.round(t.ttlWeighted / t.expires) : 0}`,
-  );
-}
-
 /**
  * How long INFO waits for every shard. A shard that does not answer (frozen, cut off: its
  * connection is not down, so nothing fails its requests) must not hold INFO: ioredis sends it
@@ -58,21 +27,23 @@ function sumKeyspace(texts: readonly string[]): string[] {
 export const INFO_WAIT_MS = 1_000;
 
 /**
- * Gathers every shard's INFO and answers with the proxy's section first, the first shard's
- * sections next (servers are configured alike), and the keyspace summed over all shards.
+ * Gathers every shard's INFO and answers with the proxy's section first, then the shards'
+ * sections merged into one server's (mergeSections), and the keyspace summed over all shards.
  */
 export class InfoSink implements PieceOwner {
   readonly #target: ReplySink;
   readonly #proxySection: string | null;
+  readonly #facts: ProxyFacts;
   readonly #wantsKeyspace: boolean;
   readonly #shardNames: readonly string[];
   readonly #replies: (Buffer | undefined)[];
   #received = 0;
   #timer: NodeJS.Timeout | null;
 
-  constructor(target: ReplySink, shardNames: readonly string[], proxySection: string | null, wantsKeyspace: boolean) {
+  constructor(target: ReplySink, shardNames: readonly string[], proxySection: string | null, facts: ProxyFacts, wantsKeyspace: boolean) {
     this.#target = target;
     this.#proxySection = proxySection;
+    this.#facts = facts;
     this.#wantsKeyspace = wantsKeyspace;
     this.#shardNames = shardNames;
     this.#replies = new Array<Buffer | undefined>(shardNames.length);
@@ -113,10 +84,7 @@ export class InfoSink implements PieceOwner {
     if (this.#proxySection !== null) {
       parts.push(silent.length === 0 ? this.#proxySection : `${this.#proxySection}\r\ninfo_shards_not_answering:${silent.join(',')}`);
     }
-    for (const section of sections(texts[0] ?? '')) {
-      if (section.name === 'Keyspace') continue;
-      parts.push([`# ${section.name}`, ...section.body].join('\r\n'));
-    }
+    parts.push(...mergeSections(texts, this.#facts));
     if (this.#wantsKeyspace) parts.push(['# Keyspace', ...sumKeyspace(texts)].join('\r\n'));
     this.#target.onReply(encodeBulk(`${parts.join('\r\n\r\n')}\r\n`));
   }

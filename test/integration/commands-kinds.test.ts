@@ -530,6 +530,56 @@ describe('command kinds through slotproxy (issue 6)', () => {
       expect(await viaProxy.info('server')).toMatch(/^# Server\r\nredis_version:7\./);
       expect(await runRedisCli(proxy.port, ['INFO', 'keyspace'])).toMatch(new RegExp(`db0:keys=${keys.length},`));
     });
+
+    it('is one server\'s: counters added up over the shards, the clients the proxy\'s, a primary without replicas, cluster enabled', async () => {
+      const field = (info: string, name: string): string | undefined => new RegExp(`(?:^|\\r\\n)${name}:([^\\r]*)`).exec(info)?.[1];
+      await flushEverything();
+      expect(await viaProxy.call('CONFIG', 'RESETSTAT')).toBe('OK');
+      const keys = keysOnEveryShard('info-merge:', 12);
+      for (const key of keys) await viaProxy.set(key, 'v');
+      const missing = keysOnEveryShard('info-miss:', 9);
+      for (const key of missing) expect(await viaProxy.get(key)).toBeNull();
+      // Commandstats and Stats: the deployment's counts, not the first shard's.
+      const everything = await viaProxy.info('everything');
+      expect(everything).toMatch(new RegExp(`\\r\\ncmdstat_set:calls=${keys.length},usec=\\d+,usec_per_call=\\d+\\.\\d\\d,`));
+      expect(field(everything, 'keyspace_misses')).toBe(String(missing.length));
+      expect(field(everything, 'cluster_enabled')).toBe('1');
+      // Memory: limits of 100, 200 and 300 MB are 600 MB; one shard without a limit is no limit.
+      const limits = [100, 200, 300].map((mb) => mb * 1024 * 1024);
+      try {
+        await Promise.all(primaries.map((p, i) => p.config('SET', 'maxmemory', String(limits[i]))));
+        const memory = await viaProxy.info('memory');
+        expect(field(memory, 'maxmemory')).toBe(String(600 * 1024 * 1024));
+        expect(field(memory, 'maxmemory_human')).toBe('600.00M');
+        const used = await Promise.all(primaries.map(async (p) => Number(field(await p.info('memory'), 'used_memory'))));
+        const total = used.reduce((a, b) => a + b, 0);
+        // Allocations move a little between the reads.
+        expect(Math.abs(Number(field(memory, 'used_memory')) - total) / total).toBeLessThan(0.1);
+        await primaries[1]!.config('SET', 'maxmemory', '0');
+        expect(field(await viaProxy.info('memory'), 'maxmemory')).toBe('0');
+      } finally {
+        await Promise.all(primaries.map((p) => p.config('SET', 'maxmemory', '0')));
+      }
+      // Clients: the proxy's own, as its Proxy section counts them.
+      const extra = [connect(proxy), connect(proxy), connect(proxy)];
+      try {
+        await Promise.all(extra.map((c) => c.ping()));
+        const info = await viaProxy.info();
+        expect(field(info, 'connected_clients')).toBe(field(await viaProxy.info('proxy'), 'connected_clients'));
+        expect(Number(field(await viaProxy.info('clients'), 'connected_clients'))).toBeGreaterThanOrEqual(4);
+        // The server the client talks to: the proxy's port; a primary without replicas, as ROLE says.
+        expect(field(info, 'tcp_port')).toBe(String(proxy.port));
+        expect(field(info, 'role')).toBe('master');
+        expect(field(info, 'connected_slaves')).toBe('0');
+        expect(info).not.toMatch(/\r\nslave\d+:/);
+        expect(await primaries[0]!.info('replication')).toMatch(/\r\nslave0:/);
+      } finally {
+        for (const c of extra) c.disconnect();
+      }
+      // redis-cli's cluster tooling takes the proxy for a one-node cluster covering every slot.
+      const check = await runRedisCli(proxy.port, ['--cluster', 'check', `127.0.0.1:${proxy.port}`]);
+      expect(check).toContain('[OK] All 16384 slots covered');
+    });
   });
 
   describe('CLUSTER: one node owning all 16384 slots at the proxy\'s address', () => {
