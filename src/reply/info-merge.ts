@@ -51,7 +51,7 @@ export interface ProxyFacts {
  * Fields added up over the shards, by section: the deployment's memory, CPU, traffic and
  * key events. Any other field is the first shard's (versions, settings, ratios, the machine).
  */
-const SUMMED: Readonly<Record<string, ReadonlySet<string>>> = {
+const SUMMED: ReadonlyMap<string, ReadonlySet<string>> = new Map(Object.entries({
   Clients: new Set(['blocked_clients', 'tracking_clients', 'pubsub_clients', 'watching_clients', 'clients_in_timeout_table', 'total_watched_keys', 'total_blocking_keys', 'total_blocking_keys_on_nokey']),
   Memory: new Set([
     'used_memory', 'used_memory_rss', 'used_memory_peak', 'used_memory_overhead', 'used_memory_startup', 'used_memory_dataset',
@@ -72,17 +72,17 @@ const SUMMED: Readonly<Record<string, ReadonlySet<string>>> = {
     'dump_payload_sanitizations', 'total_reads_processed', 'total_writes_processed', 'io_threaded_reads_processed', 'io_threaded_writes_processed',
   ]),
   CPU: new Set(['used_cpu_sys', 'used_cpu_user', 'used_cpu_sys_children', 'used_cpu_user_children', 'used_cpu_sys_main_thread', 'used_cpu_user_main_thread']),
-};
+}));
 
 /** Memory ratios of the summed fields, as redis-server derives them: [numerator, denominator, what is subtracted from it]. */
-const RATIOS: Readonly<Record<string, readonly [string, string, string | null]>> = {
+const RATIOS: ReadonlyMap<string, readonly [string, string, string | null]> = new Map(Object.entries({
   mem_fragmentation_ratio: ['used_memory_rss', 'used_memory', null],
   allocator_frag_ratio: ['allocator_active', 'allocator_allocated', null],
   allocator_rss_ratio: ['allocator_resident', 'allocator_active', null],
   rss_overhead_ratio: ['used_memory_rss', 'allocator_resident', null],
   used_memory_peak_perc: ['used_memory', 'used_memory_peak', null],
   used_memory_dataset_perc: ['used_memory_dataset', 'used_memory', 'used_memory_startup'],
-};
+}));
 
 /** Sections whose every line is `name:k=v,...` with counters added up per name (usec_per_call recomputed). */
 const SUMMED_PER_NAME: ReadonlySet<string> = new Set(['Commandstats', 'Errorstats']);
@@ -168,7 +168,7 @@ export function mergeSections(texts: readonly string[], facts: ProxyFacts): stri
       continue;
     }
     const all = bodies.map((body) => fieldsOf(body));
-    const summed = SUMMED[section.name];
+    const summed = SUMMED.get(section.name);
     const lines: string[] = [];
     for (const line of section.body) {
       const colon = line.indexOf(':');
@@ -182,6 +182,20 @@ export function mergeSections(texts: readonly string[], facts: ProxyFacts): stri
   return parts;
 }
 
+/** Fields whose value is the proxy's, whatever the shards say: the server the client talks to. */
+const PROXY_FIELDS: ReadonlyMap<string, (facts: ProxyFacts) => string> = new Map([
+  ['tcp_port', (facts: ProxyFacts) => String(facts.tcpPort)],
+  ['process_id', (facts: ProxyFacts) => String(facts.processId)],
+  ['uptime_in_seconds', (facts: ProxyFacts) => String(facts.uptimeSeconds)],
+  ['uptime_in_days', (facts: ProxyFacts) => String(Math.floor(facts.uptimeSeconds / 86400))],
+  ['connected_clients', (facts: ProxyFacts) => String(facts.connectedClients)],
+  ['total_connections_received', (facts: ProxyFacts) => String(facts.totalConnectionsReceived)],
+  ['total_commands_processed', (facts: ProxyFacts) => String(facts.totalCommandsProcessed)],
+  ['instantaneous_ops_per_sec', (facts: ProxyFacts) => String(facts.instantaneousOpsPerSec)],
+  ['connected_slaves', () => '0'],
+  ['cluster_enabled', () => '1'],
+]);
+
 /** A field's merged value: undefined keeps the first shard's line, null drops it. */
 function valueOf(
   section: string,
@@ -190,34 +204,13 @@ function valueOf(
   summed: ReadonlySet<string> | undefined,
   facts: ProxyFacts,
 ): string | null | undefined {
-  switch (name) {
-    case 'tcp_port':
-      return String(facts.tcpPort);
-    case 'process_id':
-      return String(facts.processId);
-    case 'uptime_in_seconds':
-      return String(facts.uptimeSeconds);
-    case 'uptime_in_days':
-      return String(Math.floor(facts.uptimeSeconds / 86400));
-    case 'connected_clients':
-      return String(facts.connectedClients);
-    case 'total_connections_received':
-      return String(facts.totalConnectionsReceived);
-    case 'total_commands_processed':
-      return String(facts.totalCommandsProcessed);
-    case 'instantaneous_ops_per_sec':
-      return String(facts.instantaneousOpsPerSec);
-    case 'cluster_enabled':
-      return '1';
-    case 'role':
-      return section === 'Replication' ? 'master' : undefined;
-    case 'connected_slaves':
-      return '0';
-  }
+  const own = PROXY_FIELDS.get(name);
+  if (own !== undefined) return own(facts);
+  if (name === 'role' && section === 'Replication') return 'master';
   if (section === 'Replication' && SHARD_REPLICATION.test(`${name}:`)) return null;
   if (name === 'maxmemory' && all.some((fields) => fields.get(name) === '0')) return '0';
   if (summed?.has(name) === true) return sumField(name, all, section === 'CPU' ? 6 : 2) ?? undefined;
-  const ratio = RATIOS[name];
+  const ratio = RATIOS.get(name);
   if (ratio !== undefined) {
     const [numerator, denominator, less] = ratio;
     const total = (field: string): number => Number(sumField(field, all, 0));
