@@ -22,10 +22,13 @@ export interface FailoverOptions {
 
 /** A REPLICAOF the control plane sent, so it is not repeated while the node catches up. */
 interface SentReplicaOf {
-  /** `host:port` of the primary it was pointed at. */
+  /** `host:port` of the primary it was pointed at, or NO_ONE. */
   readonly target: string;
   readonly at: number;
 }
+
+/** SentReplicaOf's target for a REPLICAOF NO ONE. */
+const NO_ONE = 'no one';
 
 /** The one reconcile pass allowed to run per shard, and whether another is wanted after it. */
 interface ShardRun {
@@ -60,6 +63,8 @@ export class Failover {
   readonly #rolesChangedAt = new Map<string, number>();
   /** REPLICAOF sent, by node key. */
   readonly #sentReplicaOf = new Map<string, SentReplicaOf>();
+  /** When #freshReports last probed a shard's nodes, by shard name. */
+  readonly #refreshedAt = new Map<string, number>();
   /** Replicas re-pointed by a promotion: readable until this time even before a probe shows the new link. */
   readonly #graceUntil = new Map<string, { readonly primary: string; readonly until: number }>();
   /** Shards whose last failover attempt found no candidate (logged and counted once per episode). */
@@ -198,9 +203,18 @@ export class Failover {
   async #adoptRealPrimary(shard: ShardInfo, primary: NodeReport): Promise<void> {
     const following = primary.following;
     const real = following === null ? undefined : shard.replicas.find((r) => sameNode(r, following));
-    const realReport = real === undefined ? undefined : this.#nodes.report(real);
-    const changedAt = this.#rolesChangedAt.get(shard.name) ?? 0;
-    if (real === undefined || realReport?.state !== 'up' || realReport.role !== 'master' || realReport.lastOkAt <= changedAt) {
+    const reports = real === undefined ? undefined : await this.#freshReports(shard, real);
+    if (reports === null) return;
+    const [primaryNow, realNow] = reports ?? [primary, undefined];
+    if (real !== undefined && realNow !== undefined) {
+      // Since the last probe the primary may have stopped following it: its next report decides.
+      if (primaryNow.role !== 'slave' || primaryNow.following === null || !sameNode(primaryNow.following, real)) return;
+      if (realNow.state === 'up' && realNow.role === 'slave' && realNow.following !== null && sameNode(realNow.following, shard.primary)) {
+        await this.#breakLoop(shard, real, realNow);
+        return;
+      }
+    }
+    if (real === undefined || realNow?.state !== 'up' || realNow.role !== 'master') {
       if (!this.#warnedPrimaryIsReplica.has(shard.name)) {
         this.#warnedPrimaryIsReplica.add(shard.name);
         this.#log.warn('primary reports role replica', {
@@ -216,7 +230,7 @@ export class Failover {
       shard: shard.name,
       recorded: nodeKey(shard.primary),
       actual: nodeKey(real),
-      offset: realReport.offset,
+      offset: realNow.offset,
       reason: 'the recorded primary replicates from it',
     });
     this.#rolesChangedAt.set(shard.name, Date.now());
@@ -226,6 +240,57 @@ export class Failover {
       replicas: [...s.replicas.filter((r) => !sameNode(r, real)), s.primary],
       readReplicas: s.readReplicas.filter((r) => !sameNode(r, real)),
     }));
+  }
+
+  /**
+   * The recorded primary's and `real`'s reports, probed now: the last probes may predate a
+   * role change (the proxy's own REPLICAOF, an operator's), and adopting a node as primary, or
+   * promoting one, on a stale report undoes the very change it should follow. Probed at most
+   * once per probe interval per shard (a probe's report starts another reconcile pass); null
+   * when a node did not answer or the shard changed meanwhile.
+   */
+  async #freshReports(shard: ShardInfo, real: NodeAddress): Promise<[NodeReport, NodeReport | undefined] | null> {
+    const last = this.#refreshedAt.get(shard.name) ?? 0;
+    if (Date.now() - last < this.#options.nodeTimeoutMs / 5) {
+      const primary = this.#nodes.report(shard.primary);
+      const realReport = this.#nodes.report(real);
+      // Older than a REPLICAOF the proxy sent it since: stale until the next probe.
+      const sent = realReport === undefined ? undefined : this.#sentReplicaOf.get(realReport.key);
+      if (primary === undefined || (sent !== undefined && realReport!.lastOkAt <= sent.at)) return null;
+      return [primary, realReport];
+    }
+    this.#refreshedAt.set(shard.name, Date.now());
+    let reports: [NodeReport, NodeReport];
+    try {
+      reports = await Promise.all([this.#nodes.refresh(shard.primary), this.#nodes.refresh(real)]);
+    } catch {
+      return null;
+    }
+    const current = this.#store.current.shardNamed(shard.name);
+    return current !== undefined && sameNode(current.primary, shard.primary) ? reports : null;
+  }
+
+  /**
+   * The recorded primary follows `real`, which follows the recorded primary: no node of the
+   * shard takes writes. It happens when an operator swaps the roles by hand in two steps
+   * (REPLICAOF NO ONE on the replica, then REPLICAOF on the primary) and a probe between them
+   * saw two primaries, so the proxy demoted the new one as it would a returning old primary.
+   * The loop ends the way the recorded primary points: the node it follows is promoted (the
+   * operator's last word) and adopted once a probe says so. Both hold the same data (a loop
+   * takes no writes).
+   */
+  async #breakLoop(shard: ShardInfo, real: NodeAddress, report: NodeReport): Promise<void> {
+    const sent = this.#sentReplicaOf.get(report.key);
+    if (sent !== undefined && sent.target === NO_ONE && Date.now() - sent.at < this.#options.nodeTimeoutMs) return;
+    this.#sentReplicaOf.set(report.key, { target: NO_ONE, at: Date.now() });
+    const fields = { shard: shard.name, recorded: nodeKey(shard.primary), promoted: report.key, reason: 'each follows the other: no node takes writes' };
+    try {
+      await this.#nodes.command(real, ['REPLICAOF', 'NO', 'ONE']);
+      this.#log.warn('replication loop broken', fields);
+    } catch (err) {
+      this.#sentReplicaOf.delete(report.key);
+      this.#log.error('replication loop not broken', { ...fields, error: (err as Error).message, action: 'retry on the next probe' });
+    }
   }
 
   async #failover(shard: ShardInfo, failed: NodeReport): Promise<void> {
