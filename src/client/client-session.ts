@@ -45,6 +45,8 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   readonly localHost: string;
   readonly localPort: number;
   readonly connectedAt = Date.now();
+  lastActiveAt = this.connectedAt;
+  lastCommandId = -1;
   isFlushScheduled = false;
   pins: ClientPins | null = null;
   /** Reading is held until every awaited reply is written. */
@@ -169,6 +171,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
 
   #onData(chunk: Buffer): void {
     tick();
+    this.lastActiveAt = Date.now();
     this.#stats.clients.bytesIn += chunk.length;
     this.#requestsThisRead = 0;
     this.#parse(chunk);

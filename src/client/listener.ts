@@ -18,7 +18,6 @@ export class Listener {
   readonly #server: Server;
   readonly #dispatcher: Dispatcher;
   readonly #options: ListenerOptions;
-  readonly #sessions = new Set<ClientSession>();
   readonly #stats: DataPathStats;
   #nextId: number;
 
@@ -44,13 +43,14 @@ export class Listener {
 
   /** Stops accepting and closes every client. */
   close(): Promise<void> {
-    for (const session of this.#sessions) session.destroy();
+    for (const client of [...this.#dispatcher.clients]) client.destroy();
     return new Promise((resolve) => this.#server.close(() => resolve()));
   }
 
   #accept(socket: Socket): void {
     const clients = this.#stats.clients;
-    if (this.#sessions.size >= (this.#options.maxClients ?? 100_000)) {
+    const connected = this.#dispatcher.clients;
+    if (connected.size >= (this.#options.maxClients ?? 100_000)) {
       clients.rejected++;
       // redis-server's wording for maxclients.
       socket.end('-ERR max number of clients reached\r\n');
@@ -64,8 +64,8 @@ export class Listener {
       this.#dispatcher,
       this.#options.limits ?? DEFAULT_SESSION_LIMITS,
       this.#stats,
-      (closed) => this.#sessions.delete(closed),
+      (closed) => connected.delete(closed),
     );
-    this.#sessions.add(session);
+    connected.add(session);
   }
 }

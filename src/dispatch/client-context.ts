@@ -18,6 +18,10 @@ export interface ClientContext {
   readonly localPort: number;
   /** Milliseconds since the epoch when the client connected. */
   readonly connectedAt: number;
+  /** Milliseconds since the epoch when the client last sent something (CLIENT LIST's idle). */
+  readonly lastActiveAt: number;
+  /** Command table id of the client's last command, -1 before any (CLIENT LIST's cmd). */
+  lastCommandId: number;
   /** Library name and version from CLIENT SETINFO. */
   libName: string;
   libVersion: string;

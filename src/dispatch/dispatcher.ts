@@ -87,6 +87,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
   /** Script bodies by lowercase sha1, from EVAL and SCRIPT LOAD, to heal NOSCRIPT. */
   readonly #scripts = new Map<string, Buffer>();
   readonly #identity: ProxyIdentity;
+  /** Every connected client of this process (the listener keeps it), for CLIENT LIST and KILL. */
+  readonly clients = new Set<ClientContext>();
   readonly #startedAt = Date.now();
   /** Commands answered, sampled each second for INFO's instantaneous_ops_per_sec. */
   #opsSample = { at: Date.now(), total: 0, perSecond: 0 };
@@ -97,7 +99,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
     this.#identity = identity;
     this.#session = new SessionCommands(this);
     this.#options = options;
-    this.#local = new LocalCommands(identity);
+    this.#local = new LocalCommands(identity, this.clients);
     this.#topology = store.current;
     this.#shards = pools.update(store.current);
     this.#parked = new ParkedRequests((expired) => this.#failExpired(expired));
@@ -141,6 +143,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
       client.reply(unknownCommand(frame), null);
       return;
     }
+    client.lastCommandId = spec.id;
     // A command with subcommands named alone: COMMAND (arity -1) is valid and keeps its own
     // handling; for the others Redis answers an arity error.
     if (spec.subcommands !== null && spec.arity !== -1) {

@@ -2,6 +2,7 @@ import type { CommandSpec } from '../commands/handling';
 import type { RequestFrame } from '../resp/request-parser';
 import { encodeBulk, encodeError, encodeInteger, encodeValue, NULL_BULK, OK, PONG, type RespValue } from '../resp/resp-writer';
 import { calculateSlot } from '../routing/key-slot';
+import { clientInfo, clientKill, clientList } from './client-admin';
 import type { ClientContext } from './client-context';
 
 /** Who the proxy says it is. */
@@ -39,9 +40,11 @@ const b = (text: string | number): Buffer => Buffer.from(String(text));
  */
 export class LocalCommands {
   readonly #identity: ProxyIdentity;
+  readonly #clients: ReadonlySet<ClientContext>;
 
-  constructor(identity: ProxyIdentity) {
+  constructor(identity: ProxyIdentity, clients: ReadonlySet<ClientContext>) {
     this.#identity = identity;
+    this.#clients = clients;
   }
 
   handle(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
@@ -90,7 +93,11 @@ export class LocalCommands {
       case 'client|id':
         return encodeInteger(client.id);
       case 'client|info':
-        return encodeBulk(`${clientInfoLine(client)}\n`);
+        return clientInfo(client);
+      case 'client|list':
+        return clientList(frame, this.#clients);
+      case 'client|kill':
+        return argc >= 3 ? clientKill(frame, this.#clients, client) : wrongArity('client|kill');
       case 'client|setinfo': {
         if (argc !== 4) return wrongArity('client|setinfo');
         const attribute = frame.argString(2).toLowerCase();
@@ -213,14 +220,4 @@ function isValidClientName(name: string): boolean {
     if (c < 33 || c > 126) return false;
   }
   return true;
-}
-
-function clientInfoLine(client: ClientContext): string {
-  const age = Math.floor((Date.now() - client.connectedAt) / 1000);
-  const laddr = client.localHost.includes(':') ? `[${client.localHost}]:${client.localPort}` : `${client.localHost}:${client.localPort}`;
-  return (
-    `id=${client.id} addr=${client.remoteAddress} laddr=${laddr} fd=-1 name=${client.name} age=${age} idle=0 ` +
-    `flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 ` +
-    `tot-mem=0 events=r cmd=client|info user=default redir=-1 resp=2 lib-name=${client.libName} lib-ver=${client.libVersion}`
-  );
 }

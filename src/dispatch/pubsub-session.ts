@@ -154,6 +154,12 @@ export class PubSubSession {
     return s.channel.size + s.pattern.size + s.shard.size > 0;
   }
 
+  /** Subscriptions held, by kind (CLIENT LIST's sub, psub, ssub). */
+  counts(): { channels: number; patterns: number; shardChannels: number } {
+    const s = this.#subscriptions;
+    return { channels: s.channel.size, patterns: s.pattern.size, shardChannels: s.shard.size };
+  }
+
   handle(frame: RequestFrame, spec: CommandSpec): void {
     const { kind, isAdd } = CONFIRM_NAMES[spec.name]!;
     const names: Buffer[] = [];

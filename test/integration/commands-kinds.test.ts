@@ -333,6 +333,62 @@ describe('command kinds through slotproxy (issue 6)', () => {
       }
     });
 
+    it('CLIENT LIST and CLIENT KILL are about the proxy\'s own clients, in redis-server\'s formats', async () => {
+      const a = connect(proxy);
+      const b = connect(proxy);
+      const subscriber = connect(proxy);
+      const doomed = connect(proxy);
+      doomed.on('error', () => undefined);
+      try {
+        const [idA, idB, idDoomed] = [(await a.call('CLIENT', 'ID')) as number, (await b.call('CLIENT', 'ID')) as number, (await doomed.call('CLIENT', 'ID')) as number];
+        await a.call('CLIENT', 'SETNAME', 'lister');
+        await b.call('CLIENT', 'SETNAME', 'bee');
+        await b.set('client-list:k', 'v');
+        await subscriber.subscribe('client-list-channel');
+        await subscriber.psubscribe('client-list-*');
+        await doomed.call('CLIENT', 'SETNAME', 'doomed');
+        const lines = ((await a.call('CLIENT', 'LIST')) as string).trimEnd().split('\n');
+        const byName = (name: string): string | undefined => lines.find((line) => line.includes(` name=${name} `));
+        expect(lines.length).toBeGreaterThanOrEqual(4);
+        // The caller's own line, as redis-server writes it: the command running is CLIENT LIST.
+        expect(byName('lister')).toMatch(new RegExp(`^id=${idA} addr=127\\.0\\.0\\.1:\\d+ laddr=127\\.0\\.0\\.1:${proxy.port} fd=-1 name=lister age=\\d+ idle=\\d+ flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 .* cmd=client\\|list user=default `));
+        expect(byName('bee')).toMatch(new RegExp(`^id=${idB} .* cmd=set `));
+        const subscribed = lines.find((line) => / sub=1 psub=1 /.test(line));
+        expect(subscribed).toMatch(/ flags=P /);
+        // Filters: by type and by id.
+        expect(((await a.call('CLIENT', 'LIST', 'TYPE', 'pubsub')) as string).trimEnd().split('\n')).toEqual([subscribed]);
+        const two = ((await a.call('CLIENT', 'LIST', 'ID', String(idA), String(idB))) as string).trimEnd().split('\n');
+        expect(two.map((line) => Number(/^id=(\d+)/.exec(line)![1])).sort((x, y) => x - y)).toEqual([idA, idB].sort((x, y) => x - y));
+        expect(await a.call('CLIENT', 'LIST', 'TYPE', 'master')).toBe('');
+        for (const args of [['CLIENT', 'LIST', 'TYPE', 'nosuch'], ['CLIENT', 'LIST', 'ID', 'x'], ['CLIENT', 'LIST', 'BOGUS'], ['CLIENT', 'KILL', 'ID', '0', 'SKIPME', 'maybe'], ['CLIENT', 'KILL', 'USER', 'nobody']]) {
+          expect(await errorOf(a.call(args[0]!, ...args.slice(1))), args.join(' ')).toBe(await errorOf(direct.call(args[0]!, ...args.slice(1))));
+        }
+        // KILL: by id (a count), by address (the old form: OK), nobody (0 / No such client).
+        const closed = new Promise((resolve) => doomed.once('close', resolve));
+        expect(await a.call('CLIENT', 'KILL', 'ID', String(idDoomed))).toBe(1);
+        await closed;
+        expect((await a.call('CLIENT', 'LIST')) as string).not.toContain(' name=doomed ');
+        expect(await a.call('CLIENT', 'KILL', 'ID', String(idDoomed))).toBe(0);
+        expect(await errorOf(a.call('CLIENT', 'KILL', '127.0.0.1:1'))).toBe(await errorOf(direct.call('CLIENT', 'KILL', '127.0.0.1:1')));
+        const addrB = /addr=(\S+)/.exec(byName('bee')!)![1]!;
+        b.on('error', () => undefined);
+        const bClosed = new Promise((resolve) => b.once('close', resolve));
+        expect(await a.call('CLIENT', 'KILL', addrB)).toBe('OK');
+        await bClosed;
+        // The caller is skipped unless it asks (SKIPME no): then its reply comes, then it is closed.
+        expect(await a.call('CLIENT', 'KILL', 'ID', String(idA))).toBe(0);
+        expect(await a.ping()).toBe('PONG');
+        const aClosed = new Promise((resolve) => a.once('close', resolve));
+        a.on('error', () => undefined);
+        expect(await a.call('CLIENT', 'KILL', 'ID', String(idA), 'SKIPME', 'no')).toBe(1);
+        await aClosed;
+        // The other shards' clients and the proxy's backend connections are untouched.
+        expect(await viaProxy.get('client-list:k')).toBe('v');
+      } finally {
+        for (const c of [a, b, subscriber, doomed]) c.disconnect();
+      }
+    });
+
     it('HELLO 2 answers the handshake map; HELLO 3 is refused with NOPROTO so clients stay on RESP2', async () => {
       const { replies } = await rawCommands(proxy.port, [['HELLO', '2', 'SETNAME', 'hello-client'], ['CLIENT', 'GETNAME'], ['HELLO', '3'], ['HELLO', 'x'], ['HELLO']]);
       const [hello2, name, hello3, helloX, hello] = replies;
@@ -361,7 +417,7 @@ describe('command kinds through slotproxy (issue 6)', () => {
       ['monitor', ['MONITOR']],
       ['debug', ['DEBUG', 'SET-ACTIVE-EXPIRE', '0']],
       ['config|rewrite', ['CONFIG', 'REWRITE']],
-      ['client|kill', ['CLIENT', 'KILL', 'ID', '1']],
+      ['client|pause', ['CLIENT', 'PAUSE', '10']],
       ['cluster|reset', ['CLUSTER', 'RESET']],
     ];
 
