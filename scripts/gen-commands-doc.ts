@@ -222,6 +222,12 @@ export function renderCommandsDoc(root: string): string {
       `\`ERR CONFIG SET parameter 'x' is not allowed through slotproxy\`): ${configSetAllowed.map((p) => `\`${p}\``).join(', ')}.`,
   );
   out.push(
+    '- **SORT / SORT_RO**: the keys are the sorted key and the STORE destination. As in Redis Cluster (7.4), a BY pattern ' +
+      "with `*` or a GET pattern other than `#` must hash to the sorted key's slot (a hash tag); otherwise it is refused with " +
+      "`ERR BY (GET) option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.` " +
+      '`BY nosort` (no `*`) and `GET #` are always allowed.',
+  );
+  out.push(
     `- **Container commands** (${containers.map((r) => `\`${displayName(r.spec)}\``).join(', ')}) are looked up by their subcommand, ` +
       'listed below as `CONTAINER SUB`; an unknown subcommand is answered `ERR unknown subcommand`. Named alone, a container is ' +
       "answered Redis's arity error, unless Redis's arity allows it alone (arity -1, as COMMAND): then it is listed in its own section.",

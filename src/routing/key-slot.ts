@@ -39,6 +39,23 @@ export function keySlot(buf: Uint8Array, start: number, end: number): number {
   return crc16(buf, start, end) & 0x3fff;
 }
 
+/**
+ * redis-server's patternHashSlot: the one slot every key matching a glob pattern is in (its
+ * non-empty hash tag, before any wildcard), or -1 when they may be in any slot.
+ */
+export function patternHashSlot(pattern: Uint8Array): number {
+  let open = -1;
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i]!;
+    // '*', '?', '[' (wildcards) and a backslash (an escape) before a tag: any slot.
+    if (c === 0x2a || c === 0x3f || c === 0x5b || c === 0x5c) return -1;
+    if (open === -1 && c === 0x7b) open = i;
+    else if (open >= 0 && c === 0x7d && i === open + 1) open = -2;
+    else if (open >= 0 && c === 0x7d) return crc16(pattern, open + 1, i) & 0x3fff;
+  }
+  return crc16(pattern, 0, pattern.length) & 0x3fff;
+}
+
 /** The slot of a key given as a string (UTF-8) or bytes. */
 export function calculateSlot(key: string | Uint8Array): number {
   const bytes = typeof key === 'string' ? Buffer.from(key) : key;

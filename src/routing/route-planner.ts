@@ -1,7 +1,8 @@
 import { getKeyIndexes } from '@ioredis/commands';
 import type { CommandSpec } from '../commands/handling';
 import type { RequestFrame } from '../resp/request-parser';
-import { argSlot } from './key-slot';
+import { encodeError } from '../resp/resp-writer';
+import { argSlot, patternHashSlot } from './key-slot';
 
 /** `commandSlot` result: the command names no key. */
 export const NO_KEYS = -1;
@@ -10,6 +11,7 @@ export const CROSS_SLOT = -2;
 
 /** Key argument indexes of a command whose keys move with its arguments (EVAL numkeys, XREAD STREAMS, ...). */
 export function movableKeyIndexes(frame: RequestFrame, spec: CommandSpec): number[] {
+  if (spec.name === 'sort' || spec.name === 'sort_ro') return sortKeyIndexes(frame);
   // Strings, not Buffers: getKeyIndexes skips non-string arguments when it parses SORT's options.
   const args: string[] = [];
   for (let i = 1; i < frame.argc; i++) args.push(frame.argString(i));
@@ -56,4 +58,49 @@ export function commandKeys(frame: RequestFrame, spec: CommandSpec): Buffer[] {
   const step = spec.keyStep > 0 ? spec.keyStep : 1;
   for (let i = first; i <= last; i += step) keys.push(frame.arg(i));
   return keys;
+}
+
+/**
+ * SORT / SORT_RO: the sorted key and STORE's destination, as Redis counts them. BY and GET take
+ * patterns, not keys (`@ioredis/commands` takes them for keys, so `SORT list BY nosort` looked
+ * cross-slot); whether a pattern may be used is sortPatternDenial's to say.
+ */
+function sortKeyIndexes(frame: RequestFrame): number[] {
+  const indexes = [1];
+  for (let i = 2; i < frame.argc - 1; i++) {
+    const option = frame.argString(i).toLowerCase();
+    if (option === 'store') indexes.push(++i);
+    else if (option === 'by' || option === 'get') i++;
+    else if (option === 'limit') i += 2;
+  }
+  return indexes.filter((i) => i < frame.argc);
+}
+
+const SORT_BY_DENIED = encodeError('ERR BY option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.');
+const SORT_GET_DENIED = encodeError('ERR GET option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.');
+
+/**
+ * Redis Cluster's rule for SORT's patterns (7.4): a BY pattern with `*` or a GET pattern other
+ * than `#` names keys the shard reads on its own, so their slot must be the sorted key's (a
+ * hash tag); otherwise the shard would answer from the keys it happens to hold. Null when
+ * allowed.
+ */
+export function sortPatternDenial(frame: RequestFrame): Buffer | null {
+  if (frame.argc < 2) return null;
+  const slot = argSlot(frame, 1);
+  for (let i = 2; i < frame.argc - 1; i++) {
+    const option = frame.argString(i).toLowerCase();
+    if (option === 'by') {
+      const pattern = frame.arg(++i);
+      if (pattern.includes(0x2a) && patternHashSlot(pattern) !== slot) return SORT_BY_DENIED;
+    } else if (option === 'get') {
+      const pattern = frame.arg(++i);
+      if (!(pattern.length === 1 && pattern[0] === 0x23) && patternHashSlot(pattern) !== slot) return SORT_GET_DENIED;
+    } else if (option === 'limit') {
+      i += 2;
+    } else if (option === 'store') {
+      i++;
+    }
+  }
+  return null;
 }

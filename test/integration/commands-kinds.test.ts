@@ -443,6 +443,34 @@ describe('command kinds through slotproxy (issue 6)', () => {
     });
   });
 
+  describe('SORT: its key and STORE\'s are the keys; BY and GET patterns as Redis Cluster allows them', () => {
+    it('BY nosort, GET #, patterns in the key\'s slot; other patterns refused with Redis Cluster\'s error', async () => {
+      await flushEverything();
+      const [list] = keysOnShard(0, 'sort-list:', 1);
+      // A constant BY (no '*') means no sorting: allowed whatever slot the word hashes to.
+      await viaProxy.rpush(list!, '3', '1', '2');
+      expect(await viaProxy.call('SORT', list!, 'BY', 'nosort')).toEqual(['3', '1', '2']);
+      expect(await viaProxy.call('SORT_RO', list!, 'BY', 'nosort')).toEqual(['3', '1', '2']);
+      expect(await viaProxy.call('SORT', list!)).toEqual(['1', '2', '3']);
+      expect(await viaProxy.call('SORT', list!, 'GET', '#', 'LIMIT', '0', '2')).toEqual(['1', '2']);
+      // Patterns whose hash tag is the key's slot: read on the key's shard, as one Redis would.
+      await viaProxy.rpush('{sorted}list', 'a', 'b', 'c');
+      await viaProxy.mset({ '{sorted}w_a': '3', '{sorted}w_b': '1', '{sorted}w_c': '2', '{sorted}o_a': 'A', '{sorted}o_b': 'B', '{sorted}o_c': 'C' });
+      expect(await viaProxy.call('SORT', '{sorted}list', 'BY', '{sorted}w_*', 'GET', '{sorted}o_*', 'GET', '#')).toEqual(['B', 'b', 'C', 'c', 'A', 'a']);
+      expect(await viaProxy.call('SORT', '{sorted}list', 'BY', '{sorted}w_*', 'STORE', '{sorted}dest')).toBe(3);
+      expect(await viaProxy.lrange('{sorted}dest', 0, -1)).toEqual(['b', 'c', 'a']);
+      // Patterns that may name keys on any shard: Redis Cluster's refusal, not a partial answer.
+      expect(await errorOf(viaProxy.call('SORT', list!, 'BY', 'w_*'))).toBe('ERR BY option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.');
+      expect(await errorOf(viaProxy.call('SORT', list!, 'GET', 'o_*'))).toBe('ERR GET option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.');
+      expect(await errorOf(viaProxy.call('SORT', '{sorted}list', 'BY', '{other}w_*'))).toMatch(/^ERR BY option of SORT denied/);
+      // Inside MULTI, refused as it is queued (EXEC then aborts, as for any refused command).
+      const tx = await viaProxy.multi().call('SORT', list!, 'BY', 'w_*').exec().catch((err: Error) => err.message);
+      expect(String(tx)).toMatch(/EXECABORT/);
+      // STORE into another slot is a second key in another slot.
+      expect(await errorOf(viaProxy.call('SORT', '{sorted}list', 'STORE', '{elsewhere}dest'))).toBe(CROSSSLOT);
+    });
+  });
+
   describe('all-or-nothing multi-key commands: one slot, else CROSSSLOT', () => {
     /** Each command with same-slot keys ({t}) to run; and keys across shards for the CROSSSLOT case. */
     const setup = (t: string): (string | number)[][] => [

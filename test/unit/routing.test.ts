@@ -5,7 +5,7 @@ import type { CommandSpec } from '../../src/commands/handling';
 import { RequestParser, type RequestFrame } from '../../src/resp/request-parser';
 import { encodeCommand } from '../../src/resp/resp-writer';
 import { fragment } from '../../src/routing/fragmenter';
-import { argSlot, calculateSlot } from '../../src/routing/key-slot';
+import { argSlot, calculateSlot, patternHashSlot } from '../../src/routing/key-slot';
 import { commandSlot, CROSS_SLOT, movableKeyIndexes, NO_KEYS } from '../../src/routing/route-planner';
 import { SLOT_COUNT, Topology, type ShardInfo } from '../../src/topology/topology';
 
@@ -350,5 +350,30 @@ describe('Topology', () => {
     const topology = new Topology(3, [shard(0)], new Uint16Array(SLOT_COUNT));
     expect(Object.isFrozen(topology)).toBe(true);
     expect(Object.isFrozen(topology.shards)).toBe(true);
+  });
+});
+
+describe('SORT keys and patterns', () => {
+  const spec = (name: string): CommandSpec => lookupCommand(name)!;
+
+  it('patternHashSlot is redis-server\'s: the hash tag before any wildcard, else -1 when a wildcard or escape comes first', () => {
+    const slotOf = (text: string): number => patternHashSlot(Buffer.from(text));
+    expect(slotOf('{user1}:*')).toBe(calculateSlot('user1'));
+    expect(slotOf('foo')).toBe(calculateSlot('foo'));
+    expect(slotOf('{}x*')).toBe(-1);
+    expect(slotOf('{}x')).toBe(calculateSlot('{}x'));
+    expect(slotOf('w_*')).toBe(-1);
+    expect(slotOf('a?{t}')).toBe(-1);
+    expect(slotOf('[ab]{t}')).toBe(-1);
+    expect(slotOf('a\\*')).toBe(-1);
+    expect(slotOf('x{t}*{u}')).toBe(calculateSlot('t'));
+  });
+
+  it('its keys are the sorted key and STORE\'s destination, not the BY and GET patterns', () => {
+    expect(movableKeyIndexes(frameOf(['SORT', 'list', 'BY', 'nosort']), spec('sort'))).toEqual([1]);
+    expect(movableKeyIndexes(frameOf(['SORT', 'list', 'LIMIT', '0', '10', 'GET', '#', 'GET', 'o_*', 'STORE', 'dest', 'ALPHA']), spec('sort'))).toEqual([1, 10]);
+    expect(movableKeyIndexes(frameOf(['SORT_RO', 'list', 'BY', 'w_*', 'DESC']), spec('sort_ro'))).toEqual([1]);
+    expect(commandSlot(frameOf(['SORT', 'list', 'BY', 'nosort']), spec('sort'))).toBe(calculateSlot('list'));
+    expect(commandSlot(frameOf(['SORT', '{t}list', 'STORE', '{u}dest']), spec('sort'))).toBe(CROSS_SLOT);
   });
 });
