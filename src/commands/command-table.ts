@@ -150,6 +150,8 @@ const OVERRIDES: Readonly<Record<string, Override>> = {
   'function|kill': { handling: 'kill-script' },
   'memory|purge': { handling: 'broadcast', merge: 'all-ok' },
   'slowlog|reset': { handling: 'broadcast', merge: 'all-ok' },
+  'slowlog|len': { handling: 'broadcast', merge: 'sum' },
+  'slowlog|get': { handling: 'broadcast', merge: 'newest-first' },
   'latency|reset': { handling: 'broadcast', merge: 'sum' },
   eval: { handling: 'script' },
   evalsha: { handling: 'script' },

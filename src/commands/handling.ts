@@ -54,7 +54,9 @@ export type Merge =
   /** [name, count, ...] pairs with the counts added per name (PUBSUB NUMSUB). */
   | 'pair-sum'
   /** The same array everywhere; distinct items kept once (PUBSUB CHANNELS). */
-  | 'distinct-union';
+  | 'distinct-union'
+  /** Log entries of every shard, newest first by their timestamp, as many as asked (SLOWLOG GET). */
+  | 'newest-first';
 
 export interface CommandSpec {
   /** Dense number of the spec, for per-command counters in arrays. */

@@ -13,6 +13,7 @@ import { SessionCommands } from './session-commands';
 import type { ShardAccess } from './shard-access';
 import { decodeScanCursor, EveryNodeSink, FirstNonEmptySink, KillScriptSink, NoScriptSink, ScanSink, type ShardSender } from './special-sinks';
 import { Gather } from '../reply/gather';
+import { slowlogLimit } from '../reply/reducers';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeBulk, encodeError } from '../resp/resp-writer';
 import { fragment } from '../routing/fragmenter';
@@ -426,7 +427,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
     // After SCRIPT FLUSH, EVALSHA must answer NOSCRIPT as Redis does: forget the bodies too.
     if (spec.name === 'script|flush') this.#scripts.clear();
     this.#stats.commands.recordFanOut(count);
-    const gather = new Gather(client.awaitReply(spec), spec.merge!, count, null);
+    const limit = spec.merge === 'newest-first' ? slowlogLimit(frame.argc > 2 ? frame.argString(2) : null) : Number.POSITIVE_INFINITY;
+    const gather = new Gather(client.awaitReply(spec), spec.merge!, count, null, limit);
     for (let s = 0; s < count; s++) this.#send(s, bytes, gather.piece(s), client.id, spec.isWrite, spec.isReadonly);
   }
 

@@ -10,6 +10,7 @@ import {
   mergePairSum,
   mergeSum,
   mergeUnion,
+  mergeNewestFirst,
 } from './reducers';
 
 /** Whatever collects the replies of several pieces (a fan-out's gather, INFO, CONFIG SET). */
@@ -45,14 +46,17 @@ export class Gather implements PieceOwner {
   readonly #target: ReplySink;
   readonly #merge: Merge;
   readonly #keyFragment: Int32Array | null;
+  /** Items the merged reply holds at most (SLOWLOG GET's count). */
+  readonly #limit: number;
   /** Reply frame of each piece, by piece index. */
   readonly #replies: Buffer[];
   #received = 0;
 
-  constructor(target: ReplySink, merge: Merge, pieceCount: number, keyFragment: Int32Array | null) {
+  constructor(target: ReplySink, merge: Merge, pieceCount: number, keyFragment: Int32Array | null, limit = Number.POSITIVE_INFINITY) {
     this.#target = target;
     this.#merge = merge;
     this.#keyFragment = keyFragment;
+    this.#limit = limit;
     this.#replies = new Array<Buffer>(pieceCount);
   }
 
@@ -87,6 +91,8 @@ export class Gather implements PieceOwner {
         return mergePairSum(replies);
       case 'distinct-union':
         return mergeDistinctUnion(replies);
+      case 'newest-first':
+        return mergeNewestFirst(replies, this.#limit);
     }
   }
 }

@@ -170,3 +170,36 @@ export function mergeDistinctUnion(replies: readonly Buffer[]): Buffer {
   encodeValue([...seen.values()], out);
   return Buffer.concat(out);
 }
+
+/** SLOWLOG GET's default count. */
+const SLOWLOG_DEFAULT_COUNT = 10;
+
+/**
+ * The entries SLOWLOG GET asks for: its count argument (`args` after GET), 10 when absent,
+ * every entry when negative, as redis-server reads it.
+ */
+export function slowlogLimit(countArgument: string | null): number {
+  if (countArgument === null) return SLOWLOG_DEFAULT_COUNT;
+  const count = Number(countArgument);
+  return Number.isInteger(count) && count >= 0 ? count : Number.POSITIVE_INFINITY;
+}
+
+/**
+ * SLOWLOG GET: every shard's entries ([id, unix time, microseconds, args, client, name]) in one
+ * list, newest first by their time (each shard's ids count on their own), at most `limit`.
+ */
+export function mergeNewestFirst(replies: readonly Buffer[], limit: number): Buffer {
+  const entries: RespValue[][] = [];
+  for (const frame of replies) {
+    const value = decodeReply(frame);
+    if (!Array.isArray(value)) return unexpected(frame);
+    for (const entry of value as readonly RespValue[]) {
+      if (!Array.isArray(entry) || typeof entry[0] !== 'number' || typeof entry[1] !== 'number') return unexpected(frame);
+      entries.push(entry as RespValue[]);
+    }
+  }
+  entries.sort((a, b) => (b[1] as number) - (a[1] as number) || (b[0] as number) - (a[0] as number));
+  const out: Buffer[] = [];
+  encodeValue(entries.slice(0, limit), out);
+  return Buffer.concat(out);
+}

@@ -443,6 +443,36 @@ describe('command kinds through slotproxy (issue 6)', () => {
     });
   });
 
+  describe('SLOWLOG through the proxy: every shard\'s log', () => {
+    it('LEN adds up the shards\' logs, GET merges them newest first up to its count, RESET empties them all', async () => {
+      const entriesOf = (reply: unknown): [number, number, number, string[]][] => reply as [number, number, number, string[]][];
+      expect(await viaProxy.call('CONFIG', 'SET', 'slowlog-log-slower-than', '0')).toBe('OK');
+      try {
+        expect(await viaProxy.call('SLOWLOG', 'RESET')).toBe('OK');
+        const keys = keysOnEveryShard('slowlog:', 6);
+        for (const key of keys) await viaProxy.set(key, 'v');
+        const perShard = await Promise.all(primaries.map(async (p) => (await p.call('SLOWLOG', 'LEN')) as number));
+        expect(perShard.every((n) => n > 0)).toBe(true);
+        const total = (await viaProxy.call('SLOWLOG', 'LEN')) as number;
+        // The LEN itself may be logged on each shard before it answers: at least the sum of before.
+        expect(total).toBeGreaterThanOrEqual(perShard.reduce((a, b) => a + b, 0));
+        const five = entriesOf(await viaProxy.call('SLOWLOG', 'GET', '5'));
+        expect(five).toHaveLength(5);
+        for (let i = 1; i < five.length; i++) expect(five[i - 1]![1]).toBeGreaterThanOrEqual(five[i]![1]);
+        const all = entriesOf(await viaProxy.call('SLOWLOG', 'GET', '-1'));
+        const setKeys = all.filter((entry) => entry[3][0]?.toLowerCase() === 'set').map((entry) => entry[3][1]);
+        expect(new Set(setKeys)).toEqual(new Set(keys));
+        expect(entriesOf(await viaProxy.call('SLOWLOG', 'GET')).length).toBeLessThanOrEqual(10);
+        expect(await viaProxy.call('SLOWLOG', 'RESET')).toBe('OK');
+        // Logged after it ran (every command is slow now): the RESET is all each log holds.
+        expect(await Promise.all(primaries.map((p) => p.call('SLOWLOG', 'LEN')))).toEqual(primaries.map(() => 1));
+        expect(await errorOf(viaProxy.call('SLOWLOG', 'GET', 'x'))).toBe(await errorOf(direct.call('SLOWLOG', 'GET', 'x')));
+      } finally {
+        await viaProxy.call('CONFIG', 'SET', 'slowlog-log-slower-than', '10000');
+      }
+    });
+  });
+
   describe('SORT: its key and STORE\'s are the keys; BY and GET patterns as Redis Cluster allows them', () => {
     it('BY nosort, GET #, patterns in the key\'s slot; other patterns refused with Redis Cluster\'s error', async () => {
       await flushEverything();

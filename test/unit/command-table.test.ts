@@ -42,6 +42,7 @@ const MERGES = Object.keys({
   'logical-and': true,
   'pair-sum': true,
   'distinct-union': true,
+  'newest-first': true,
 } as const satisfies Record<Merge, true>);
 
 /** Every command and subcommand: [full name, spec, raw metadata]. */
