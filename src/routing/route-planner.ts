@@ -9,9 +9,40 @@ export const NO_KEYS = -1;
 /** `commandSlot` result: keys in different slots. */
 export const CROSS_SLOT = -2;
 
+/**
+ * Where each command that counts its keys has the count (frame index), and how many arguments
+ * each key takes (MSETEX's pairs).
+ */
+const NUMKEYS_AT: ReadonlyMap<string, readonly [position: number, argsPerKey: number]> = new Map<string, readonly [number, number]>([
+  ...['eval', 'evalsha', 'eval_ro', 'evalsha_ro', 'fcall', 'fcall_ro', 'blmpop', 'bzmpop', 'zunionstore', 'zinterstore', 'zdiffstore'].map(
+    (name): [string, readonly [number, number]] => [name, [2, 1]],
+  ),
+  ...['sintercard', 'sdiffcard', 'sunioncard', 'lmpop', 'zmpop', 'zunion', 'zinter', 'zintercard', 'zdiff'].map(
+    (name): [string, readonly [number, number]] => [name, [1, 1]],
+  ),
+  ['msetex', [1, 2]],
+]);
+
+/**
+ * Whether the key count a command gives is one its arguments can hold. `@ioredis/commands`
+ * loops up to the count as given: `EVAL "" 200000000` made it build an array until V8 aborted
+ * the process (and a count of 1e19 would never end). An impossible count names no key here,
+ * and the shard answers it with Redis's own error.
+ */
+function isPossibleKeyCount(frame: RequestFrame, name: string): boolean {
+  const at = NUMKEYS_AT.get(name);
+  if (at === undefined) return true;
+  const [position, argsPerKey] = at;
+  if (position >= frame.argc) return false;
+  const text = frame.argString(position);
+  if (!/^\d{1,10}$/.test(text)) return false;
+  return Number(text) * argsPerKey <= frame.argc - 1 - position;
+}
+
 /** Key argument indexes of a command whose keys move with its arguments (EVAL numkeys, XREAD STREAMS, ...). */
 export function movableKeyIndexes(frame: RequestFrame, spec: CommandSpec): number[] {
   if (spec.name === 'sort' || spec.name === 'sort_ro') return sortKeyIndexes(frame);
+  if (!isPossibleKeyCount(frame, spec.name)) return [];
   // Strings, not Buffers: getKeyIndexes skips non-string arguments when it parses SORT's options.
   const args: string[] = [];
   for (let i = 1; i < frame.argc; i++) args.push(frame.argString(i));

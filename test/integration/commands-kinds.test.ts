@@ -443,6 +443,34 @@ describe('command kinds through slotproxy (issue 6)', () => {
     });
   });
 
+  describe('key counts given by the client', () => {
+    it('an impossible count (huge, negative, not a number, more than the arguments) is answered as Redis answers it, at once', async () => {
+      const startedAt = Date.now();
+      await expectSame([
+        // EVAL "" 200000000 made the key lookup build an array until V8 aborted the proxy.
+        ['EVAL', 'return 1', '200000000', 'a'],
+        ['EVAL', 'return 1', '99999999999999999999', 'a'],
+        ['EVALSHA', 'ffffffffffffffffffffffffffffffffffffffff', '4294967296', 'a'],
+        ['EVAL', 'return 1', '3', 'a', 'b'],
+        ['EVAL', 'return 1', '-1', 'a'],
+        ['EVAL', 'return 1', '1.5', 'a'],
+        ['FCALL', 'nosuchfunction', '400000000', 'k'],
+        ['ZUNION', '9999999999', 'a', 'b'],
+        ['ZUNIONSTORE', 'dest', '5000000000', 'a'],
+        ['ZINTERCARD', '123456789012', 'a'],
+        ['SINTERCARD', '99999999999', 'a'],
+        ['LMPOP', '300000000', 'a', 'LEFT'],
+        ['ZMPOP', '300000000', 'a', 'MIN'],
+        ['BLMPOP', '0.01', '300000000', 'a', 'LEFT'],
+      ]);
+      expect(Date.now() - startedAt).toBeLessThan(5_000);
+      expect(await viaProxy.ping()).toBe('PONG');
+      // A possible count still routes by its keys.
+      expect(await viaProxy.eval('return KEYS[2]', 2, '{n}a', '{n}b')).toBe('{n}b');
+      expect(await errorOf(viaProxy.eval('return 1', 2, 'n:a', 'n:b'))).toBe(CROSSSLOT);
+    });
+  });
+
   describe('SLOWLOG through the proxy: every shard\'s log', () => {
     it('LEN adds up the shards\' logs, GET merges them newest first up to its count, RESET empties them all', async () => {
       const entriesOf = (reply: unknown): [number, number, number, string[]][] => reply as [number, number, number, string[]][];

@@ -188,7 +188,8 @@ describe('commandSlot', () => {
     ['EVAL', ['EVAL', 's', '2', 'a', 'b', 'c'], [3, 4]],
     ['XREAD', ['XREAD', 'COUNT', '2', 'STREAMS', 'a', 'b', '0', '0'], [4, 5]],
     ['ZUNIONSTORE', ['ZUNIONSTORE', 'd', '2', 'a', 'b', 'WEIGHTS', '1', '2'], [1, 3, 4]],
-    ['EVAL with a numkeys beyond the arguments', ['EVAL', 's', '5', 'a'], [3]],
+    ['EVAL with a numkeys beyond the arguments (none: the shard answers Redis\'s error)', ['EVAL', 's', '5', 'a'], []],
+    ['EVAL with a numkeys no key list could hold', ['EVAL', 's', '99999999999999999999', 'a'], []],
   ])('movableKeyIndexes for %s are frame argument indexes', (_name, args, expected) => {
     const frame = frameOf(args);
     expect(movableKeyIndexes(frame, specOf(frame))).toEqual(expected);
