@@ -1,10 +1,12 @@
 import * as dns from 'node:dns';
-import * as fs from 'node:fs';
 import { calculateSlot } from '../routing/key-slot';
 import Redis from 'ioredis';
-import { AddressError, formatAddress, parseAddress } from '../config/address';
+import { formatAddress } from '../config/address';
 import type { Address, ProxyConfig } from '../config/config-types';
 import { ConfigError, loadConfigFile } from '../config/load-config';
+import { readStateFile } from '../control/state-file';
+import { topologyFromJson } from '../topology/topology-codec';
+import type { Topology } from '../topology/topology';
 
 /**
  * `slotproxy check --config FILE`, like `redis-cli --cluster check`: slot coverage, each node's
@@ -255,7 +257,7 @@ export async function runCheck(args: readonly string[]): Promise<number> {
     return summarize(report);
   }
   report.info(`>>> Checking the slotproxy topology in ${file}`);
-  const shards = await expectedShards(config, report);
+  const { shards, migrating } = expectedShards(config, report);
   for (const shard of shards) {
     const slotCount = shard.slots.reduce((sum, [from, to]) => sum + to - from + 1, 0);
     report.info(
@@ -278,7 +280,7 @@ export async function runCheck(args: readonly string[]): Promise<number> {
           report.warn(`${shard.name}: keys not checked, the primary ${formatAddress(shard.primary)} is not usable`);
           return;
         }
-        await checkKeyPlacement(shard, index, shards, slotOwner, redis, report);
+        await checkKeyPlacement(shard, index, shards, slotOwner, migrating, redis, report);
       }),
     );
   } finally {
@@ -296,108 +298,52 @@ function summarize(report: Report): number {
   return 1;
 }
 
+/** What the check expects: the shards, and the slots whose keys may sit on either of two shards. */
+interface Expected {
+  readonly shards: readonly ExpectedShard[];
+  /** Slots migrating, by slot: [source index, target index]. */
+  readonly migrating: ReadonlyMap<number, readonly [number, number]>;
+}
+
 /**
- * The roles to expect. After a failover the proxy's state file, not the YAML, says who is
- * primary (as nodes.conf does for a cluster), so a promoted replica is not a problem.
- * Slot ownership always comes from the YAML.
+ * The deployment to expect. Once the proxy has written its state file, that file, not the YAML,
+ * says who is primary (after a failover) and who owns which slots (after a reshard, an added or
+ * removed shard), as nodes.conf does for a cluster: the running proxy routes by it.
  */
-async function expectedShards(config: ProxyConfig, report: Report): Promise<ExpectedShard[]> {
+function expectedShards(config: ProxyConfig, report: Report): Expected {
   const fromConfig: ExpectedShard[] = config.shards.map((s) => ({ name: s.name, primary: s.primary, replicas: s.replicas, slots: s.slots }));
+  const yamlOnly: Expected = { shards: fromConfig, migrating: new Map() };
   const file = config.stateFile;
-  if (file === null) return fromConfig;
-  if (!fs.existsSync(file)) {
-    report.info(`State file ${file}: not written yet, roles as in the YAML`);
-    return fromConfig;
-  }
-  let roles: readonly StateShard[];
+  if (file === null) return yamlOnly;
+  let topology: Topology;
   try {
-    roles = await readStateRoles(file);
-  } catch (err) {
-    report.warn(`state file ${file} is not readable (${errorText(err)}); checking the YAML's roles`);
-    return fromConfig;
-  }
-  report.info(`State file ${file}: roles as the proxy last recorded them`);
-  return fromConfig.map((shard, index) => {
-    const state = roles.find((r) => r.name === shard.name) ?? (roles.every((r) => r.name === null) ? roles[index] : undefined);
-    if (state === undefined) return shard;
-    if (formatAddress(state.primary) !== formatAddress(shard.primary)) {
-      report.info(`  ${shard.name}: primary is ${formatAddress(state.primary)} (the YAML says ${formatAddress(shard.primary)})`);
+    const state = readStateFile(file);
+    if (state === null) {
+      report.info(`State file ${file}: not written yet, roles and slots as in the YAML`);
+      return yamlOnly;
     }
-    return { ...shard, primary: state.primary, replicas: state.replicas };
-  });
-}
-
-/** A shard's roles as the state file holds them. */
-interface StateShard {
-  /** null when the file does not name its shards (then they are in YAML order). */
-  readonly name: string | null;
-  readonly primary: Address;
-  readonly replicas: readonly Address[];
-}
-
-/**
- * Roles from the state file, through src/control/state-file.ts's `readStateFile` when that
- * module is built, or straight from its JSON (`shards[].primary/replicas`) when it is not.
- */
-async function readStateRoles(file: string): Promise<readonly StateShard[]> {
-  let parsed: unknown;
-  const reader = stateFileReader();
-  if (reader !== null) {
-    // The reader may be synchronous or return a promise.
-    parsed = await reader(file);
-  } else {
-    parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as unknown;
-  }
-  const shards = isRecord(parsed) ? parsed['shards'] : undefined;
-  if (!Array.isArray(shards)) throw new Error('no "shards" list');
-  return shards.map((entry: unknown, i): StateShard => {
-    if (!isRecord(entry)) throw new Error(`shards[${i}] is not an object`);
-    const name = entry['name'];
-    const replicas = entry['replicas'] ?? [];
-    if (!Array.isArray(replicas)) throw new Error(`shards[${i}].replicas is not a list`);
-    return {
-      name: typeof name === 'string' ? name : null,
-      primary: toAddress(entry['primary'], `shards[${i}].primary`),
-      replicas: replicas.map((r: unknown, j) => toAddress(r, `shards[${i}].replicas[${j}]`)),
-    };
-  });
-}
-
-type StateReader = (file: string) => unknown;
-
-/** `readStateFile` of src/control/state-file.ts, or null while that module does not exist. */
-function stateFileReader(): StateReader | null {
-  let mod: unknown;
-  try {
-    // A runtime require, not an import: the state-file module is written separately and may not
-    // be built yet; without it the JSON is read directly.
-    mod = require('../control/state-file') as unknown;
+    topology = topologyFromJson(state.topology);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND') return null;
-    throw err;
+    report.warn(`state file ${file} is not readable (${errorText(err)}); checking the YAML's roles and slots`);
+    return yamlOnly;
   }
-  const reader = isRecord(mod) ? mod['readStateFile'] : undefined;
-  if (typeof reader !== 'function') return null;
-  return (file) => (reader as StateReader)(file);
-}
-
-function isRecord(value: unknown): value is Readonly<Record<string, unknown>> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-function toAddress(value: unknown, where: string): Address {
-  if (typeof value === 'string') {
-    try {
-      return parseAddress(value);
-    } catch (err) {
-      if (err instanceof AddressError) throw new Error(`${where}: ${err.message}`);
-      throw err;
+  report.info(`State file ${file}: roles and slots as the proxy last recorded them (topology epoch ${topology.epoch})`);
+  const ranges = topology.slotRanges();
+  const shards = topology.shards.map((info, index): ExpectedShard => {
+    const yaml = fromConfig.find((shard) => shard.name === info.name);
+    if (yaml === undefined) report.info(`  ${info.name}: not in the YAML (added while the proxy ran)`);
+    else if (formatAddress(yaml.primary) !== formatAddress(info.primary)) {
+      report.info(`  ${info.name}: primary is ${formatAddress(info.primary)} (the YAML says ${formatAddress(yaml.primary)})`);
     }
+    return { name: info.name, primary: info.primary, replicas: info.replicas, slots: ranges[index]! };
+  });
+  for (const shard of fromConfig) {
+    if (!shards.some((s) => s.name === shard.name)) report.info(`  ${shard.name}: in the YAML, not in the state file (not taken up by the proxy yet, or removed)`);
   }
-  if (isRecord(value) && typeof value['host'] === 'string' && typeof value['port'] === 'number') {
-    return { host: value['host'], port: value['port'] };
-  }
-  throw new Error(`${where} is not host:port`);
+  const migrating = new Map<number, readonly [number, number]>();
+  for (const [slot, migration] of topology.migrations) migrating.set(slot, [migration.from, migration.to]);
+  if (migrating.size > 0) report.info(`  ${migrating.size} slot(s) migrating: their keys may sit on the source or the target`);
+  return { shards, migrating };
 }
 
 /** Reports coverage and returns the slot -> shard index table (-1 = unowned). */
@@ -534,6 +480,7 @@ async function checkKeyPlacement(
   index: number,
   shards: readonly ExpectedShard[],
   slotOwner: Int32Array,
+  migrating: ReadonlyMap<number, readonly [number, number]>,
   redis: Redis,
   report: Report,
 ): Promise<void> {
@@ -552,6 +499,8 @@ async function checkKeyPlacement(
         const slot = calculateSlot(key);
         const owner = slotOwner[slot] ?? -1;
         if (owner === index) continue;
+        const migration = migrating.get(slot);
+        if (migration !== undefined && (migration[0] === index || migration[1] === index)) continue;
         misplaced++;
         if (examples.size < MISPLACED_EXAMPLES) {
           examples.add(`${JSON.stringify(key.toString('utf8'))} (slot ${slot}, owned by ${shards[owner]?.name ?? 'no shard'})`);

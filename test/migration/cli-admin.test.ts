@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { findFreePort } from '../../src/cli/local-redis';
-import { loadKeys, runCli, sleep, useMigrationDeployment } from './migration-harness';
+import Redis from 'ioredis';
+import { calculateSlot } from '../../src/routing/key-slot';
+import { loadKeys, ownerFromStateFile, runCli, sleep, useMigrationDeployment } from './migration-harness';
 
 /**
  * The operator's side of resharding, where it says no: the CLI's usage errors and refusals
@@ -81,4 +83,30 @@ describe('resharding CLI and admin endpoint', () => {
     expect(status.state).toBe('done');
     expect(status.shards.map((s) => s.slots)).toEqual([8192, 4096, 4096]);
   }, 180_000);
+
+  it('check reads who owns which slot from the state file after the plans: healthy, and a key put on the wrong shard by hand is named', async () => {
+    const { proxy, shards } = deployment;
+    const config = ['--config', proxy.configPath];
+    let cli = await runCli(['check', ...config]);
+    // The YAML still says 5461 slots each; the proxy routes by the state file.
+    expect(cli.code, cli.stdout).toBe(0);
+    expect(cli.stdout).toContain('roles and slots as the proxy last recorded them');
+    expect(cli.stdout).toMatch(/Shard s1: .*\(8192 slots\)/);
+    expect(cli.stdout).toMatch(/\[OK\] s1: \d+ key\(s\), all in slots it owns/);
+    // A key of one of s2's slots, written straight onto s1.
+    const { owner } = ownerFromStateFile(proxy.stateFile);
+    let stray = '';
+    for (let n = 0; stray === ''; n++) if (owner[calculateSlot(`stray:${n}`)] === 's2') stray = `stray:${n}`;
+    const s1 = new Redis({ host: shards.primaries[0]!.host, port: shards.primaries[0]!.port });
+    try {
+      await s1.set(stray, 'misplaced');
+      cli = await runCli(['check', ...config]);
+      expect(cli.code).toBe(1);
+      expect(cli.stdout).toContain(`[ERR] s1: 1 of`);
+      expect(cli.stdout).toContain(`"${stray}" (slot ${calculateSlot(stray)}, owned by s2)`);
+    } finally {
+      await s1.del(stray);
+      s1.disconnect();
+    }
+  }, 60_000);
 });
