@@ -230,7 +230,7 @@ class NodeProbe {
   #lastErrorCode: string | null = null;
   #retryTimer: NodeJS.Timeout | null = null;
   #isClosed = false;
-  /** The node's lua-time-limit was read (or could not be): checked once per probe. */
+  /** The node's lua-time-limit was asked for (once per node, at its first probe). */
   #isThresholdChecked = false;
   /** The last probe was answered -BUSY (logged once per busy spell). */
   #isBusy = false;
