@@ -6,6 +6,8 @@ const MAX_LINE = 64 * 1024;
 /** redis-server's proto-max-bulk-len default. */
 const MAX_BULK = 512 * 1024 * 1024;
 const MAX_MULTIBULK = 1024 * 1024 * 1024;
+/** The shortest argument on the wire: `$0\r\n\r\n`. */
+const MIN_ARGUMENT_BYTES = 6;
 
 const ASTERISK = 42;
 const DOLLAR = 36;
@@ -308,6 +310,11 @@ export class RequestParser {
       frame.argc = 0;
       return p;
     }
+    // Each argument takes at least 6 bytes (`$0\r\n\r\n`). A count this chunk cannot hold is
+    // parsed as a spanning request, whose offsets grow with the arguments that do arrive: sized
+    // by the count a client declares, `*1000000000` reserved 8 GB of offsets for nothing
+    // (redis-server likewise preallocates at most 1024 arguments).
+    if (count * MIN_ARGUMENT_BYTES > len - p) return INCOMPLETE;
     frame.ensureCapacity(count);
     const argStart = frame.argStart;
     const argEnd = frame.argEnd;

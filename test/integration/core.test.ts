@@ -1,4 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
 import calculateSlot from 'cluster-key-slot';
 import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -437,6 +439,32 @@ describe('slotproxy core over 3 shards (issue 3)', () => {
       const skipped = await rawExchange(proxy.port, '*0\r\n*-1\r\nPING\r\n', { until: repliesComplete(1) });
       expect(text(skipped.data)).toBe('+PONG\r\n');
       expect(skipped.isClosed).toBe(false);
+    });
+
+    it('reserves room for the arguments that arrive, not for the count a client declares', async () => {
+      const vmSizeKb = (): number => Number(/VmSize:\s+(\d+)/.exec(fs.readFileSync(`/proc/${proxy.pid}/status`, 'utf8'))![1]);
+      const before = vmSizeKb();
+      // 20 clients each announce a billion arguments and send one: 8 GB of offsets apiece before.
+      const sockets = await Promise.all(
+        Array.from({ length: 20 }, () => new Promise<net.Socket>((resolve) => {
+          const socket = net.connect(proxy.port, '127.0.0.1', () => {
+            socket.write('*1000000000\r\n$1\r\na\r\n');
+            resolve(socket);
+          });
+          socket.on('error', () => undefined);
+        })),
+      );
+      try {
+        expect(await bystander.get('bystander')).toBe('before');
+        expect(vmSizeKb() - before).toBeLessThan(1024 * 1024);
+      } finally {
+        for (const socket of sockets) socket.destroy();
+      }
+      // A request whose count does exceed its first chunk still works once its arguments come.
+      const keys = Array.from({ length: 3_000 }, (_, i) => `{many}${i}`);
+      const request = Buffer.from(`*${keys.length + 1}\r\n$3\r\nDEL\r\n${keys.map((k) => `$${k.length}\r\n${k}\r\n`).join('')}`);
+      const reply = await rawExchange(proxy.port, [request.subarray(0, 20), request.subarray(20)], { until: repliesComplete(1) });
+      expect(text(reply.data)).toBe(':0\r\n');
     });
 
     it('keeps serving other clients after closing one for a protocol error', async () => {
