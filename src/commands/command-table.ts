@@ -153,6 +153,7 @@ const OVERRIDES: Readonly<Record<string, Override>> = {
   'slowlog|len': { handling: 'broadcast', merge: 'sum' },
   'slowlog|get': { handling: 'broadcast', merge: 'newest-first' },
   'latency|reset': { handling: 'broadcast', merge: 'sum' },
+  'latency|latest': { handling: 'broadcast', merge: 'latest-per-event' },
   eval: { handling: 'script' },
   evalsha: { handling: 'script' },
   eval_ro: { handling: 'script' },

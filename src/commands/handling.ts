@@ -56,7 +56,9 @@ export type Merge =
   /** The same array everywhere; distinct items kept once (PUBSUB CHANNELS). */
   | 'distinct-union'
   /** Log entries of every shard, newest first by their timestamp, as many as asked (SLOWLOG GET). */
-  | 'newest-first';
+  | 'newest-first'
+  /** [event, time, latest ms, max ms] per event over every shard: the latest spike's time and size, the greatest max (LATENCY LATEST). */
+  | 'latest-per-event';
 
 export interface CommandSpec {
   /** Dense number of the spec, for per-command counters in arrays. */

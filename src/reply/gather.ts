@@ -10,6 +10,7 @@ import {
   mergePairSum,
   mergeSum,
   mergeUnion,
+  mergeLatestPerEvent,
   mergeNewestFirst,
 } from './reducers';
 
@@ -93,6 +94,8 @@ export class Gather implements PieceOwner {
         return mergeDistinctUnion(replies);
       case 'newest-first':
         return mergeNewestFirst(replies, this.#limit);
+      case 'latest-per-event':
+        return mergeLatestPerEvent(replies);
     }
   }
 }

@@ -203,3 +203,33 @@ export function mergeNewestFirst(replies: readonly Buffer[], limit: number): Buf
   encodeValue(entries.slice(0, limit), out);
   return Buffer.concat(out);
 }
+
+/**
+ * LATENCY LATEST: every shard's [event, unix time, latest ms, all-time max ms] rows, one row per
+ * event: the time and size of the latest spike on any shard, the greatest max. Events keep the
+ * order they are first met in.
+ */
+export function mergeLatestPerEvent(replies: readonly Buffer[]): Buffer {
+  const byEvent = new Map<string, RespValue[]>();
+  for (const frame of replies) {
+    const value = decodeReply(frame);
+    if (!Array.isArray(value)) return unexpected(frame);
+    for (const row of value as readonly RespValue[]) {
+      if (!Array.isArray(row) || !Buffer.isBuffer(row[0]) || typeof row[1] !== 'number' || typeof row[3] !== 'number') return unexpected(frame);
+      const name = row[0].toString('latin1');
+      const seen = byEvent.get(name);
+      if (seen === undefined) {
+        byEvent.set(name, [...row]);
+        continue;
+      }
+      if (row[1] > (seen[1] as number)) {
+        seen[1] = row[1];
+        seen[2] = row[2]!;
+      }
+      seen[3] = Math.max(seen[3] as number, row[3]);
+    }
+  }
+  const out: Buffer[] = [];
+  encodeValue([...byEvent.values()], out);
+  return Buffer.concat(out);
+}

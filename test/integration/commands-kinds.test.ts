@@ -501,6 +501,30 @@ describe('command kinds through slotproxy (issue 6)', () => {
     });
   });
 
+  describe('LATENCY LATEST through the proxy: every shard\'s events, one row each', () => {
+    it('gives the latest spike of an event on any shard and its greatest max', async () => {
+      const spin = "local s = redis.call('TIME') while true do local n = redis.call('TIME') if (n[1] - s[1]) * 1000000 + (n[2] - s[2]) >= tonumber(ARGV[1]) * 1000 then break end end return 1";
+      expect(await viaProxy.call('CONFIG', 'SET', 'latency-monitor-threshold', '5')).toBe('OK');
+      try {
+        expect(await viaProxy.call('LATENCY', 'RESET')).toBeGreaterThanOrEqual(0);
+        const [onFirst] = keysOnShard(0, 'latency:', 1);
+        const [onSecond] = keysOnShard(1, 'latency:', 1);
+        await viaProxy.eval(spin, 1, onFirst!, '40');
+        await viaProxy.eval(spin, 1, onSecond!, '15');
+        const rows = (await viaProxy.call('LATENCY', 'LATEST')) as [string, number, number, number][];
+        const perShard = await Promise.all(primaries.slice(0, 2).map(async (p) => ((await p.call('LATENCY', 'LATEST')) as [string, number, number, number][]).find((r) => r[0] === 'command')!));
+        const command = rows.filter((row) => row[0] === 'command');
+        expect(command).toHaveLength(1);
+        expect(command[0]![3]).toBe(Math.max(...perShard.map((r) => r[3])));
+        expect(command[0]![3]).toBeGreaterThanOrEqual(40);
+        expect(command[0]![1]).toBe(Math.max(...perShard.map((r) => r[1])));
+      } finally {
+        await viaProxy.call('CONFIG', 'SET', 'latency-monitor-threshold', '0');
+        await viaProxy.call('LATENCY', 'RESET');
+      }
+    });
+  });
+
   describe('SORT: its key and STORE\'s are the keys; BY and GET patterns as Redis Cluster allows them', () => {
     it('BY nosort, GET #, patterns in the key\'s slot; other patterns refused with Redis Cluster\'s error', async () => {
       await flushEverything();

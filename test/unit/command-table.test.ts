@@ -43,6 +43,7 @@ const MERGES = Object.keys({
   'pair-sum': true,
   'distinct-union': true,
   'newest-first': true,
+  'latest-per-event': true,
 } as const satisfies Record<Merge, true>);
 
 /** Every command and subcommand: [full name, spec, raw metadata]. */
@@ -165,6 +166,8 @@ describe('command table: decisions are coherent', () => {
       agg_sum: ['sum'],
       all_succeeded: ['all-ok', 'first'],
       agg_logical_and: ['logical-and'],
+      // Redis leaves the merge to the client; ours is per command (LATENCY LATEST).
+      special: ['latest-per-event'],
     };
     expect(expected[raw.responsePolicy!], `no merge known for ${raw.responsePolicy}`).toBeDefined();
     expect(expected[raw.responsePolicy!]).toContain(spec.merge);

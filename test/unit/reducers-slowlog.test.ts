@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { mergeNewestFirst, slowlogLimit } from '../../src/reply/reducers';
+import { mergeLatestPerEvent, mergeNewestFirst, slowlogLimit } from '../../src/reply/reducers';
 import { decodeReply } from '../../src/resp/reply-decoder';
 import { encodeValue, type RespValue } from '../../src/resp/resp-writer';
 
@@ -29,5 +29,17 @@ describe('SLOWLOG GET merged over the shards', () => {
 
   it('answers an error for a reply it cannot read, not a wrong list', () => {
     expect(mergeNewestFirst([frame(5)], 10).toString()).toMatch(/^-ERR slotproxy could not merge/);
+  });
+});
+
+describe('LATENCY LATEST merged over the shards', () => {
+  it('keeps one row per event: the latest spike\'s time and size, the greatest max', () => {
+    const s1 = frame([[Buffer.from('command'), 100, 30, 50], [Buffer.from('fork'), 90, 2, 2]]);
+    const s2 = frame([[Buffer.from('command'), 120, 10, 40]]);
+    expect(decodeReply(mergeLatestPerEvent([s1, s2]))).toEqual([
+      [Buffer.from('command'), 120, 10, 50],
+      [Buffer.from('fork'), 90, 2, 2],
+    ]);
+    expect(decodeReply(mergeLatestPerEvent([frame([]), frame([])]))).toEqual([]);
   });
 });
