@@ -126,6 +126,10 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
     return this.#topology;
   }
 
+  get failoverWaitMs(): number {
+    return this.#options.failoverWaitMs;
+  }
+
   dispatch(frame: RequestFrame, client: ClientContext): void {
     let spec = lookupCommandBytes(frame.buf, frame.argStart[0]!, frame.argEnd[0]!);
     if (spec !== undefined && spec.subcommands !== null && frame.argc >= 2) {

@@ -5,7 +5,7 @@ import type { ReplySlot } from '../reply/reply-slot';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeCommand, encodeError, NULL_ARRAY, NULL_BULK, OK, QUEUED } from '../resp/resp-writer';
 import { commandSlot, CROSS_SLOT, NO_KEYS, sortPatternDenial } from '../routing/route-planner';
-import { sameNode } from '../topology/topology';
+import { sameNode, type NodeAddress } from '../topology/topology';
 import type { ClientContext } from './client-context';
 import { ClientPins, type WatchState } from './client-pins';
 import { wrongArity } from './local-commands';
@@ -60,6 +60,16 @@ class BlockedCommand implements ReplySink {
   isWoken = false;
   /** Its connection closed on purpose (the shard failed over under it): the failure means "send it again". */
   isFailedOver = false;
+  /**
+   * Its connection was lost while the shard can fail over: it waits (until `lostUntil`) for a
+   * snapshot with a new primary to be sent again there, then fails with `lostError`.
+   */
+  lostError: Buffer | null = null;
+  #lostTimer: NodeJS.Timeout | null = null;
+  /** The address it was sent to when its connection was lost. */
+  lostFrom: NodeAddress | null = null;
+  /** Whether a lost connection may wait for a failover: the shard has a replica to promote (from SessionCommands). */
+  readonly #mayWaitForFailover: (blocked: BlockedCommand) => number;
   /** Sends it (again) once the slot is settled. */
   readonly #resend: () => void;
   /** It answered (or failed): nothing to follow any more. */
@@ -76,11 +86,18 @@ class BlockedCommand implements ReplySink {
     onFailure: () => undefined,
   };
 
-  constructor(slot: number, reply: ReplySlot, resend: () => void, onDone: (blocked: BlockedCommand) => void) {
+  constructor(
+    slot: number,
+    reply: ReplySlot,
+    resend: () => void,
+    onDone: (blocked: BlockedCommand) => void,
+    mayWaitForFailover: (blocked: BlockedCommand) => number,
+  ) {
     this.slot = slot;
     this.reply = reply;
     this.#resend = resend;
     this.#onDone = onDone;
+    this.#mayWaitForFailover = mayWaitForFailover;
   }
 
   sentTo(shardName: string, connection: BackendConnection): void {
@@ -124,8 +141,37 @@ class BlockedCommand implements ReplySink {
       this.#resend();
       return;
     }
+    // Its primary died (the connection is lost, not a reply): nothing was popped for it, so it
+    // can wait for the promoted replica, as the shared connections' requests are parked.
+    const waitMs = this.reply.isCanceled ? 0 : this.#mayWaitForFailover(this);
+    if (waitMs > 0 && this.lostError === null) {
+      this.lostError = error;
+      this.lostFrom = this.connection?.address ?? null;
+      this.#lostTimer = setTimeout(() => this.#giveUp(), waitMs);
+      return;
+    }
+    this.#giveUp(error);
+  }
+
+  /** The snapshot names another primary for its shard: sent again there. */
+  resendAfterLoss(): void {
+    if (this.#lostTimer !== null) clearTimeout(this.#lostTimer);
+    this.#lostTimer = null;
+    this.lostError = null;
+    this.lostFrom = null;
+    if (this.reply.isCanceled) {
+      this.#onDone(this);
+      return;
+    }
+    this.#resend();
+  }
+
+  #giveUp(error: Buffer | null = this.lostError): void {
+    if (this.#lostTimer !== null) clearTimeout(this.#lostTimer);
+    this.#lostTimer = null;
+    this.lostError = null;
     this.#onDone(this);
-    this.reply.onFailure(error);
+    this.reply.onFailure(error!);
   }
 }
 
@@ -152,6 +198,15 @@ export class SessionCommands {
   }
 
   /**
+   * How long a blocking command whose connection was lost waits for its shard to fail over: the
+   * shard's failoverWaitMs when it has a replica to promote, else 0 (it fails at once, as before).
+   */
+  #failoverWaitFor(blocked: BlockedCommand): number {
+    const shard = this.#shards.topology.shardNamed(blocked.shardName);
+    return shard !== undefined && shard.replicas.length > 0 ? this.#shards.failoverWaitMs : 0;
+  }
+
+  /**
    * A new snapshot: Pub/Sub subscriptions follow it, and the commands whose slot has settled in
    * it go now. Those of clients that have gone are dropped: a BLPOP sent for nobody would take
    * an element no one receives, a WATCH would open a connection no one closes.
@@ -163,6 +218,11 @@ export class SessionCommands {
       for (const session of this.#pubsubSessions) session.onTopology(topology, names);
     }
     for (const blocked of this.#blocked) {
+      if (blocked.lostError !== null) {
+        const shard = topology.shardNamed(blocked.shardName);
+        if (shard !== undefined && blocked.lostFrom !== null && !sameNode(shard.primary, blocked.lostFrom) && !shard.isFailingOver) blocked.resendAfterLoss();
+        continue;
+      }
       if (blocked.isWoken || blocked.isFailedOver || blocked.connection === null) continue;
       const where = topology.shardNamed(blocked.shardName);
       // A shard gone from the topology owned no slot for a while: nothing blocks there on ours.
@@ -304,6 +364,7 @@ export class SessionCommands {
       reply,
       () => this.#whenSettled(slot, reply, send),
       (done) => this.#blocked.delete(done),
+      (lost) => this.#failoverWaitFor(lost),
     );
     client.sendWhenFirst(reply, () => this.#whenSettled(slot, reply, send));
   }

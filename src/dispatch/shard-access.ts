@@ -8,6 +8,8 @@ import type { Topology } from '../topology/topology';
 /** What the command handlers beside the dispatcher need of it: the shards and how to reach them. */
 export interface ShardAccess {
   readonly topology: Topology;
+  /** How long requests wait for a shard's failover (parked) before they fail. */
+  readonly failoverWaitMs: number;
   /** Sends through the shared pools (failover parking, readFrom and durable writes apply). */
   send(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean): void;
   /** The client's shared connection to a shard's primary. */

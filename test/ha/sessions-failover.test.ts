@@ -80,4 +80,30 @@ describe('blocking commands and Pub/Sub across the failover of a frozen primary'
       for (const client of [worker, subscriber, lateSubscriber, producer, watcher]) client.disconnect();
     }
   }, 60_000);
+  it('a BLPOP waiting on a primary that dies (its connection lost) is sent again on the promoted replica, and gets the push made there', async () => {
+    const port = ha!.proxy.port;
+    const onShard2 = (prefix: string): string => {
+      for (let n = 0; ; n++) if (shardOfKey(`${prefix}${n}`, 3) === 2) return `${prefix}${n}`;
+    };
+    const queue = onShard2('dying-queue');
+    const [worker, producer] = [0, 1].map(() => new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 1 }));
+    try {
+      for (const client of [worker, producer]) client.on('error', () => undefined);
+      await Promise.all([worker.ping(), producer.ping()]);
+      const popped = worker.blpop(queue, 0).then(
+        (value) => ({ value }),
+        (err: Error) => ({ error: err.message }),
+      );
+      await sleep(200);
+      const promotedBefore = logEvents(ha!.proxy, 'failover promoted').length;
+      shards!.primaries[2]!.kill('SIGKILL');
+      await waitFor('failed over', () => logEvents(ha!.proxy, 'failover promoted').length > promotedBefore, 10_000);
+      await waitFor('writable again', async () => (await producer.set(`${queue}:probe`, '1').catch(() => null)) === 'OK', 10_000);
+      expect(await producer.rpush(queue, 'job-after-the-failover')).toBe(1);
+      expect(await Promise.race([popped, sleep(5_000).then(() => ({ error: 'no answer in 5 s' }))])).toEqual({ value: [queue, 'job-after-the-failover'] });
+    } finally {
+      worker.disconnect();
+      producer.disconnect();
+    }
+  }, 60_000);
 });
