@@ -9,6 +9,8 @@ import { encodeCommand } from '../helpers/proxy-harness';
  * bytes), split at random places, with protocol garbage mixed in, and leave at random; a steady
  * client beside them checks each of its writes and reads. This found `EVAL "" 200000000`
  * aborting the process (a key count the arguments cannot hold, trusted by the key lookup).
+ * Then differential: random commands on the keys of one hash tag go to the proxy and to one
+ * Redis, and the replies' bytes must be equal (a single-slot command is the shard's to answer).
  */
 
 const SECONDS = 8;
@@ -57,7 +59,7 @@ function randomArgument(random: Random): string | Buffer {
   return Buffer.from(Array.from({ length: Math.floor(random.next() * 20) }, () => Math.floor(random.next() * 256)));
 }
 
-describe('random commands and garbage from raw clients', () => {
+describe('random commands: garbage and all commands from raw clients; one hash tag against one Redis', () => {
   let deployment: Deployment | undefined;
   beforeAll(async () => {
     deployment = await startDeployment({ replicas: 0 });
@@ -161,4 +163,108 @@ describe('random commands and garbage from raw clients', () => {
     // No command reached the proxy's last-resort handler (a bug caught per client).
     expect(proxy.logs()).not.toContain('dispatch failed');
   }, 60_000);
+
+  it('answers random commands on one hash tag byte for byte as one Redis (transactions, WATCH, scripts included)', async () => {
+    const { proxy, single } = deployment!;
+    const random = new Random(7);
+    const key = (): string => `{diff}${random.pick(['a', 'b', 'c', 'l', 's', 'z', 'h', 'x'])}`;
+    const value = (): string => random.pick(['1', '2', '-3', '10', '0', 'v', 'hello', '', '3.5', 'inf', '999999999999999999999']);
+    const member = (): string => random.pick(['a', 'b', 'c', '1', '2']);
+    const either = <T,>(...choices: T[]): T => random.pick(choices);
+    const generators: (() => string[])[] = [
+      () => ['SET', key(), value(), ...either([], ['NX'], ['XX'], ['GET'], ['EX', '100'], ['KEEPTTL'], ['EX', '-1'])],
+      () => ['GET', key()], () => ['GETDEL', key()], () => ['APPEND', key(), value()], () => ['INCR', key()], () => ['INCRBYFLOAT', key(), value()],
+      () => ['GETRANGE', key(), value(), value()], () => ['SETRANGE', key(), either('0', '3', '-1'), value()], () => ['MSET', key(), value(), key(), value()],
+      () => ['MGET', key(), key(), key()], () => ['MSETNX', key(), value(), key(), value()], () => ['DEL', key(), key()], () => ['EXISTS', key(), key()],
+      () => ['TYPE', key()], () => ['RENAME', key(), key()], () => ['COPY', key(), key(), ...either([], ['REPLACE'])],
+      () => ['LPUSH', key(), member(), member()], () => ['LPOP', key(), ...either([], ['2'], ['0'], ['-1'])], () => ['LRANGE', key(), value(), value()],
+      () => ['LSET', key(), value(), member()], () => ['LREM', key(), value(), member()], () => ['LMOVE', key(), key(), either('LEFT', 'RIGHT'), either('LEFT', 'RIGHT')],
+      () => ['LMPOP', '2', key(), key(), either('LEFT', 'RIGHT'), ...either([], ['COUNT', '2'])], () => ['LPOS', key(), member(), ...either([], ['RANK', '-1'])],
+      () => ['SADD', key(), member(), member()], () => ['SMEMBERS', key()], () => ['SINTER', key(), key()], () => ['SUNIONSTORE', key(), key(), key()],
+      () => ['SINTERCARD', '2', key(), key()], () => ['SMOVE', key(), key(), member()],
+      () => ['ZADD', key(), ...either([], ['NX'], ['GT'], ['CH'], ['INCR']), value(), member()], () => ['ZRANGE', key(), '0', '-1', ...either([], ['WITHSCORES'], ['REV'])],
+      () => ['ZUNIONSTORE', key(), '2', key(), key(), ...either([], ['WEIGHTS', '2', '3'], ['AGGREGATE', 'MAX'])], () => ['ZMPOP', '2', key(), key(), 'MIN'],
+      () => ['HSET', key(), member(), value()], () => ['HGETALL', key()], () => ['HINCRBY', key(), member(), value()], () => ['HMGET', key(), member(), member()],
+      () => ['EXPIRE', key(), either('100', '-1', '0', 'x'), ...either([], ['NX'], ['GT'])], () => ['TTL', key()], () => ['PERSIST', key()],
+      () => ['SORT', key(), ...either([], ['ALPHA'], ['BY', 'nosort'], ['LIMIT', '0', '2'], ['STORE', key()])],
+      () => ['PFADD', key(), member()], () => ['PFCOUNT', key(), key()], () => ['BITOP', either('AND', 'OR', 'XOR'), key(), key(), key()], () => ['SETBIT', key(), either('0', '7'), '1'],
+      () => ['EVAL', either('return redis.call("GET", KEYS[1])', 'return redis.call("INCR", KEYS[1])', 'return {KEYS[1], ARGV[1]}'), '1', key(), value()],
+      () => ['XADD', key(), either('1-1', '2-1', '5-0', '0-1'), member(), value()], () => ['XRANGE', key(), '-', '+'], () => ['XTRIM', key(), 'MAXLEN', '1'],
+      () => ['MULTI'], () => ['EXEC'], () => ['DISCARD'], () => ['WATCH', key()], () => ['UNWATCH'], () => ['LCS', key(), key()], () => ['DUMP', key()],
+    ];
+    const [viaProxy, reference] = await Promise.all([RawClient.open(proxy.port), RawClient.open(single.redis.port)]);
+    try {
+      const differences: string[] = [];
+      for (let i = 0; i < 3_000; i++) {
+        const args = random.pick(generators)();
+        const [got, want] = [await viaProxy.send(args), await reference.send(args)];
+        if (got !== want && differences.length < 5) differences.push(`${args.join(' ')}: proxy ${JSON.stringify(got)}, redis ${JSON.stringify(want)}`);
+      }
+      expect(differences).toEqual([]);
+    } finally {
+      viaProxy.close();
+      reference.close();
+    }
+  }, 60_000);
 });
+
+/** One raw connection, one command at a time: the reply's bytes as latin1 text. */
+class RawClient {
+  readonly #socket: net.Socket;
+  #buffer = Buffer.alloc(0);
+  #waiter: (() => void) | null = null;
+
+  private constructor(socket: net.Socket) {
+    this.#socket = socket;
+    socket.on('data', (chunk: Buffer) => {
+      this.#buffer = Buffer.concat([this.#buffer, chunk]);
+      this.#waiter?.();
+    });
+  }
+
+  static open(port: number): Promise<RawClient> {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect(port, '127.0.0.1', () => resolve(new RawClient(socket)));
+      socket.once('error', reject);
+    });
+  }
+
+  send(args: readonly string[]): Promise<string> {
+    this.#socket.write(encodeCommand(args));
+    return new Promise((resolve) => {
+      const take = (): void => {
+        const end = replyEnd(this.#buffer, 0);
+        if (end === null) {
+          this.#waiter = take;
+          return;
+        }
+        this.#waiter = null;
+        const reply = this.#buffer.toString('latin1', 0, end);
+        this.#buffer = this.#buffer.subarray(end);
+        resolve(reply);
+      };
+      take();
+    });
+  }
+
+  close(): void {
+    this.#socket.destroy();
+  }
+}
+
+/** Where the RESP2 reply starting at `at` ends, or null when it is not all there yet. */
+function replyEnd(buf: Buffer, at: number): number | null {
+  if (at >= buf.length) return null;
+  const lineEnd = buf.indexOf('\r\n', at);
+  if (lineEnd < 0) return null;
+  const type = buf[at];
+  if (type === 43 || type === 45 || type === 58) return lineEnd + 2;
+  const count = Number(buf.toString('latin1', at + 1, lineEnd));
+  if (type === 36) {
+    if (count < 0) return lineEnd + 2;
+    return buf.length >= lineEnd + 2 + count + 2 ? lineEnd + 2 + count + 2 : null;
+  }
+  let p: number | null = lineEnd + 2;
+  for (let i = 0; i < count && p !== null; i++) p = replyEnd(buf, p);
+  return p;
+}
