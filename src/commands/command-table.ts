@@ -86,7 +86,7 @@ const OVERRIDES: Readonly<Record<string, Override>> = {
   debug: refused(CONTROL),
   move: refused('moves keys between databases; the proxy serves database 0 only'),
   swapdb: refused('swaps databases; the proxy serves database 0 only'),
-  monitor: refused('would stream one shard only'),
+  monitor: { handling: 'local' },
   'config|rewrite': refused(CONTROL),
   'client|kill': { handling: 'local' },
   'client|pause': refused(CONTROL),

@@ -25,6 +25,7 @@ import type { Topology } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
 import type { ClientContext } from './client-context';
 import { LocalCommands, notAllowed, wrongArity, type ProxyIdentity } from './local-commands';
+import { MonitorFeed } from './monitor-feed';
 import { ParkedRequests, type ParkedRequest } from './parked-requests';
 
 /** The settings the dispatcher acts on (a subset of ProxyConfig). */
@@ -90,6 +91,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
   readonly #identity: ProxyIdentity;
   /** Every connected client of this process (the listener keeps it), for CLIENT LIST and KILL. */
   readonly clients = new Set<ClientContext>();
+  /** Clients in MONITOR mode, fed every command. */
+  readonly #monitors = new MonitorFeed();
   readonly #startedAt = Date.now();
   /** Commands answered, sampled each second for INFO's instantaneous_ops_per_sec. */
   #opsSample = { at: Date.now(), total: 0, perSecond: 0 };
@@ -100,7 +103,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
     this.#identity = identity;
     this.#session = new SessionCommands(this);
     this.#options = options;
-    this.#local = new LocalCommands(identity, this.clients);
+    this.#local = new LocalCommands(identity, this.clients, this.#monitors);
     this.#topology = store.current;
     this.#shards = pools.update(store.current);
     this.#parked = new ParkedRequests((expired) => this.#failExpired(expired));
@@ -149,6 +152,26 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
       return;
     }
     client.lastCommandId = spec.id;
+    if (this.#monitors.size > 0) {
+      const isShown = !isHiddenFromMonitors(spec.name);
+      if (this.#monitors.has(client)) {
+        // As redis-server answers a monitor's own commands: the connection is a replica's now.
+        if (spec.handling !== 'local') {
+          client.reply(MONITOR_KEYSPACE_REFUSED, spec);
+          return;
+        }
+        // Its own command's line after its reply, as redis-server feeds monitors after the call.
+        this.#carryOut(frame, spec, client);
+        if (isShown) this.#monitors.feed(frame, client);
+        return;
+      }
+      if (isShown) this.#monitors.feed(frame, client);
+    }
+    this.#carryOut(frame, spec, client);
+  }
+
+  /** The command, known and past the checks that apply to every client, by its handling. */
+  #carryOut(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
     // A command with subcommands named alone: COMMAND (arity -1) is valid and keeps its own
     // handling; for the others Redis answers an arity error.
     if (spec.subcommands !== null && spec.arity !== -1) {
@@ -212,6 +235,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
 
   /** A client closed: its own backend connections (blocking, WATCH, Pub/Sub) close too. */
   release(client: ClientContext): void {
+    this.#monitors.delete(client);
     client.pins?.close();
     client.pins = null;
   }
@@ -541,6 +565,14 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
     this.#pools.close();
   }
 }
+
+/** Administrative commands, which redis-server does not show its monitors (CONFIG SET could carry a password). */
+const HIDDEN_FROM_MONITORS = /^(monitor|debug|shutdown|sync|psync|replconf|replicaof|slaveof|failover|save|bgsave|bgrewriteaof|pfdebug|pfselftest|config\||acl\||slowlog\||latency\||module\||client\|(kill|list|pause|unpause|no-evict|no-touch)$)/;
+
+function isHiddenFromMonitors(name: string): boolean {
+  return HIDDEN_FROM_MONITORS.test(name);
+}
+const MONITOR_KEYSPACE_REFUSED = encodeError("ERR Replica can't interact with the keyspace");
 
 /** A shard whose oldest reply is this overdue is passed over by keyless commands any shard can answer. */
 const ANY_SHARD_STALL_SECONDS = 0.5;

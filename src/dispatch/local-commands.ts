@@ -4,6 +4,7 @@ import { encodeBulk, encodeError, encodeInteger, encodeValue, NULL_BULK, OK, PON
 import { calculateSlot } from '../routing/key-slot';
 import { clientInfo, clientKill, clientList } from './client-admin';
 import type { ClientContext } from './client-context';
+import type { MonitorFeed } from './monitor-feed';
 
 /** Who the proxy says it is. */
 export interface ProxyIdentity {
@@ -41,10 +42,12 @@ const b = (text: string | number): Buffer => Buffer.from(String(text));
 export class LocalCommands {
   readonly #identity: ProxyIdentity;
   readonly #clients: ReadonlySet<ClientContext>;
+  readonly #monitors: MonitorFeed;
 
-  constructor(identity: ProxyIdentity, clients: ReadonlySet<ClientContext>) {
+  constructor(identity: ProxyIdentity, clients: ReadonlySet<ClientContext>, monitors: MonitorFeed) {
     this.#identity = identity;
     this.#clients = clients;
+    this.#monitors = monitors;
   }
 
   handle(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
@@ -64,7 +67,12 @@ export class LocalCommands {
         return OK;
       case 'reset':
         client.name = '';
+        this.#monitors.delete(client);
         return RESET;
+      case 'monitor':
+        if (argc !== 1) return wrongArity('monitor');
+        this.#monitors.add(client);
+        return OK;
       case 'readonly':
       case 'readwrite':
       case 'asking':

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import * as net from 'node:net';
 import type Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lookupCommand } from '../../src/commands/command-table';
@@ -389,6 +390,53 @@ describe('command kinds through slotproxy (issue 6)', () => {
       }
     });
 
+    it('MONITOR streams every command the proxy\'s clients send, in redis-server\'s format and order', async () => {
+      /** A monitor and a client on `port`; the stream with times and addresses masked. */
+      const stream = async (port: number): Promise<string> => {
+        const clientCommands = Buffer.concat([
+          Buffer.from('SET "a b" "x\\ny"\r\n'),
+          Buffer.from('*2\r\n$4\r\nECHO\r\n$3\r\n\x01\xff"\r\n', 'latin1'),
+          Buffer.from('*3\r\n$4\r\nMGET\r\n$1\r\na\r\n$1\r\nb\r\n'),
+          Buffer.from('EVAL "return 1" 0\r\nCONFIG GET maxmemory\r\n'),
+        ]);
+        const [monitor, client] = await Promise.all([port, port].map((p) => new Promise<net.Socket>((resolve) => {
+          const socket = net.connect(p, '127.0.0.1', () => resolve(socket));
+        })));
+        const seen: Buffer[] = [];
+        monitor!.on('data', (chunk: Buffer) => seen.push(chunk));
+        monitor!.write('MONITOR\r\n');
+        await sleep(100);
+        // Its own commands: PING is answered (then shown), keyspace commands refused.
+        monitor!.write('PING\r\nGET x\r\n');
+        await sleep(100);
+        client!.write(clientCommands);
+        await sleep(300);
+        // Only the lines of these two connections: other clients of the deployment may come and go.
+        const ours = new Set([monitor!.localPort, client!.localPort].map((p) => `127.0.0.1:${p}`));
+        monitor!.destroy();
+        client!.destroy();
+        return Buffer.concat(seen)
+          .toString('latin1')
+          .split('\r\n')
+          .filter((line) => !/^\+\d+\.\d{6} \[0 /.test(line) || ours.has(/\[0 (\S+)\]/.exec(line)![1]!))
+          .join('\r\n')
+          .replace(/\+\d+\.\d{6} \[0 127\.0\.0\.1:\d+\]/g, '+TIME [0 ADDR]');
+      };
+      const [viaTheProxy, fromRedis] = [await stream(proxy.port), await stream(single.redis.port)];
+      expect(viaTheProxy).toBe(fromRedis);
+      // Bytes Redis would not print are escaped as it escapes them.
+      expect(viaTheProxy).toContain('+TIME [0 ADDR] "ECHO" "\\x01\\xff\\""');
+      expect(viaTheProxy).not.toContain('CONFIG');
+      // ioredis's monitor mode reads it too.
+      const watcher = await connect(proxy).monitor();
+      const lines: string[][] = [];
+      watcher.on('monitor', (_time: string, args: string[]) => lines.push(args));
+      await viaProxy.set('monitored', '1');
+      await sleep(100);
+      watcher.disconnect();
+      expect(lines).toContainEqual(['set', 'monitored', '1']);
+    });
+
     it('HELLO 2 answers the handshake map; HELLO 3 is refused with NOPROTO so clients stay on RESP2', async () => {
       const { replies } = await rawCommands(proxy.port, [['HELLO', '2', 'SETNAME', 'hello-client'], ['CLIENT', 'GETNAME'], ['HELLO', '3'], ['HELLO', 'x'], ['HELLO']]);
       const [hello2, name, hello3, helloX, hello] = replies;
@@ -414,7 +462,7 @@ describe('command kinds through slotproxy (issue 6)', () => {
       ['move', ['MOVE', 'k', '1']],
       ['swapdb', ['SWAPDB', '0', '1']],
       ['failover', ['FAILOVER']],
-      ['monitor', ['MONITOR']],
+      ['bgsave', ['BGSAVE']],
       ['debug', ['DEBUG', 'SET-ACTIVE-EXPIRE', '0']],
       ['config|rewrite', ['CONFIG', 'REWRITE']],
       ['client|pause', ['CLIENT', 'PAUSE', '10']],
