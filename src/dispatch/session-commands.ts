@@ -61,14 +61,14 @@ class BlockedCommand implements ReplySink {
   /** Its connection closed on purpose (the shard failed over under it): the failure means "send it again". */
   isFailedOver = false;
   /**
-   * Its connection was lost while the shard can fail over: it waits (until `lostUntil`) for a
-   * snapshot with a new primary to be sent again there, then fails with `lostError`.
+   * Its connection was lost while the shard can fail over: it waits (up to failoverWaitMs) for a
+   * snapshot with a new primary, to be sent again there; else it fails with `lostError`.
    */
   lostError: Buffer | null = null;
   #lostTimer: NodeJS.Timeout | null = null;
   /** The address it was sent to when its connection was lost. */
   lostFrom: NodeAddress | null = null;
-  /** Whether a lost connection may wait for a failover: the shard has a replica to promote (from SessionCommands). */
+  /** How long a lost connection may wait for a failover, in ms (0: not at all; from SessionCommands). */
   readonly #mayWaitForFailover: (blocked: BlockedCommand) => number;
   /** Sends it (again) once the slot is settled. */
   readonly #resend: () => void;
@@ -141,13 +141,15 @@ class BlockedCommand implements ReplySink {
       this.#resend();
       return;
     }
-    // Its primary died (the connection is lost, not a reply): nothing was popped for it, so it
-    // can wait for the promoted replica, as the shared connections' requests are parked.
+    // Its primary died (the connection is lost, not a reply): it waits for the promoted replica,
+    // as the shared connections' requests are parked. A pop answered just before the death and
+    // lost with the connection is lost whichever way this goes.
     const waitMs = this.reply.isCanceled ? 0 : this.#mayWaitForFailover(this);
     if (waitMs > 0 && this.lostError === null) {
       this.lostError = error;
       this.lostFrom = this.connection?.address ?? null;
       this.#lostTimer = setTimeout(() => this.#giveUp(), waitMs);
+      this.#lostTimer.unref();
       return;
     }
     this.#giveUp(error);
