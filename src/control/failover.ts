@@ -2,7 +2,7 @@ import { log as defaultLog, type Logger } from '../log/logger';
 import { demotionsTotal, failoverDurationSeconds, failoversTotal, nodeFailuresTotal, nodeRole, nodeUp, replicaRepointsTotal } from '../metrics/metrics';
 import { nodeKey, sameNode, Topology, type NodeAddress, type ShardInfo } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
-import type { NodeReport, NodeState } from './health-checker';
+import { probeIntervalFor, type NodeReport, type NodeState } from './health-checker';
 
 /**
  * What failover needs of the health checker: the last report of a node, a fresh one, and a
@@ -251,7 +251,7 @@ export class Failover {
    */
   async #freshReports(shard: ShardInfo, real: NodeAddress): Promise<[NodeReport, NodeReport | undefined] | null> {
     const last = this.#refreshedAt.get(shard.name) ?? 0;
-    if (Date.now() - last < this.#options.nodeTimeoutMs / 5) {
+    if (Date.now() - last < probeIntervalFor(this.#options.nodeTimeoutMs)) {
       const primary = this.#nodes.report(shard.primary);
       const realReport = this.#nodes.report(real);
       // Older than a REPLICAOF the proxy sent it since: stale until the next probe.
