@@ -1,6 +1,6 @@
 import type { CommandSpec } from '../commands/handling';
 import type { RequestFrame } from '../resp/request-parser';
-import { encodeBulk, encodeError, encodeInteger, encodeValue, NULL_BULK, OK, PONG, type RespValue } from '../resp/resp-writer';
+import { encodeBulk, encodeError, encodeInteger, encodeReply, NULL_BULK, OK, PONG } from '../resp/resp-writer';
 import { calculateSlot } from '../routing/key-slot';
 import { clientInfo, clientKill, clientList } from './client-admin';
 import type { ClientContext } from './client-context';
@@ -27,11 +27,6 @@ export function notAllowed(name: string, why: string): Buffer {
   return encodeError(`ERR command '${name}' is not allowed through slotproxy${why ? ` (${why})` : ''}`);
 }
 
-function encode(value: RespValue): Buffer {
-  const out: Buffer[] = [];
-  encodeValue(value, out);
-  return Buffer.concat(out);
-}
 
 const b = (text: string | number): Buffer => Buffer.from(String(text));
 
@@ -133,9 +128,9 @@ export class LocalCommands {
       case 'cluster|info':
         return encodeBulk(this.#clusterInfo());
       case 'cluster|slots':
-        return encode([[0, 16383, [b(client.localHost), client.localPort, b(this.#identity.nodeId), []]]]);
+        return encodeReply([[0, 16383, [b(client.localHost), client.localPort, b(this.#identity.nodeId), []]]]);
       case 'cluster|shards':
-        return encode([
+        return encodeReply([
           [
             b('slots'),
             [0, 16383],
@@ -190,7 +185,7 @@ export class LocalCommands {
       }
     }
     if (name !== null) client.name = name;
-    return encode([
+    return encodeReply([
       b('server'), b('redis'),
       b('version'), b(this.#identity.version),
       b('proto'), 2,

@@ -2,7 +2,7 @@ import type { BackendConnection } from '../backend/backend-connection';
 import type { ReplySink } from '../backend/reply-sink';
 import { PieceSink, type PieceOwner } from '../reply/gather';
 import { decodeReply } from '../resp/reply-decoder';
-import { encodeCommand, encodeError, encodeValue, NULL_BULK, type RespValue } from '../resp/resp-writer';
+import { encodeCommand, encodeError, encodeReply, NULL_BULK, type RespValue } from '../resp/resp-writer';
 
 /**
  * Reply sinks for the commands whose reply the proxy must look at before the client sees it.
@@ -46,9 +46,7 @@ export class ScanSink implements ReplySink {
     let virtual: bigint;
     if (next !== 0n) virtual = (next << SCAN_SHARD_BITS) | BigInt(this.#shard);
     else virtual = this.#shard + 1 < this.#shardCount ? BigInt(this.#shard + 1) : 0n;
-    const out: Buffer[] = [];
-    encodeValue([Buffer.from(virtual.toString()), value[1] as RespValue], out);
-    this.#target.onReply(Buffer.concat(out));
+    this.#target.onReply(encodeReply([Buffer.from(virtual.toString()), value[1] as RespValue]));
   }
 
   onFailure(error: Buffer): void {

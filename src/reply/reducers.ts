@@ -1,6 +1,6 @@
 import { decodeReply } from '../resp/reply-decoder';
 import { copyRange } from '../resp/byte-copy';
-import { arrayHeaderLength, encodeArrayHeader, encodeInteger, encodeValue, OK, writeArrayHeader, type RespValue } from '../resp/resp-writer';
+import { arrayHeaderLength, encodeArrayHeader, encodeInteger, encodeReply, encodeValue, OK, writeArrayHeader, type RespValue } from '../resp/resp-writer';
 
 /**
  * Pure merges of the pieces of a split or broadcast command into the reply one Redis would give.
@@ -134,9 +134,7 @@ export function mergeLogicalAnd(replies: readonly Buffer[]): Buffer {
     if (result === null) result = flags.map((f) => (f === 1 ? 1 : 0));
     else for (let i = 0; i < result.length; i++) result[i] = result[i]! & (flags[i] === 1 ? 1 : 0);
   }
-  const out: Buffer[] = [];
-  encodeValue(result ?? [], out);
-  return Buffer.concat(out);
+  return encodeReply(result ?? []);
 }
 
 /** PUBSUB NUMSUB: [name, count, ...] from every shard, counts added per name, order kept. */
@@ -153,9 +151,7 @@ export function mergePairSum(replies: readonly Buffer[]): Buffer {
     }
     for (let i = 1; i < pairs.length; i += 2) counts[(i - 1) / 2]! += Number(pairs[i]);
   }
-  const out: Buffer[] = [];
-  encodeValue((names ?? []).flatMap((name, i) => [name, counts[i]!]), out);
-  return Buffer.concat(out);
+  return encodeReply((names ?? []).flatMap((name, i) => [name, counts[i]!]));
 }
 
 /** PUBSUB CHANNELS: the union of every shard's list, each name once. */
@@ -166,9 +162,7 @@ export function mergeDistinctUnion(replies: readonly Buffer[]): Buffer {
     if (!Array.isArray(value)) return unexpected(frame);
     for (const item of value as readonly RespValue[]) seen.set(Buffer.isBuffer(item) ? item.toString('latin1') : String(item), item);
   }
-  const out: Buffer[] = [];
-  encodeValue([...seen.values()], out);
-  return Buffer.concat(out);
+  return encodeReply([...seen.values()]);
 }
 
 /** SLOWLOG GET's default count. */
@@ -199,9 +193,7 @@ export function mergeNewestFirst(replies: readonly Buffer[], limit: number): Buf
     }
   }
   entries.sort((a, b) => (b[1] as number) - (a[1] as number) || (b[0] as number) - (a[0] as number));
-  const out: Buffer[] = [];
-  encodeValue(entries.slice(0, limit), out);
-  return Buffer.concat(out);
+  return encodeReply(entries.slice(0, limit));
 }
 
 /**
@@ -229,7 +221,5 @@ export function mergeLatestPerEvent(replies: readonly Buffer[]): Buffer {
       seen[3] = Math.max(seen[3] as number, row[3]);
     }
   }
-  const out: Buffer[] = [];
-  encodeValue([...byEvent.values()], out);
-  return Buffer.concat(out);
+  return encodeReply([...byEvent.values()]);
 }

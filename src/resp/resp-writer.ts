@@ -72,6 +72,13 @@ export function encodeValue(value: RespValue, out: Buffer[]): void {
   }
 }
 
+/** A decoded value as one RESP2 reply buffer. */
+export function encodeReply(value: RespValue): Buffer {
+  const out: Buffer[] = [];
+  encodeValue(value, out);
+  return Buffer.concat(out);
+}
+
 /** A command as a RESP multibulk request, for requests the proxy makes itself. */
 export function encodeCommand(args: readonly (Buffer | string)[]): Buffer {
   const out: Buffer[] = [encodeArrayHeader(args.length)];
