@@ -17,7 +17,7 @@ import { slowlogLimit } from '../reply/reducers';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeBulk, encodeError } from '../resp/resp-writer';
 import { fragment } from '../routing/fragmenter';
-import { commandKeys, commandSlot, CROSS_SLOT, NO_KEYS, sortPatternDenial } from '../routing/route-planner';
+import { commandKeys, commandSlot, CROSS_SLOT, NO_KEYS, movableKeysRefusal } from '../routing/route-planner';
 import type { BackendConnection } from '../backend/backend-connection';
 import type { NodeAddress } from '../topology/topology';
 import { MigratingRouter, type ShardConnections } from './migrating-router';
@@ -387,10 +387,10 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
 
   /** Every key in one slot: the original bytes go to the owner's primary untouched. */
   #single(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
-    if (spec.hasMovableKeys && (spec.name === 'sort' || spec.name === 'sort_ro')) {
-      const denied = sortPatternDenial(frame);
-      if (denied !== null) {
-        client.reply(denied, spec);
+    if (spec.hasMovableKeys) {
+      const refusal = movableKeysRefusal(frame, spec);
+      if (refusal !== null) {
+        client.reply(refusal, spec);
         return;
       }
     }

@@ -4,7 +4,7 @@ import type { CommandSpec } from '../commands/handling';
 import type { ReplySlot } from '../reply/reply-slot';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeCommand, encodeError, NULL_ARRAY, NULL_BULK, OK, QUEUED } from '../resp/resp-writer';
-import { commandSlot, CROSS_SLOT, NO_KEYS, sortPatternDenial } from '../routing/route-planner';
+import { commandSlot, CROSS_SLOT, NO_KEYS, movableKeysRefusal } from '../routing/route-planner';
 import { sameNode, type NodeAddress } from '../topology/topology';
 import type { ClientContext } from './client-context';
 import { ClientPins, type WatchState } from './client-pins';
@@ -404,8 +404,8 @@ export class SessionCommands {
       return reject(encodeError(`ERR command '${spec.name}' cannot be queued in a transaction through slotproxy`));
     }
     if (spec.name === 'watch') return reject(encodeError('ERR WATCH inside MULTI is not allowed'));
-    const sortDenial = spec.name === 'sort' || spec.name === 'sort_ro' ? sortPatternDenial(frame) : null;
-    if (sortDenial !== null) return reject(sortDenial);
+    const refusal = spec.hasMovableKeys ? movableKeysRefusal(frame, spec) : null;
+    if (refusal !== null) return reject(refusal);
     const slot = commandSlot(frame, spec);
     if (slot === CROSS_SLOT || (slot !== NO_KEYS && transaction.slot !== NO_KEYS && slot !== transaction.slot)) {
       return reject(CROSSSLOT);

@@ -91,47 +91,57 @@ export function commandKeys(frame: RequestFrame, spec: CommandSpec): Buffer[] {
   return keys;
 }
 
+/** Where SORT's options put their arguments: STORE's destination, BY's and GET's patterns (frame indexes). */
+interface SortArguments {
+  readonly store: number | null;
+  readonly by: readonly number[];
+  readonly get: readonly number[];
+}
+
+function sortArguments(frame: RequestFrame): SortArguments {
+  let store: number | null = null;
+  const by: number[] = [];
+  const get: number[] = [];
+  for (let i = 2; i < frame.argc - 1; i++) {
+    const option = frame.argString(i).toLowerCase();
+    if (option === 'store') store = ++i;
+    else if (option === 'by') by.push(++i);
+    else if (option === 'get') get.push(++i);
+    else if (option === 'limit') i += 2;
+  }
+  return { store, by, get };
+}
+
 /**
  * SORT / SORT_RO: the sorted key and STORE's destination, as Redis counts them. BY and GET take
  * patterns, not keys (`@ioredis/commands` takes them for keys, so `SORT list BY nosort` looked
- * cross-slot); whether a pattern may be used is sortPatternDenial's to say.
+ * cross-slot); whether a pattern may be used is movableKeysRefusal's to say.
  */
 function sortKeyIndexes(frame: RequestFrame): number[] {
-  const indexes = [1];
-  for (let i = 2; i < frame.argc - 1; i++) {
-    const option = frame.argString(i).toLowerCase();
-    if (option === 'store') indexes.push(++i);
-    else if (option === 'by' || option === 'get') i++;
-    else if (option === 'limit') i += 2;
-  }
-  return indexes.filter((i) => i < frame.argc);
+  const { store } = sortArguments(frame);
+  return store === null ? [1] : [1, store];
 }
 
 const SORT_BY_DENIED = encodeError('ERR BY option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.');
 const SORT_GET_DENIED = encodeError('ERR GET option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.');
 
 /**
- * Redis Cluster's rule for SORT's patterns (7.4): a BY pattern with `*` or a GET pattern other
- * than `#` names keys the shard reads on its own, so their slot must be the sorted key's (a
- * hash tag); otherwise the shard would answer from the keys it happens to hold. Null when
- * allowed.
+ * The error Redis Cluster answers a command with movable keys before it runs, or null. Only
+ * SORT has one (7.4's rule for its patterns): a BY pattern with `*` or a GET pattern other than
+ * `#` names keys the shard reads on its own, so their slot must be the sorted key's (a hash
+ * tag); otherwise the shard would answer from the keys it happens to hold.
  */
-export function sortPatternDenial(frame: RequestFrame): Buffer | null {
-  if (frame.argc < 2) return null;
+export function movableKeysRefusal(frame: RequestFrame, spec: CommandSpec): Buffer | null {
+  if ((spec.name !== 'sort' && spec.name !== 'sort_ro') || frame.argc < 2) return null;
   const slot = argSlot(frame, 1);
-  for (let i = 2; i < frame.argc - 1; i++) {
-    const option = frame.argString(i).toLowerCase();
-    if (option === 'by') {
-      const pattern = frame.arg(++i);
-      if (pattern.includes(0x2a) && patternHashSlot(pattern) !== slot) return SORT_BY_DENIED;
-    } else if (option === 'get') {
-      const pattern = frame.arg(++i);
-      if (!(pattern.length === 1 && pattern[0] === 0x23) && patternHashSlot(pattern) !== slot) return SORT_GET_DENIED;
-    } else if (option === 'limit') {
-      i += 2;
-    } else if (option === 'store') {
-      i++;
-    }
+  const { by, get } = sortArguments(frame);
+  for (const i of by) {
+    const pattern = frame.arg(i);
+    if (pattern.includes(0x2a) && patternHashSlot(pattern) !== slot) return SORT_BY_DENIED;
+  }
+  for (const i of get) {
+    const pattern = frame.arg(i);
+    if (!(pattern.length === 1 && pattern[0] === 0x23) && patternHashSlot(pattern) !== slot) return SORT_GET_DENIED;
   }
   return null;
 }
