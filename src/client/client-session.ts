@@ -44,8 +44,9 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   readonly remoteAddress: string;
   readonly localHost: string;
   readonly localPort: number;
+  readonly localAddress: string;
   readonly connectedAt = Date.now();
-  lastActiveAt = this.connectedAt;
+  lastActiveAt = performance.now() / 1000;
   lastCommandId = -1;
   isFlushScheduled = false;
   pins: ClientPins | null = null;
@@ -84,6 +85,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     this.remoteAddress = formatHostPort(socket.remoteAddress ?? '?', socket.remotePort ?? 0);
     this.localHost = socket.localAddress ?? '127.0.0.1';
     this.localPort = socket.localPort ?? 0;
+    this.localAddress = formatHostPort(this.localHost, this.localPort);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => this.#maybeResume());
@@ -170,8 +172,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   }
 
   #onData(chunk: Buffer): void {
-    tick();
-    this.lastActiveAt = Date.now();
+    this.lastActiveAt = tick();
     this.#stats.clients.bytesIn += chunk.length;
     this.#requestsThisRead = 0;
     this.#parse(chunk);

@@ -12,8 +12,8 @@ import type { ClientContext } from './client-context';
 /** One `CLIENT LIST` line (without its newline). */
 export function clientLine(client: ClientContext, now: number): string {
   const age = Math.floor((now - client.connectedAt) / 1000);
-  const idle = Math.floor((now - client.lastActiveAt) / 1000);
-  const laddr = localAddress(client);
+  const idle = Math.floor(performance.now() / 1000 - client.lastActiveAt);
+  const laddr = client.localAddress;
   const pins = client.pins;
   const subscriptions = pins?.pubsub?.counts() ?? { channels: 0, patterns: 0, shardChannels: 0 };
   const transaction = pins?.transaction ?? null;
@@ -27,10 +27,6 @@ export function clientLine(client: ClientContext, now: number): string {
     `multi=${transaction === null ? -1 : transaction.count} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 ` +
     `tot-mem=0 events=r cmd=${cmd} user=default redir=-1 resp=2 lib-name=${client.libName} lib-ver=${client.libVersion}`
   );
-}
-
-function localAddress(client: ClientContext): string {
-  return client.localHost.includes(':') ? `[${client.localHost}]:${client.localPort}` : `${client.localHost}:${client.localPort}`;
 }
 
 export function clientInfo(client: ClientContext): Buffer {
@@ -155,7 +151,7 @@ export function clientKill(frame: RequestFrame, clients: Iterable<ClientContext>
     if (filter.skipMe && client === self) return false;
     if (filter.id !== undefined && client.id !== filter.id) return false;
     if (filter.addr !== undefined && client.remoteAddress !== filter.addr) return false;
-    if (filter.laddr !== undefined && localAddress(client) !== filter.laddr) return false;
+    if (filter.laddr !== undefined && client.localAddress !== filter.laddr) return false;
     if (filter.type !== undefined && !isOfType(client, filter.type)) return false;
     if (filter.maxAgeSeconds !== undefined && (now - client.connectedAt) / 1000 < filter.maxAgeSeconds) return false;
     return true;

@@ -16,9 +16,11 @@ export interface ClientContext {
   /** The proxy address the client connected to (what cluster clients are told to use). */
   readonly localHost: string;
   readonly localPort: number;
+  /** `host:port` of that address (`[ipv6]:port`), as CLIENT LIST's laddr. */
+  readonly localAddress: string;
   /** Milliseconds since the epoch when the client connected. */
   readonly connectedAt: number;
-  /** Milliseconds since the epoch when the client last sent something (CLIENT LIST's idle). */
+  /** When the client last sent something (turn clock: monotonic seconds; CLIENT LIST's idle). */
   readonly lastActiveAt: number;
   /** Command table id of the client's last command, -1 before any (CLIENT LIST's cmd). */
   lastCommandId: number;
