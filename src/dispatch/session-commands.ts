@@ -5,7 +5,7 @@ import type { ReplySlot } from '../reply/reply-slot';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeCommand, encodeError, NULL_ARRAY, NULL_BULK, OK, QUEUED } from '../resp/resp-writer';
 import { commandSlot, CROSS_SLOT, NO_KEYS, movableKeysRefusal } from '../routing/route-planner';
-import { sameNode, type NodeAddress } from '../topology/topology';
+import { sameNode } from '../topology/topology';
 import type { ClientContext } from './client-context';
 import { ClientPins, type WatchState } from './client-pins';
 import { wrongArity } from './local-commands';
@@ -66,8 +66,6 @@ class BlockedCommand implements ReplySink {
    */
   lostError: Buffer | null = null;
   #lostTimer: NodeJS.Timeout | null = null;
-  /** The address it was sent to when its connection was lost. */
-  lostFrom: NodeAddress | null = null;
   /** How long a lost connection may wait for a failover, in ms (0: not at all; from SessionCommands). */
   readonly #mayWaitForFailover: (blocked: BlockedCommand) => number;
   /** Sends it (again) once the slot is settled. */
@@ -147,7 +145,6 @@ class BlockedCommand implements ReplySink {
     const waitMs = this.reply.isCanceled ? 0 : this.#mayWaitForFailover(this);
     if (waitMs > 0 && this.lostError === null) {
       this.lostError = error;
-      this.lostFrom = this.connection?.address ?? null;
       this.#lostTimer = setTimeout(() => this.#giveUp(), waitMs);
       this.#lostTimer.unref();
       return;
@@ -160,7 +157,6 @@ class BlockedCommand implements ReplySink {
     if (this.#lostTimer !== null) clearTimeout(this.#lostTimer);
     this.#lostTimer = null;
     this.lostError = null;
-    this.lostFrom = null;
     if (this.reply.isCanceled) {
       this.#onDone(this);
       return;
@@ -222,7 +218,9 @@ export class SessionCommands {
     for (const blocked of this.#blocked) {
       if (blocked.lostError !== null) {
         const shard = topology.shardNamed(blocked.shardName);
-        if (shard !== undefined && blocked.lostFrom !== null && !sameNode(shard.primary, blocked.lostFrom) && !shard.isFailingOver) blocked.resendAfterLoss();
+        // Its connection (kept until it is sent again) names the primary it was lost with.
+        const lostFrom = blocked.connection?.address;
+        if (shard !== undefined && lostFrom !== undefined && !sameNode(shard.primary, lostFrom) && !shard.isFailingOver) blocked.resendAfterLoss();
         continue;
       }
       if (blocked.isWoken || blocked.isFailedOver || blocked.connection === null) continue;
