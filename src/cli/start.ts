@@ -6,6 +6,7 @@ import type { ProxyConfig } from '../config/config-types';
 import { ControlPlane } from '../control/control-plane';
 import { Dispatcher } from '../dispatch/dispatcher';
 import type { ProxyIdentity } from '../dispatch/local-commands';
+import type { WorkerPeers } from '../dispatch/worker-peers';
 import { log } from '../log/logger';
 import { COMMAND_NAMES } from '../commands/command-table';
 import { DataPathStats } from '../metrics/data-path-stats';
@@ -27,12 +28,16 @@ export function newIdentity(): ProxyIdentity {
   return { version: VERSION, nodeId: randomBytes(20).toString('hex') };
 }
 
-/** One data path: listener, dispatcher and backend pools, reading snapshots from `store`. */
+/**
+ * One data path: listener, dispatcher and backend pools, reading snapshots from `store`. A
+ * worker of several passes `peers`, the other workers.
+ */
 export async function startDataPath(
   config: ProxyConfig,
   store: TopologyStore,
   identity: ProxyIdentity,
   firstClientId = 1,
+  peers: WorkerPeers | null = null,
 ): Promise<RunningProxy> {
   const stats = new DataPathStats(COMMAND_NAMES);
   if (config.metrics !== null) exportDataPath(stats);
@@ -45,7 +50,7 @@ export async function startDataPath(
     replicaAckTimeoutMs: config.replicaAckTimeoutMs,
     commandTimeoutMs: config.commandTimeoutMs,
   });
-  const dispatcher = new Dispatcher(store, pools, identity, config, stats);
+  const dispatcher = new Dispatcher(store, pools, identity, config, stats, peers);
   const listener = new Listener(dispatcher, { host: config.listen.host, port: config.listen.port, firstClientId }, stats);
   const address = await listener.listen();
   return {

@@ -9,6 +9,7 @@ import { TopologyStore } from '../topology/topology-store';
 import { enableProcessMetrics } from '../metrics/metrics';
 import { exitOnSignals, newIdentity, startDataPath, startMetricsServer, type RunningProxy } from './start';
 import { VERSION } from './version';
+import { IpcWorkerPeers, PeerRelay } from './worker-peers';
 
 /** Client ids of worker i start at 1 + i * ID_SPAN, so CLIENT ID stays unique per proxy. */
 const ID_SPAN = 1e12;
@@ -30,6 +31,7 @@ export async function runPrimary(config: ProxyConfig): Promise<void> {
   await control.start();
   const identity = newIdentity();
   const workers = new Map<Worker, number>();
+  const relay = new PeerRelay(workers);
   let isStopping = false;
 
   const fork = (index: number): Promise<void> =>
@@ -37,8 +39,13 @@ export async function runPrimary(config: ProxyConfig): Promise<void> {
       const worker = cluster.fork({ SLOTPROXY_WORKER: String(index) });
       workers.set(worker, index);
       worker.on('message', (message: FromWorker) => {
-        if (message.type === 'listening') resolve();
-        else if (message.type === 'failed') reject(new Error(`worker ${index}: ${message.error}`));
+        if (relay.onMessage(worker, message)) return;
+        if (message.type === 'listening') {
+          relay.onReady(worker);
+          resolve();
+        } else if (message.type === 'failed') {
+          reject(new Error(`worker ${index}: ${message.error}`));
+        }
       });
       worker.on('online', () => {
         const start: ToWorker = { type: 'start', config, identity, index, topology: topologyToJson(control.store.current) };
@@ -46,6 +53,7 @@ export async function runPrimary(config: ProxyConfig): Promise<void> {
       });
       worker.on('exit', (code, signal) => {
         workers.delete(worker);
+        relay.onExit(index);
         if (isStopping) return;
         log.error('worker exited', { worker: index, code, signal });
         void fork(index).catch((err: unknown) => log.error('worker restart failed', { worker: index, error: String(err) }));
@@ -75,6 +83,7 @@ export async function runPrimary(config: ProxyConfig): Promise<void> {
       worker.process.kill('SIGTERM');
     }));
     await Promise.all(exits);
+    relay.close();
     await control.close();
     log.info('stopped');
   });
@@ -84,11 +93,12 @@ export async function runPrimary(config: ProxyConfig): Promise<void> {
 export function runWorker(): void {
   let store: TopologyStore | null = null;
   let proxy: RunningProxy | null = null;
+  const peers = new IpcWorkerPeers();
   process.on('message', (message: ToWorker) => {
     if (message.type === 'start') {
       log.setLevel(message.config.logLevel);
       store = new TopologyStore(topologyFromJson(message.topology));
-      startDataPath(message.config, store, message.identity, 1 + message.index * ID_SPAN).then(
+      startDataPath(message.config, store, message.identity, 1 + message.index * ID_SPAN, peers).then(
         (running) => {
           proxy = running;
           process.send?.({ type: 'listening', host: running.host, port: running.port } satisfies FromWorker);

@@ -1,12 +1,12 @@
 import { COMMAND_NAMES } from '../commands/command-table';
-import type { RequestFrame } from '../resp/request-parser';
 import { encodeBulk, encodeError, encodeInteger, OK } from '../resp/resp-writer';
 import type { ClientContext } from './client-context';
 
 /**
  * CLIENT INFO, LIST and KILL about the proxy's own clients, in redis-server's formats: the
  * shards' client lists hold only the proxy's shared connections, which say nothing about who
- * is connected. With `workers: N` each worker knows its own clients.
+ * is connected. With `workers: N` each worker knows its own clients; LocalCommands asks the
+ * others (WorkerPeers) with the same filters, which is why they are plain data.
  */
 
 /** One `CLIENT LIST` line (without its newline). */
@@ -33,7 +33,7 @@ export function clientInfo(client: ClientContext): Buffer {
   return encodeBulk(`${clientLine(client, Date.now())}\n`);
 }
 
-type ClientType = 'normal' | 'master' | 'replica' | 'pubsub';
+export type ClientType = 'normal' | 'master' | 'replica' | 'pubsub';
 
 function clientType(text: string): ClientType | null {
   const type = text.toLowerCase();
@@ -51,64 +51,70 @@ function clientId(text: string): number | null {
   return /^\d+$/.test(text) && Number(text) > 0 ? Number(text) : null;
 }
 
-/** CLIENT LIST [TYPE type] [ID id ...] */
-export function clientList(frame: RequestFrame, clients: Iterable<ClientContext>): Buffer {
+/** Which clients CLIENT LIST asks for; plain data, so another worker can apply it too. */
+export interface ListFilter {
+  readonly type: ClientType | null;
+  readonly ids: readonly number[] | null;
+}
+
+/** CLIENT LIST's options (`args`: the arguments after LIST): the filter, or the error reply. */
+export function parseListFilter(args: readonly string[]): ListFilter | Buffer {
   let type: ClientType | null = null;
-  let ids: Set<number> | null = null;
-  for (let i = 2; i < frame.argc; i++) {
-    const option = frame.argString(i).toLowerCase();
-    if (option === 'type' && i + 1 < frame.argc) {
-      type = clientType(frame.argString(++i));
-      if (type === null) return encodeError(`ERR Unknown client type '${frame.argString(i)}'`);
-    } else if (option === 'id' && i + 1 < frame.argc) {
-      ids = new Set();
-      for (i++; i < frame.argc; i++) {
-        const id = clientId(frame.argString(i));
+  let ids: number[] | null = null;
+  for (let i = 0; i < args.length; i++) {
+    const option = args[i]!.toLowerCase();
+    if (option === 'type' && i + 1 < args.length) {
+      type = clientType(args[++i]!);
+      if (type === null) return encodeError(`ERR Unknown client type '${args[i]!}'`);
+    } else if (option === 'id' && i + 1 < args.length) {
+      ids = [];
+      for (i++; i < args.length; i++) {
+        const id = clientId(args[i]!);
         if (id === null) return encodeError('ERR Invalid client ID');
-        ids.add(id);
+        ids.push(id);
       }
     } else {
       return encodeError('ERR syntax error');
     }
   }
+  return { type, ids };
+}
+
+/** CLIENT LIST's lines (each ending in a newline) for the clients `filter` selects. */
+export function listLines(filter: ListFilter, clients: Iterable<ClientContext>): string {
   const now = Date.now();
   let text = '';
   for (const client of clients) {
-    if (type !== null && !isOfType(client, type)) continue;
-    if (ids !== null && !ids.has(client.id)) continue;
+    if (filter.type !== null && !isOfType(client, filter.type)) continue;
+    if (filter.ids !== null && !filter.ids.includes(client.id)) continue;
     text += `${clientLine(client, now)}\n`;
   }
-  return encodeBulk(text);
+  return text;
 }
 
-/** What CLIENT KILL's filters ask for; every one given must match. */
-interface KillFilter {
-  id?: number;
-  addr?: string;
-  laddr?: string;
-  type?: ClientType;
-  maxAgeSeconds?: number;
-  skipMe: boolean;
+/** What CLIENT KILL's filters ask for; every one given must match. Plain data, as ListFilter. */
+export interface KillFilter {
+  /** CLIENT KILL addr:port: answers +OK or an error instead of a count. */
+  readonly isOldForm: boolean;
+  readonly id?: number;
+  readonly addr?: string;
+  readonly laddr?: string;
+  readonly type?: ClientType;
+  readonly maxAgeSeconds?: number;
+  readonly skipMe: boolean;
 }
 
 /**
- * CLIENT KILL addr:port (the old form: +OK or an error) or CLIENT KILL <filter value> ...
- * (the count killed). The caller itself, when it matches (SKIPME no), is closed once its reply
- * is written, as redis-server does.
+ * CLIENT KILL's arguments after KILL: `addr:port` (the old form) or `<filter> <value> ...`;
+ * the filter, or the error reply.
  */
-export function clientKill(frame: RequestFrame, clients: Iterable<ClientContext>, self: ClientContext): Buffer {
-  if (frame.argc === 3) {
-    const addr = frame.argString(2);
-    const victim = [...clients].find((client) => client.remoteAddress === addr);
-    if (victim === undefined) return encodeError('ERR No such client');
-    kill(victim, self);
-    return OK;
-  }
-  if (frame.argc % 2 !== 0) return encodeError('ERR syntax error');
-  const filter: KillFilter = { skipMe: true };
-  for (let i = 2; i < frame.argc; i += 2) {
-    const option = frame.argString(i).toLowerCase();
-    const value = frame.argString(i + 1);
+export function parseKillFilter(args: readonly string[]): KillFilter | Buffer {
+  if (args.length === 1) return { isOldForm: true, addr: args[0]!, skipMe: false };
+  if (args.length % 2 !== 0) return encodeError('ERR syntax error');
+  const filter: { -readonly [K in keyof KillFilter]: KillFilter[K] } = { isOldForm: false, skipMe: true };
+  for (let i = 0; i < args.length; i += 2) {
+    const option = args[i]!.toLowerCase();
+    const value = args[i + 1]!;
     switch (option) {
       case 'id': {
         const id = clientId(value);
@@ -146,6 +152,15 @@ export function clientKill(frame: RequestFrame, clients: Iterable<ClientContext>
         return encodeError('ERR syntax error');
     }
   }
+  return filter;
+}
+
+/**
+ * Closes the clients `filter` selects and returns how many. `self` is the client that asked
+ * (null on another worker than its own): when it matches (SKIPME no) it is closed once its
+ * reply is written, as redis-server does.
+ */
+export function killClients(filter: KillFilter, clients: Iterable<ClientContext>, self: ClientContext | null): number {
   const now = Date.now();
   const victims = [...clients].filter((client) => {
     if (filter.skipMe && client === self) return false;
@@ -156,11 +171,17 @@ export function clientKill(frame: RequestFrame, clients: Iterable<ClientContext>
     if (filter.maxAgeSeconds !== undefined && (now - client.connectedAt) / 1000 < filter.maxAgeSeconds) return false;
     return true;
   });
-  for (const victim of victims) kill(victim, self);
-  return encodeInteger(victims.length);
+  // The old form closes one client, the first that matches.
+  if (filter.isOldForm) victims.length = Math.min(victims.length, 1);
+  for (const victim of victims) {
+    if (victim === self) victim.closeAfterReplies();
+    else victim.destroy();
+  }
+  return victims.length;
 }
 
-function kill(victim: ClientContext, self: ClientContext): void {
-  if (victim === self) victim.closeAfterReplies();
-  else victim.destroy();
+/** CLIENT KILL's reply once `killed` clients were closed (over every worker). */
+export function killReply(filter: KillFilter, killed: number): Buffer {
+  if (!filter.isOldForm) return encodeInteger(killed);
+  return killed > 0 ? OK : encodeError('ERR No such client');
 }

@@ -25,7 +25,9 @@ import type { Topology } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
 import type { ClientContext } from './client-context';
 import { LocalCommands, notAllowed, wrongArity, type ProxyIdentity } from './local-commands';
+import { killClients, listLines } from './client-admin';
 import { MonitorFeed } from './monitor-feed';
+import type { PeerAnswer, PeerHandler, PeerQuestion, WorkerCounts, WorkerPeers } from './worker-peers';
 import { ParkedRequests, type ParkedRequest } from './parked-requests';
 
 /** The settings the dispatcher acts on (a subset of ProxyConfig). */
@@ -69,7 +71,7 @@ const CONFIG_SET_ALLOWED: readonly RegExp[] = [
   /^tcp-keepalive$/,
 ];
 
-export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
+export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, PeerHandler {
   readonly #pools: BackendPools;
   readonly #local: LocalCommands;
   #topology: Topology;
@@ -92,18 +94,29 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
   /** Every connected client of this process (the listener keeps it), for CLIENT LIST and KILL. */
   readonly clients = new Set<ClientContext>();
   /** Clients in MONITOR mode, fed every command. */
-  readonly #monitors = new MonitorFeed();
+  readonly #monitors: MonitorFeed;
+  /** The proxy's other workers (`workers: N`); null in a proxy of one process. */
+  readonly #peers: WorkerPeers | null;
   readonly #startedAt = Date.now();
   /** Commands answered, sampled each second for INFO's instantaneous_ops_per_sec. */
   #opsSample = { at: Date.now(), total: 0, perSecond: 0 };
 
-  constructor(store: TopologyStore, pools: BackendPools, identity: ProxyIdentity, options: DispatcherOptions, stats: DataPathStats) {
+  constructor(
+    store: TopologyStore,
+    pools: BackendPools,
+    identity: ProxyIdentity,
+    options: DispatcherOptions,
+    stats: DataPathStats,
+    peers: WorkerPeers | null = null,
+  ) {
     this.#pools = pools;
+    this.#peers = peers;
+    this.#monitors = new MonitorFeed(peers);
     this.#stats = stats;
     this.#identity = identity;
     this.#session = new SessionCommands(this);
     this.#options = options;
-    this.#local = new LocalCommands(identity, this.clients, this.#monitors);
+    this.#local = new LocalCommands(identity, this.clients, this.#monitors, peers);
     this.#topology = store.current;
     this.#shards = pools.update(store.current);
     this.#parked = new ParkedRequests((expired) => this.#failExpired(expired));
@@ -123,6 +136,27 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
       this.#migrating.onTopology();
       this.#session.onTopology();
     });
+    peers?.attach(this);
+  }
+
+  /** Another worker asks about this one's clients or counts (PeerHandler). */
+  answer(question: PeerQuestion): PeerAnswer {
+    switch (question.kind) {
+      case 'client-list':
+        return { kind: 'client-list', lines: listLines(question.filter, this.clients) };
+      case 'client-kill':
+        return { kind: 'client-kill', killed: killClients(question.filter, this.clients, null) };
+      case 'counts':
+        return { kind: 'counts', counts: this.#ownCounts() };
+    }
+  }
+
+  onMonitorLines(lines: string): void {
+    this.#monitors.pushRemote(lines);
+  }
+
+  onRemoteMonitors(count: number): void {
+    this.#monitors.setRemoteMonitors(count);
   }
 
   get topology(): Topology {
@@ -152,7 +186,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
       return;
     }
     client.lastCommandId = spec.id;
-    if (this.#monitors.size > 0) {
+    if (this.#monitors.isWatched) {
       const isShown = !isHiddenFromMonitors(spec.name);
       if (this.#monitors.has(client)) {
         // As redis-server answers a monitor's own commands: the connection is a replica's now.
@@ -315,59 +349,72 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender {
     nodes.forEach((node, i) => node.connection(client.id).send(request, gather.piece(i)));
   }
 
-  /** INFO: the proxy's section, the shards' sections, and the keyspace summed over shards. */
+  /**
+   * INFO: the proxy's section, the shards' sections, and the keyspace summed over shards. With
+   * `workers: N` the client and command counts are the whole proxy's: the other workers are
+   * asked for theirs first (a round trip over the IPC channel).
+   */
   #info(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
     const args: string[] = [];
     for (let i = 1; i < frame.argc; i++) args.push(frame.argString(i));
     const requested = requestedSections(args);
-    const proxySection = includesSection(requested, 'proxy') ? this.#proxySection() : null;
-    const onlyProxy = !requested.all && [...requested.names].every((name) => name === 'proxy');
-    if (onlyProxy) {
-      client.reply(encodeBulk(`${proxySection}
-`), spec);
+    const slot = client.awaitReply(spec);
+    const request = frame.bytes();
+    const answer = (others: readonly WorkerCounts[]): void => {
+      const counts = others.reduce(addCounts, this.#ownCounts());
+      const proxySection = includesSection(requested, 'proxy') ? this.#proxySection(counts) : null;
+      const onlyProxy = !requested.all && [...requested.names].every((name) => name === 'proxy');
+      if (onlyProxy) {
+        slot.onReply(encodeBulk(`${proxySection}\r\n`));
+        return;
+      }
+      const facts: ProxyFacts = {
+        tcpPort: client.localPort,
+        processId: process.pid,
+        uptimeSeconds: Math.floor((Date.now() - this.#startedAt) / 1000),
+        ...counts,
+      };
+      const names = this.#shards.map((shard) => shard.info.name);
+      const gather = new InfoSink(slot, names, proxySection, facts, includesSection(requested, 'keyspace'));
+      for (let s = 0; s < names.length; s++) this.#send(s, request, gather.piece(s), client.id, false, true);
+    };
+    if (this.#peers === null) {
+      answer([]);
       return;
     }
-    const count = this.#shards.length;
-    const names = this.#shards.map((shard) => shard.info.name);
-    const facts: ProxyFacts = {
-      tcpPort: client.localPort,
-      processId: process.pid,
-      uptimeSeconds: Math.floor((Date.now() - this.#startedAt) / 1000),
-      connectedClients: this.#stats.clients.connected,
-      totalConnectionsReceived: this.#stats.clients.accepted,
-      totalCommandsProcessed: this.#commandsProcessed(),
-      instantaneousOpsPerSec: this.#opsSample.perSecond,
-    };
-    const gather = new InfoSink(client.awaitReply(spec), names, proxySection, facts, includesSection(requested, 'keyspace'));
-    const request = frame.bytes();
-    for (let s = 0; s < count; s++) this.#send(s, request, gather.piece(s), client.id, false, true);
+    void this.#peers.ask({ kind: 'counts' }).then((answers) => {
+      answer(answers.flatMap((a) => (a.kind === 'counts' ? [a.counts] : [])));
+    });
   }
 
-  /** Commands answered so far; also samples the rate for instantaneous_ops_per_sec. */
-  #commandsProcessed(): number {
+  /** This worker's clients and commands so far; also samples the rate for instantaneous_ops_per_sec. */
+  #ownCounts(): WorkerCounts {
     const now = Date.now();
     const total = this.#stats.commands.calls.reduce((sum, n) => sum + n, 0);
     const sample = this.#opsSample;
     if (now - sample.at >= 1000) {
       this.#opsSample = { at: now, total, perSecond: Math.round(((total - sample.total) * 1000) / (now - sample.at)) };
     }
-    return total;
+    return {
+      connectedClients: this.#stats.clients.connected,
+      totalConnectionsReceived: this.#stats.clients.accepted,
+      totalCommandsProcessed: total,
+      instantaneousOpsPerSec: this.#opsSample.perSecond,
+    };
   }
 
-  #proxySection(): string {
-    const now = Date.now();
-    const total = this.#commandsProcessed();
-    const uptime = Math.floor((now - this.#startedAt) / 1000);
+  #proxySection(counts: WorkerCounts): string {
+    const uptime = Math.floor((Date.now() - this.#startedAt) / 1000);
     const lines = [
       '# Proxy',
       `slotproxy_version:${this.#identity.version}`,
       `proxy_id:${this.#identity.nodeId}`,
       `process_id:${process.pid}`,
       `uptime_in_seconds:${uptime}`,
-      `connected_clients:${this.#stats.clients.connected}`,
-      `total_connections_received:${this.#stats.clients.accepted}`,
-      `total_commands_processed:${total}`,
-      `instantaneous_ops_per_sec:${this.#opsSample.perSecond}`,
+      `connected_clients:${counts.connectedClients}`,
+      `total_connections_received:${counts.totalConnectionsReceived}`,
+      `total_commands_processed:${counts.totalCommandsProcessed}`,
+      `instantaneous_ops_per_sec:${counts.instantaneousOpsPerSec}`,
       `topology_epoch:${this.#topology.epoch}`,
       `shards:${this.#shards.length}`,
       `slots_migrating:${this.#topology.migrations.size}`,
@@ -609,4 +656,13 @@ function argsPreview(frame: RequestFrame, from: number): string {
 
 function clip(text: string): string {
   return text.length > 128 ? text.slice(0, 128) : text;
+}
+
+function addCounts(sum: WorkerCounts, other: WorkerCounts): WorkerCounts {
+  return {
+    connectedClients: sum.connectedClients + other.connectedClients,
+    totalConnectionsReceived: sum.totalConnectionsReceived + other.totalConnectionsReceived,
+    totalCommandsProcessed: sum.totalCommandsProcessed + other.totalCommandsProcessed,
+    instantaneousOpsPerSec: sum.instantaneousOpsPerSec + other.instantaneousOpsPerSec,
+  };
 }

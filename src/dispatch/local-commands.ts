@@ -2,9 +2,10 @@ import type { CommandSpec } from '../commands/handling';
 import type { RequestFrame } from '../resp/request-parser';
 import { encodeBulk, encodeError, encodeInteger, encodeReply, NULL_BULK, OK, PONG } from '../resp/resp-writer';
 import { calculateSlot } from '../routing/key-slot';
-import { clientInfo, clientKill, clientList } from './client-admin';
+import { clientInfo, killClients, killReply, listLines, parseKillFilter, parseListFilter } from './client-admin';
 import type { ClientContext } from './client-context';
 import type { MonitorFeed } from './monitor-feed';
+import type { WorkerPeers } from './worker-peers';
 
 /** Who the proxy says it is. */
 export interface ProxyIdentity {
@@ -30,6 +31,13 @@ export function notAllowed(name: string, why: string): Buffer {
 
 const b = (text: string | number): Buffer => Buffer.from(String(text));
 
+/** The request's arguments from `first` on, as strings. */
+function argumentsFrom(frame: RequestFrame, first: number): string[] {
+  const args: string[] = [];
+  for (let i = first; i < frame.argc; i++) args.push(frame.argString(i));
+  return args;
+}
+
 /**
  * Replies the proxy makes itself: connection state that lives in the proxy (name, protocol,
  * database) and the single-node cluster picture cluster-aware clients ask for.
@@ -38,15 +46,46 @@ export class LocalCommands {
   readonly #identity: ProxyIdentity;
   readonly #clients: ReadonlySet<ClientContext>;
   readonly #monitors: MonitorFeed;
+  readonly #peers: WorkerPeers | null;
 
-  constructor(identity: ProxyIdentity, clients: ReadonlySet<ClientContext>, monitors: MonitorFeed) {
+  constructor(identity: ProxyIdentity, clients: ReadonlySet<ClientContext>, monitors: MonitorFeed, peers: WorkerPeers | null) {
     this.#identity = identity;
     this.#clients = clients;
     this.#monitors = monitors;
+    this.#peers = peers;
   }
 
   handle(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    if (this.#peers !== null && (spec.name === 'client|list' || (spec.name === 'client|kill' && frame.argc >= 3))) {
+      this.#acrossWorkers(frame, spec, client, this.#peers);
+      return;
+    }
     client.reply(this.#answer(frame, spec, client), spec);
+  }
+
+  /**
+   * CLIENT LIST and KILL with `workers: N`: this worker's clients at once, the others' by asking
+   * them with the same filter; one reply for the whole proxy.
+   */
+  #acrossWorkers(frame: RequestFrame, spec: CommandSpec, client: ClientContext, peers: WorkerPeers): void {
+    const args = argumentsFrom(frame, 2);
+    if (spec.name === 'client|list') {
+      const filter = parseListFilter(args);
+      if (Buffer.isBuffer(filter)) return client.reply(filter, spec);
+      const own = listLines(filter, this.#clients);
+      const slot = client.awaitReply(spec);
+      void peers.ask({ kind: 'client-list', filter }).then((answers) => {
+        slot.onReply(encodeBulk(answers.reduce((text, a) => (a.kind === 'client-list' ? text + a.lines : text), own)));
+      });
+      return;
+    }
+    const filter = parseKillFilter(args);
+    if (Buffer.isBuffer(filter)) return client.reply(filter, spec);
+    const own = killClients(filter, this.#clients, client);
+    const slot = client.awaitReply(spec);
+    void peers.ask({ kind: 'client-kill', filter }).then((answers) => {
+      slot.onReply(killReply(filter, answers.reduce((sum, a) => (a.kind === 'client-kill' ? sum + a.killed : sum), own)));
+    });
   }
 
   #answer(frame: RequestFrame, spec: CommandSpec, client: ClientContext): Buffer {
@@ -97,10 +136,15 @@ export class LocalCommands {
         return encodeInteger(client.id);
       case 'client|info':
         return clientInfo(client);
-      case 'client|list':
-        return clientList(frame, this.#clients);
-      case 'client|kill':
-        return argc >= 3 ? clientKill(frame, this.#clients, client) : wrongArity('client|kill');
+      case 'client|list': {
+        const filter = parseListFilter(argumentsFrom(frame, 2));
+        return Buffer.isBuffer(filter) ? filter : encodeBulk(listLines(filter, this.#clients));
+      }
+      case 'client|kill': {
+        if (argc < 3) return wrongArity('client|kill');
+        const filter = parseKillFilter(argumentsFrom(frame, 2));
+        return Buffer.isBuffer(filter) ? filter : killReply(filter, killClients(filter, this.#clients, client));
+      }
       case 'client|setinfo': {
         if (argc !== 4) return wrongArity('client|setinfo');
         const attribute = frame.argString(2).toLowerCase();
