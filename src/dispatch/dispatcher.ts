@@ -139,6 +139,14 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     peers?.attach(this);
   }
 
+  /**
+   * The proxy's process, as INFO names it: with workers, their primary (the one to signal: SIGHUP
+   * reloads the YAML there, SIGTERM stops them all).
+   */
+  get #processId(): number {
+    return this.#peers === null ? process.pid : process.ppid;
+  }
+
   /** Another worker asks about this one's clients or counts (PeerHandler). */
   answer(question: PeerQuestion): PeerAnswer {
     switch (question.kind) {
@@ -370,7 +378,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       }
       const facts: ProxyFacts = {
         tcpPort: client.localPort,
-        processId: process.pid,
+        processId: this.#processId,
         uptimeSeconds: Math.floor((Date.now() - this.#startedAt) / 1000),
         ...counts,
       };
@@ -409,7 +417,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       '# Proxy',
       `slotproxy_version:${this.#identity.version}`,
       `proxy_id:${this.#identity.nodeId}`,
-      `process_id:${process.pid}`,
+      `process_id:${this.#processId}`,
       `uptime_in_seconds:${uptime}`,
       `connected_clients:${counts.connectedClients}`,
       `total_connections_received:${counts.totalConnectionsReceived}`,

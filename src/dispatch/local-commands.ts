@@ -71,7 +71,10 @@ export class LocalCommands {
     const args = argumentsFrom(frame, 2);
     if (spec.name === 'client|list') {
       const filter = parseListFilter(args);
-      if (Buffer.isBuffer(filter)) return client.reply(filter, spec);
+      if (Buffer.isBuffer(filter)) {
+        client.reply(filter, spec);
+        return;
+      }
       const own = listLines(filter, this.#clients);
       const slot = client.awaitReply(spec);
       void peers.ask({ kind: 'client-list', filter }).then((answers) => {
@@ -80,7 +83,10 @@ export class LocalCommands {
       return;
     }
     const filter = parseKillFilter(args);
-    if (Buffer.isBuffer(filter)) return client.reply(filter, spec);
+    if (Buffer.isBuffer(filter)) {
+      client.reply(filter, spec);
+      return;
+    }
     const own = killClients(filter, this.#clients, client);
     const slot = client.awaitReply(spec);
     void peers.ask({ kind: 'client-kill', filter }).then((answers) => {

@@ -88,6 +88,9 @@ describe('workers: 2, one proxy as its clients see it', () => {
         const proxySection = (await asker.redis.info('proxy')) as string;
         expect(infoField(proxySection, 'connected_clients')).toBe(all);
         expect(proxySection.endsWith('\r\n')).toBe(true);
+        // The process to signal is the primary, whichever worker answers.
+        expect(infoField(proxySection, 'process_id')).toBe(deployment.proxy.pid);
+        expect(infoField(info, 'process_id')).toBe(deployment.proxy.pid);
         // Every client above sent CLIENT ID and SETNAME, on whichever worker it is.
         expect(infoField(info, 'total_commands_processed')).toBeGreaterThanOrEqual(2 * clients.length);
         expect(infoField(info, 'total_connections_received')).toBeGreaterThanOrEqual(clients.length);
