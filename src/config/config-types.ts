@@ -77,6 +77,11 @@ export interface ProxyConfig {
   readonly noReplicaWrites: NoReplicaWrites;
   /** MIGRATE timeout when moving keys of a migrating slot (on demand, at most 250 ms, and in the background). @default 2000 */
   readonly migrateTimeoutMs: number;
+  /**
+   * How long a command on a key of a migrating slot waits for the key to reach its new shard
+   * (target not answering, a big key being copied) before it fails with TRYAGAIN. @default 30000
+   */
+  readonly keyMoveWaitMs: number;
   /** Processes sharing the listening port. @default 1 */
   readonly workers: number;
   /** Password for the backends (AUTH), never logged. @default null */

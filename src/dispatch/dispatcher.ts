@@ -38,6 +38,8 @@ export interface DispatcherOptions {
   readonly noReplicaWrites: 'refuse' | 'accept';
   /** MIGRATE timeout for keys moved on demand from a migrating slot. */
   readonly migrateTimeoutMs: number;
+  /** How long a command waits for its key to reach the target of a migrating slot. */
+  readonly keyMoveWaitMs: number;
   readonly backendPassword: string | null;
 }
 
@@ -122,6 +124,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     this.#parked = new ParkedRequests((expired) => this.#failExpired(expired));
     this.#migrating = new MigratingRouter(this, {
       migrateTimeoutMs: options.migrateTimeoutMs,
+      keyMoveWaitMs: options.keyMoveWaitMs,
       password: options.backendPassword,
       minReplicaAcks: options.minReplicaAcks,
     });

@@ -19,14 +19,14 @@ export interface ShardConnections {
 export interface MigratingRouterOptions {
   /** MIGRATE's timeout for keys moved on demand (at most MAX_ON_DEMAND_MIGRATE_TIMEOUT_MS is used). @default 2000 */
   readonly migrateTimeoutMs: number;
+  /** How long a command may wait for its key (a big key being copied, a target not answering) before it fails with TRYAGAIN. */
+  readonly keyMoveWaitMs: number;
   /** Backend password for MIGRATE's AUTH; null when none. */
   readonly password: string | null;
   /** The proxy's minReplicaAcks: a move's delete on the source is confirmed by this many replicas (0: not waited for). */
   readonly minReplicaAcks: number;
 }
 
-/** How long a command may wait for its key (a big key being copied, a failing move) before it fails. */
-const PARK_TIMEOUT_MS = 30_000;
 /** A command answered BIG (a big key not locked yet) or a failed move is tried again after this. */
 const RETRY_DELAY_MS = 20;
 /** A command on a key the background mover has in flight (one batch, a millisecond or two) tries again after this. */
@@ -95,7 +95,7 @@ class KeyMove implements ReplySink {
     this.sink = sink;
     this.clientId = clientId;
     this.isWrite = isWrite;
-    this.deadline = Date.now() + PARK_TIMEOUT_MS;
+    this.deadline = Date.now() + router.keyMoveWaitMs;
   }
 
   get names(): readonly string[] {
@@ -190,7 +190,7 @@ class MoveTarget implements ReplySink {
  * hold its sources for long).
  * A command on a key that has a parked command waits behind it, so one client's commands on a
  * key keep their order. Parked commands go again when a snapshot arrives or their retry time
- * comes, and fail with TRYAGAIN only after PARK_TIMEOUT_MS.
+ * comes, and fail with TRYAGAIN only after keyMoveWaitMs.
  *
  * A client's commands to one slot keep their order otherwise too: every script queues on the
  * source's first connection, and each command leaves for the target when its script answers,
@@ -215,6 +215,10 @@ export class MigratingRouter {
   constructor(shards: ShardConnections, options: MigratingRouterOptions) {
     this.#shards = shards;
     this.#options = options;
+  }
+
+  get keyMoveWaitMs(): number {
+    return this.#options.keyMoveWaitMs;
   }
 
   /** Commands waiting for their keys; for tests and stats. */

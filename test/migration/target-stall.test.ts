@@ -6,6 +6,7 @@ import {
   evenOwner,
   expectPlacementClean,
   HOST,
+  initialValue,
   keyName,
   loadKeys,
   ownerFromStateFile,
@@ -134,6 +135,71 @@ describe('a migration target that stalls', () => {
     } finally {
       if (thawedAt === Infinity) target.kill('SIGCONT');
       for (const client of clients) client.disconnect();
+    }
+  }, 180_000);
+});
+
+/**
+ * A command whose key cannot move (its target frozen) waits keyMoveWaitMs for it, then is
+ * answered TRYAGAIN without having run; the key stays whole on the source, and once the target
+ * answers again the move goes on and the same command succeeds.
+ */
+describe('a command whose key cannot reach its new shard', () => {
+  const WAIT_MS = 1_000;
+  const deployment = useMigrationDeployment({ shards: 3, config: { keyMoveWaitMs: WAIT_MS } });
+
+  it(`is answered TRYAGAIN after keyMoveWaitMs (${WAIT_MS} ms here), not run, and runs once the target is back`, async () => {
+    const { shards, proxy, specs } = deployment;
+    const count = 10_000;
+    await loadKeys(shards.primaries, count);
+    const client = new Redis({ host: HOST, port: proxy.port, maxRetriesPerRequest: 0 });
+    const source = new Redis({ host: shards.primaries[0]!.host, port: shards.primaries[0]!.port });
+    const target = shards.primaries[1]!;
+    let isFrozen = false;
+    try {
+      await client.ping();
+      const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: 3_000 });
+      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+      await sleep(300);
+      target.kill('SIGSTOP');
+      isFrozen = true;
+      // A key of a slot migrating now that is still on the source: it cannot leave while the target is frozen.
+      const state = JSON.parse(fs.readFileSync(proxy.stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
+      const migrating = new Set(state.topology.migrations.map((m) => m.slot));
+      let n = -1;
+      for (let i = 0; i < count && n < 0; i++) {
+        if (migrating.has(slotOf(keyName(i))) && (await source.exists(keyName(i))) === 1) n = i;
+      }
+      expect(n, 'a key of a migrating slot still on the source').toBeGreaterThanOrEqual(0);
+      const key = keyName(n);
+
+      const askedAt = Date.now();
+      const failure = await client.set(key, 'written-while-frozen').then(
+        () => null,
+        (err: Error) => err.message,
+      );
+      const waitedMs = Date.now() - askedAt;
+      console.log('key-move wait figures', JSON.stringify({ waitedMs, keyMoveWaitMs: WAIT_MS, failure }));
+      expect(failure).toMatch(/^TRYAGAIN /);
+      expect(waitedMs).toBeGreaterThanOrEqual(WAIT_MS - 50);
+      expect(waitedMs).toBeLessThan(WAIT_MS + 1_500);
+      // Not run: the source still holds the key, with its value.
+      expect(await source.get(key)).toBe(initialValue(n));
+
+      target.kill('SIGCONT');
+      isFrozen = false;
+      expect(await client.set(key, 'written-after')).toBe('OK');
+      const status = await proxy.waitForPlan(120_000);
+      expect(status.state, proxy.logs().slice(-3000)).toBe('done');
+      expect(await client.get(key)).toBe('written-after');
+      const { owner, migrations } = ownerFromStateFile(proxy.stateFile);
+      expect(migrations).toBe(0);
+      const expected = (i: number): readonly string[] => [i === n ? 'written-after' : initialValue(i)];
+      expectPlacementClean(await checkPlacement(specs, owner, count, expected));
+    } finally {
+      if (isFrozen) target.kill('SIGCONT');
+      client.disconnect();
+      source.disconnect();
     }
   }, 180_000);
 });

@@ -157,6 +157,7 @@ describe('loadConfig: valid configs', () => {
       replicaAckTimeoutMs: 1000,
       noReplicaWrites: 'refuse',
       migrateTimeoutMs: 2000,
+      keyMoveWaitMs: 30000,
       workers: 2,
       // Kept as written: YAML alone would read 0123 as the number 123.
       backendPassword: '0123',
@@ -201,6 +202,7 @@ describe('loadConfig: valid configs', () => {
       replicaAckTimeoutMs: 1000,
       noReplicaWrites: 'refuse',
       migrateTimeoutMs: 2000,
+      keyMoveWaitMs: 30000,
       workers: 1,
       backendPassword: null,
       logLevel: 'info',
