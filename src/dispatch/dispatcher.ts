@@ -486,8 +486,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     const gather = new Gather(client.awaitReply(spec), spec.merge!, fragments.length, keyFragment);
     for (let f = 0; f < fragments.length; f++) {
       const piece = fragments[f]!;
-      if (piece.migration !== null) this.#migrating.send(piece.keys, piece.migration, piece.parts, gather.piece(f), client.id, spec.isWrite);
-      else this.#send(piece.shard, piece.parts, gather.piece(f), client.id, spec.isWrite, spec.isReadonly);
+      if (piece.migration !== null) this.#migrating.send(piece.keys, piece.migration, piece.request, gather.piece(f), client.id, spec.isWrite);
+      else this.#send(piece.shard, piece.request, gather.piece(f), client.id, spec.isWrite, spec.isReadonly);
     }
   }
 

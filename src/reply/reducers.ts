@@ -63,19 +63,36 @@ export function mergeUnion(replies: readonly Buffer[]): Buffer {
 }
 
 /**
- * Where each item of an MGET reply (`*n` of `$len` bulks or `$-1` nils) starts and ends, found
- * without decoding: the items are copied straight from the pieces into the merged reply.
- * Returns null when the frame is not such an array.
+ * Scratch of mergeMget, kept between calls (a merge runs to its end before another can start):
+ * every reply's item bounds one after another, and per reply where its bounds begin, how many
+ * items it has and how many were taken. An allocation profile of MGET of 10 keys over 3 shards
+ * had a fifth of the proxy's allocations in per-reply bound arrays before.
  */
-function itemBounds(frame: Buffer): Int32Array | null {
-  if (frame[0] !== 42) return null;
+let itemBoundsScratch = new Int32Array(256);
+let replyBase = new Int32Array(16);
+let replyItems = new Int32Array(16);
+let replyTaken = new Int32Array(16);
+
+/**
+ * Writes where each item of an MGET reply (`*n` of `$len` bulks or `$-1` nils) starts and ends
+ * into itemBoundsScratch from `at`, found without decoding: the items are copied straight from
+ * the pieces into the merged reply. Returns the item count, or -1 when the frame is not such an
+ * array.
+ */
+function writeItemBounds(frame: Buffer, at: number): number {
+  if (frame[0] !== 42) return -1;
   let p = 1;
   let count = 0;
   while (frame[p] !== 13) count = count * 10 + (frame[p++]! - 48);
   p += 2;
-  const bounds = new Int32Array(count * 2);
+  if (at + 2 * count > itemBoundsScratch.length) {
+    const grown = new Int32Array(Math.max(at + 2 * count, 2 * itemBoundsScratch.length));
+    grown.set(itemBoundsScratch.subarray(0, at));
+    itemBoundsScratch = grown;
+  }
+  const bounds = itemBoundsScratch;
   for (let i = 0; i < count; i++) {
-    if (frame[p] !== 36) return null;
+    if (frame[p] !== 36) return -1;
     const start = p;
     p++;
     if (frame[p] === 45) {
@@ -85,10 +102,10 @@ function itemBounds(frame: Buffer): Int32Array | null {
       while (frame[p] !== 13) length = length * 10 + (frame[p++]! - 48);
       p += 2 + length + 2;
     }
-    bounds[2 * i] = start;
-    bounds[2 * i + 1] = p;
+    bounds[at + 2 * i] = start;
+    bounds[at + 2 * i + 1] = p;
   }
-  return bounds;
+  return count;
 }
 
 /**
@@ -97,24 +114,34 @@ function itemBounds(frame: Buffer): Int32Array | null {
  * buffer (Twemproxy's post-coalesce), with no decoding and one allocation.
  */
 export function mergeMget(replies: readonly Buffer[], keyFragment: Int32Array): Buffer {
-  const bounds: Int32Array[] = [];
+  if (replies.length > replyBase.length) {
+    const size = Math.max(replies.length, 2 * replyBase.length);
+    replyBase = new Int32Array(size);
+    replyItems = new Int32Array(size);
+    replyTaken = new Int32Array(size);
+  }
   let length = arrayHeaderLength(keyFragment.length);
-  for (const frame of replies) {
-    const itemOffsets = itemBounds(frame);
-    if (itemOffsets === null) return unexpected(frame);
-    bounds.push(itemOffsets);
+  let used = 0;
+  for (let f = 0; f < replies.length; f++) {
+    const frame = replies[f]!;
+    const count = writeItemBounds(frame, used);
+    if (count < 0) return unexpected(frame);
+    replyBase[f] = used;
+    replyItems[f] = count;
+    replyTaken[f] = 0;
     // The items of an array reply follow each other: they span from the first's start to the last's end.
-    if (itemOffsets.length > 0) length += itemOffsets[itemOffsets.length - 1]! - itemOffsets[0]!;
+    if (count > 0) length += itemBoundsScratch[used + 2 * count - 1]! - itemBoundsScratch[used]!;
+    used += 2 * count;
   }
   const out = Buffer.allocUnsafe(length);
   let at = writeArrayHeader(out, 0, keyFragment.length);
-  const cursor = new Int32Array(replies.length);
+  const bounds = itemBoundsScratch;
   for (let k = 0; k < keyFragment.length; k++) {
     const f = keyFragment[k]!;
-    const item = cursor[f]!++;
-    const offsets = bounds[f]!;
-    if (2 * item + 1 >= offsets.length) return unexpected(replies[f]!);
-    at = copyRange(replies[f]!, offsets[2 * item]!, offsets[2 * item + 1]!, out, at);
+    const item = replyTaken[f]!++;
+    if (item >= replyItems[f]!) return unexpected(replies[f]!);
+    const i = replyBase[f]! + 2 * item;
+    at = copyRange(replies[f]!, bounds[i]!, bounds[i + 1]!, out, at);
   }
   return at === length ? out : out.subarray(0, at);
 }

@@ -6,17 +6,22 @@ import type { SlotMigration } from '../topology/topology';
 import { argSlot } from './key-slot';
 
 /** One shard's part of a split command. */
-export interface Fragment {
-  /** Index of the shard it goes to. */
-  readonly shard: number;
-  /** The sub-command as buffers to write in order: one copy, or the header and views of the request. */
-  readonly parts: Buffer[];
+export class Fragment {
+  /** The sub-command: one copy, or (a large one) the header and views of the request, to write in order. */
+  request: Buffer | Buffer[] = NO_BYTES;
   /** Number of keys in this fragment. */
-  keyCount: number;
-  /** Set when the fragment's keys are in a migrating slot: they move to `migration.to` first. */
-  readonly migration: SlotMigration | null;
-  /** The fragment's keys, kept only for a migrating fragment. */
-  readonly keys: Buffer[];
+  keyCount = 0;
+  /** Bytes of its keys (with their MSET values), `$len` headers included. */
+  byteLength = 0;
+
+  constructor(
+    /** Index of the shard it goes to. */
+    readonly shard: number,
+    /** Set when the fragment's keys are in a migrating slot: they move to `migration.to` first. */
+    readonly migration: SlotMigration | null,
+    /** The fragment's keys, kept only for a migrating fragment (empty and frozen otherwise). */
+    readonly keys: Buffer[],
+  ) {}
 }
 
 /** A split command: the fragments, and for each key (in request order) which fragment holds it. */
@@ -26,8 +31,9 @@ export interface Fragmentation {
   readonly keyFragment: Int32Array;
 }
 
+const NO_BYTES = Buffer.alloc(0);
+const NO_KEYS: Buffer[] = Object.freeze([]) as unknown as Buffer[];
 const NO_MIGRATIONS: ReadonlyMap<number, SlotMigration> = new Map();
-const NO_RANGES: readonly number[] = [];
 
 /**
  * Where argument i's bulk starts in the request, its `$len\r\n` header included: the header
@@ -44,10 +50,23 @@ function bulkStart(frame: RequestFrame, i: number): number {
 const COPY_LIMIT = 1024;
 
 /**
+ * Scratch state of one fragment() call, kept between calls: fragment() runs to its end before
+ * another can start, and a split command's fragments then need no arrays of their own (an
+ * allocation profile of MGET of 10 keys over 3 shards put 39% of the proxy's allocations in the
+ * per-fragment range and part arrays this replaces).
+ */
+let fragmentOfShard = new Int32Array(64);
+/** The call that set fragmentOfShard[shard]; an older value there is stale (no clearing needed). */
+let setInCall = new Int32Array(64);
+let call = 0;
+/** Per fragment: where its next key's bytes go in its copy, or the end of its last view. */
+let cursor = new Int32Array(16);
+
+/**
  * Groups the keys of MGET/MSET/DEL/... per shard, one sub-command per shard (not one per key),
  * keeping the request's key order inside each. A key (with its MSET value) is a byte range of
- * the request, `$len` header included, and the ranges of keys that follow each other in the
- * request and in the fragment are one range; only the sub-command headers are new.
+ * the request, `$len` header included; a small fragment is those ranges copied after a new
+ * header, a large one the header and views of the ranges (neighbouring ones joined).
  */
 export function fragment(
   frame: RequestFrame,
@@ -59,62 +78,82 @@ export function fragment(
   const keyCount = Math.floor((frame.argc - 1) / step);
   const keyFragment = new Int32Array(keyCount);
   const fragments: Fragment[] = [];
-  /** Per fragment: [start, end) byte ranges of the request, flattened. */
-  const ranges: number[][] = [];
-  /** Shard -> index in fragments (keys of stable slots). */
-  const byShard: number[] = [];
-  /** -1 - slot -> index in fragments: a migrating slot is a piece of its own. */
+  /** Migrating slot -> index in fragments: a migrating slot is a piece of its own. */
   let byMigratingSlot: Map<number, number> | null = null;
   const hasMigrations = migrations.size > 0;
+  call = call === 0x7fffffff ? 1 : call + 1;
   for (let k = 0; k < keyCount; k++) {
     const keyArg = 1 + k * step;
     const slot = argSlot(frame, keyArg);
     const migration = hasMigrations ? (migrations.get(slot) ?? null) : null;
     const shard = migration === null ? slotOwner[slot]! : migration.to;
-    let f = migration === null ? byShard[shard] : (byMigratingSlot ??= new Map()).get(slot);
+    let f: number | undefined;
+    if (migration === null) {
+      if (shard >= fragmentOfShard.length) growShardTables(shard);
+      if (setInCall[shard] === call) f = fragmentOfShard[shard]!;
+    } else {
+      f = (byMigratingSlot ??= new Map()).get(slot);
+    }
     if (f === undefined) {
       f = fragments.length;
-      if (migration === null) byShard[shard] = f;
-      else byMigratingSlot!.set(slot, f);
-      fragments.push({ shard, parts: [], keyCount: 0, migration, keys: [] });
-      ranges.push([]);
+      fragments.push(new Fragment(shard, migration, migration === null ? NO_KEYS : []));
+      if (migration === null) {
+        fragmentOfShard[shard] = f;
+        setInCall[shard] = call;
+      } else {
+        byMigratingSlot!.set(slot, f);
+      }
     }
     const piece = fragments[f]!;
     piece.keyCount++;
+    piece.byteLength += frame.argEnd[keyArg + step - 1]! + 2 - bulkStart(frame, keyArg);
     keyFragment[k] = f;
     if (migration !== null) piece.keys.push(frame.arg(keyArg));
-    const from = bulkStart(frame, keyArg);
-    const to = frame.argEnd[keyArg + step - 1]! + 2;
-    const own = ranges[f]!;
-    if (own.length > 0 && own[own.length - 1] === from) own[own.length - 1] = to;
-    else own.push(from, to);
   }
+
   const nameFrom = frame.argStart[0]! - headerLength(frame.argEnd[0]! - frame.argStart[0]!);
   const nameTo = frame.argEnd[0]! + 2;
+  const nameLength = nameTo - nameFrom;
+  if (fragments.length > cursor.length) cursor = new Int32Array(Math.max(fragments.length, 2 * cursor.length));
   for (let f = 0; f < fragments.length; f++) {
     const piece = fragments[f]!;
-    const own = ranges[f]!;
-    let length = nameTo - nameFrom;
-    for (let r = 0; r < own.length; r += 2) length += own[r + 1]! - own[r]!;
     const argc = 1 + piece.keyCount * step;
-    if (length <= COPY_LIMIT) {
-      piece.parts.push(copyFragment(frame.buf, argc, nameFrom, nameTo, own, length));
+    const isCopied = nameLength + piece.byteLength <= COPY_LIMIT;
+    // The header and the command name; a copied fragment's keys follow in the same buffer.
+    const head = Buffer.allocUnsafe(arrayHeaderLength(argc) + nameLength + (isCopied ? piece.byteLength : 0));
+    const at = copyRange(frame.buf, nameFrom, nameTo, head, writeArrayHeader(head, 0, argc));
+    piece.request = isCopied ? head : [head];
+    cursor[f] = isCopied ? at : -1;
+  }
+  for (let k = 0; k < keyCount; k++) {
+    const f = keyFragment[k]!;
+    const keyArg = 1 + k * step;
+    const from = bulkStart(frame, keyArg);
+    const to = frame.argEnd[keyArg + step - 1]! + 2;
+    const request = fragments[f]!.request;
+    if (!Array.isArray(request)) {
+      cursor[f] = copyRange(frame.buf, from, to, request, cursor[f]!);
+    } else if (cursor[f] === from) {
+      // Follows the fragment's last view in the request: one view for both.
+      const last = request.length - 1;
+      request[last] = frame.buf.subarray(from - request[last]!.length, to);
+      cursor[f] = to;
     } else {
-      // The header and the command name copied, the (large) keys and values as views.
-      piece.parts.push(copyFragment(frame.buf, argc, nameFrom, nameTo, NO_RANGES, nameTo - nameFrom));
-      for (let r = 0; r < own.length; r += 2) piece.parts.push(frame.buf.subarray(own[r]!, own[r + 1]!));
+      request.push(frame.buf.subarray(from, to));
+      cursor[f] = to;
     }
   }
   return { fragments, keyFragment };
 }
 
-/** `*argc\r\n`, the command name's bulk and the ranges (`length` bytes with the name), copied into one buffer. */
-function copyFragment(buf: Buffer, argc: number, nameFrom: number, nameTo: number, ranges: readonly number[], length: number): Buffer {
-  const out = Buffer.allocUnsafe(arrayHeaderLength(argc) + length);
-  let at = writeArrayHeader(out, 0, argc);
-  at = copyRange(buf, nameFrom, nameTo, out, at);
-  for (let r = 0; r < ranges.length; r += 2) at = copyRange(buf, ranges[r]!, ranges[r + 1]!, out, at);
-  return out;
+function growShardTables(shard: number): void {
+  const length = Math.max(shard + 1, 2 * fragmentOfShard.length);
+  const fragmentsBefore = fragmentOfShard;
+  const callsBefore = setInCall;
+  fragmentOfShard = new Int32Array(length);
+  setInCall = new Int32Array(length);
+  fragmentOfShard.set(fragmentsBefore);
+  setInCall.set(callsBefore);
 }
 
 /** Length of `$<n>\r\n`. */

@@ -80,6 +80,34 @@ describe('mergeUnion (KEYS)', () => {
     expect(text(mergeUnion(pieces.map(bulkArray)))).toBe(expected);
   });
 
+  it('keeps no state between merges: 2,000 random ones in a row, malformed ones among them, up to 40 pieces and 600 keys', () => {
+    let seed = 11;
+    const random = (): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed / 0x80000000;
+    };
+    for (let round = 0; round < 2000; round++) {
+      const pieceCount = 1 + Math.floor(random() * (round % 50 === 0 ? 40 : 4));
+      const keyCount = 1 + Math.floor(random() * (round % 7 === 0 ? 600 : 12));
+      const keyFragment = Int32Array.from({ length: keyCount }, () => Math.floor(random() * pieceCount));
+      const perPiece: (string | null)[][] = Array.from({ length: pieceCount }, () => []);
+      const inOrder: (string | null)[] = [];
+      for (let k = 0; k < keyCount; k++) {
+        const value = random() < 0.2 ? null : `r${round}-k${k}`;
+        perPiece[keyFragment[k]!]!.push(value);
+        inOrder.push(value);
+      }
+      if (round % 13 === 5) {
+        // One piece short of an item: an error, and the merges after it still right.
+        const short = keyFragment[0]!;
+        perPiece[short]!.pop();
+        expect(text(mergeMget(perPiece.map(bulkArray), keyFragment)), `round ${round}`).toMatch(MERGE_ERROR);
+        continue;
+      }
+      expect(mergeMget(perPiece.map(bulkArray), keyFragment).equals(bulkArray(inOrder)), `round ${round}`).toBe(true);
+    }
+  });
+
   it('is an error when a piece is not an array', () => {
     expect(text(mergeUnion([bulkArray(['a']), bytes(':1\r\n')]))).toMatch(MERGE_ERROR);
   });

@@ -22,6 +22,11 @@ function frameOf(args: readonly (string | Buffer)[]): RequestFrame {
 }
 
 /** The spec the dispatcher would use, subcommand included. */
+/** The bytes a fragment's request would write. */
+function bytesOf(request: Buffer | readonly Buffer[]): Buffer {
+  return Buffer.isBuffer(request) ? request : Buffer.concat(request);
+}
+
 function specOf(frame: RequestFrame): CommandSpec {
   const spec = lookupCommand(frame.argString(0));
   if (spec === undefined) throw new Error(`unknown command ${frame.argString(0)}`);
@@ -212,7 +217,7 @@ describe('fragment', () => {
   });
 
   /** The bytes a fragment would write. */
-  const wire = (parts: readonly Buffer[]): string => Buffer.concat(parts).toString('latin1');
+  const wire = (request: Buffer | readonly Buffer[]): string => bytesOf(request).toString('latin1');
 
   it('groups MGET keys per shard, in first-seen shard order, keeping key order inside each', () => {
     const frame = frameOf(['MGET', 'foo', 'bar', 'a', 'c', 'hello', 'somekey']);
@@ -220,15 +225,15 @@ describe('fragment', () => {
     expect(fragments.map((f) => f.shard)).toEqual([2, 0, 1]);
     expect(fragments.map((f) => f.keyCount)).toEqual([3, 2, 1]);
     expect(Array.from(keyFragment)).toEqual([0, 1, 0, 2, 1, 0]);
-    expect(wire(fragments[0]!.parts)).toBe(encodeCommand(['MGET', 'foo', 'a', 'somekey']).toString('latin1'));
-    expect(wire(fragments[1]!.parts)).toBe(encodeCommand(['MGET', 'bar', 'hello']).toString('latin1'));
-    expect(wire(fragments[2]!.parts)).toBe(encodeCommand(['MGET', 'c']).toString('latin1'));
+    expect(wire(fragments[0]!.request)).toBe(encodeCommand(['MGET', 'foo', 'a', 'somekey']).toString('latin1'));
+    expect(wire(fragments[1]!.request)).toBe(encodeCommand(['MGET', 'bar', 'hello']).toString('latin1'));
+    expect(wire(fragments[2]!.request)).toBe(encodeCommand(['MGET', 'c']).toString('latin1'));
   });
 
   it('keeps the command name as the client spelled it', () => {
     const frame = frameOf(['mGeT', 'foo', 'bar']);
     const { fragments } = fragment(frame, specOf(frame), owner);
-    expect(wire(fragments[0]!.parts)).toBe(encodeCommand(['mGeT', 'foo']).toString('latin1'));
+    expect(wire(fragments[0]!.request)).toBe(encodeCommand(['mGeT', 'foo']).toString('latin1'));
   });
 
   it('keeps MSET key/value pairs together, binary values byte-exact', () => {
@@ -241,9 +246,9 @@ describe('fragment', () => {
       [1, 1],
     ]);
     expect(Array.from(keyFragment)).toEqual([0, 1, 2, 0]);
-    expect(Buffer.concat(fragments[0]!.parts).equals(encodeCommand(['MSET', 'foo', '1', 'a', 'x'.repeat(300)]))).toBe(true);
-    expect(Buffer.concat(fragments[1]!.parts).equals(encodeCommand(['MSET', 'bar', binary]))).toBe(true);
-    expect(Buffer.concat(fragments[2]!.parts).equals(encodeCommand(['MSET', 'c', '']))).toBe(true);
+    expect(bytesOf(fragments[0]!.request).equals(encodeCommand(['MSET', 'foo', '1', 'a', 'x'.repeat(300)]))).toBe(true);
+    expect(bytesOf(fragments[1]!.request).equals(encodeCommand(['MSET', 'bar', binary]))).toBe(true);
+    expect(bytesOf(fragments[2]!.request).equals(encodeCommand(['MSET', 'c', '']))).toBe(true);
   });
 
   it('sends keys sharing a hash tag to one shard', () => {
@@ -251,7 +256,7 @@ describe('fragment', () => {
     const { fragments, keyFragment } = fragment(frame, specOf(frame), owner);
     expect(fragments).toHaveLength(2);
     expect(Array.from(keyFragment)).toEqual([0, 1, 0, 0]);
-    expect(wire(fragments[0]!.parts)).toBe(encodeCommand(['DEL', '{user1000}.a', '{user1000}.b', '{user1000}.c']).toString('latin1'));
+    expect(wire(fragments[0]!.request)).toBe(encodeCommand(['DEL', '{user1000}.a', '{user1000}.b', '{user1000}.c']).toString('latin1'));
   });
 
   it('makes one fragment when every key is on one shard', () => {
@@ -260,7 +265,7 @@ describe('fragment', () => {
     expect(fragments).toHaveLength(1);
     expect(fragments[0]!.shard).toBe(1);
     expect(Array.from(keyFragment)).toEqual([0, 0, 0]);
-    expect(Buffer.concat(fragments[0]!.parts).equals(frame.bytes())).toBe(true);
+    expect(bytesOf(fragments[0]!.request).equals(frame.bytes())).toBe(true);
   });
 
   it('takes key and value bytes as views of the request (no copies)', () => {
@@ -268,7 +273,7 @@ describe('fragment', () => {
     const { fragments } = fragment(frame, specOf(frame), owner);
     // Each key (with its value) is one view of the request, `$len` header included; only the
     // sub-command header (the first part) is new.
-    const views = fragments.flatMap((f) => f.parts.slice(1));
+    const views = fragments.flatMap((f) => (Array.isArray(f.request) ? f.request.slice(1) : []));
     expect(views.map((v) => v.toString())).toEqual(expect.arrayContaining(['$3\r\nfoo\r\n$1000\r\n' + 'v'.repeat(1000) + '\r\n']));
     for (const view of views) expect(view.buffer).toBe(frame.buf.buffer);
   });
@@ -276,15 +281,16 @@ describe('fragment', () => {
   it('copies a small fragment into one buffer; a large one joins neighbouring keys into one view', () => {
     const small = frameOf(['MGET', 'foo', 'a', 'bar', 'somekey']);
     const { fragments } = fragment(small, specOf(small), owner);
-    for (const piece of fragments) expect(piece.parts).toHaveLength(1);
+    for (const piece of fragments) expect(Buffer.isBuffer(piece.request)).toBe(true);
     small.buf.fill(0); // a copy, not a view: the request's bytes may be reused
-    expect(wire(fragments[0]!.parts)).toBe(encodeCommand(['MGET', 'foo', 'a', 'somekey']).toString('latin1'));
+    expect(wire(fragments[0]!.request)).toBe(encodeCommand(['MGET', 'foo', 'a', 'somekey']).toString('latin1'));
     // foo and a follow each other in the request and go to one shard: one view for both.
     const large = frameOf(['MSET', 'foo', 'v'.repeat(2000), 'a', 'w', 'bar', 'x', 'somekey', 'y']);
     const { fragments: parts } = fragment(large, specOf(large), owner);
-    expect(parts[0]!.parts).toHaveLength(3);
-    expect(parts[0]!.parts[1]!.toString()).toBe(`$3\r\nfoo\r\n$2000\r\n${'v'.repeat(2000)}\r\n$1\r\na\r\n$1\r\nw\r\n`);
-    expect(Buffer.concat(parts[0]!.parts).equals(encodeCommand(['MSET', 'foo', 'v'.repeat(2000), 'a', 'w', 'somekey', 'y']))).toBe(true);
+    const request = parts[0]!.request as Buffer[];
+    expect(request).toHaveLength(3);
+    expect(request[1]!.toString()).toBe(`$3\r\nfoo\r\n$2000\r\n${'v'.repeat(2000)}\r\n$1\r\na\r\n$1\r\nw\r\n`);
+    expect(Buffer.concat(request).equals(encodeCommand(['MSET', 'foo', 'v'.repeat(2000), 'a', 'w', 'somekey', 'y']))).toBe(true);
   });
 
   it('follows the slot owner table it is given (after a slot moved)', () => {
@@ -306,8 +312,63 @@ describe('fragment', () => {
     fragments.forEach((f, i) => {
       expect(f.keyCount).toBe(perFragment[i]!.length);
       for (const key of perFragment[i]!) expect(shardOfSlot(referenceSlot(Buffer.from(key)))).toBe(f.shard);
-      expect(wire(f.parts)).toBe(encodeCommand(['MGET', ...perFragment[i]!]).toString('latin1'));
+      expect(wire(f.request)).toBe(encodeCommand(['MGET', ...perFragment[i]!]).toString('latin1'));
     });
+  });
+});
+
+/**
+ * The fragmenter keeps scratch tables between calls (which fragment each shard's keys went to,
+ * stamped with the call): any call must see nothing of the ones before it. Compared with a plain
+ * model (keys grouped by owner in first-seen order, each group re-encoded) over random commands:
+ * up to 300 shards (past the tables' first size), migrating slots, small and large MSET values.
+ */
+describe('fragment() against a model, over many calls in a row', () => {
+  it('matches the model for 3,000 random MGET/MSET/DEL commands', () => {
+    let seed = 7;
+    const random = (): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed / 0x80000000;
+    };
+    for (let round = 0; round < 3000; round++) {
+      const shardCount = 1 + Math.floor(random() * (round % 10 === 0 ? 300 : 8));
+      const slotOwner = new Uint16Array(SLOT_COUNT).map(() => Math.floor(random() * shardCount));
+      const migrations = new Map<number, { from: number; to: number }>();
+      const command = ['MGET', 'MSET', 'DEL'][round % 3]!;
+      const step = command === 'MSET' ? 2 : 1;
+      const keyCount = 1 + Math.floor(random() * 12);
+      const keys = Array.from({ length: keyCount }, () => `k${Math.floor(random() * 50)}`);
+      if (random() < 0.3) for (const key of keys) if (random() < 0.3) migrations.set(calculateSlot(Buffer.from(key)), { from: 0, to: Math.floor(random() * shardCount) });
+      const args: string[] = [command];
+      for (const key of keys) {
+        args.push(key);
+        if (step === 2) args.push('v'.repeat(random() < 0.1 ? 1500 : Math.floor(random() * 20)));
+      }
+      const frame = frameOf(args);
+      const { fragments, keyFragment } = fragment(frame, specOf(frame), slotOwner, migrations);
+
+      // The model: one group per owner (a migrating slot a group of its own), in first-seen order.
+      const groups: { shard: number; slot: number | null; args: string[]; keys: string[] }[] = [];
+      const expectedFragment: number[] = [];
+      keys.forEach((key, k) => {
+        const slot = calculateSlot(Buffer.from(key));
+        const migration = migrations.get(slot);
+        const shard = migration === undefined ? slotOwner[slot]! : migration.to;
+        let g = groups.findIndex((group) => (migration === undefined ? group.slot === null && group.shard === shard : group.slot === slot));
+        if (g < 0) {
+          g = groups.length;
+          groups.push({ shard, slot: migration === undefined ? null : slot, args: [command], keys: [] });
+        }
+        groups[g]!.args.push(...args.slice(1 + k * step, 1 + (k + 1) * step));
+        if (migration !== undefined) groups[g]!.keys.push(key);
+        expectedFragment.push(g);
+      });
+      expect(Array.from(keyFragment), `round ${round}`).toEqual(expectedFragment);
+      expect(fragments.map((f) => [f.shard, f.keyCount, f.migration === null, f.keys.map(String)]), `round ${round}`).toEqual(
+        groups.map((g) => [g.shard, (g.args.length - 1) / step, g.slot === null, g.keys]),
+      );
+      fragments.forEach((f, i) => expect(bytesOf(f.request).equals(encodeCommand(groups[i]!.args)), `round ${round} fragment ${i}`).toBe(true));
+    }
   });
 });
 
