@@ -88,6 +88,11 @@ export class LocalCommands {
       return;
     }
     const own = killClients(filter, this.#clients, client);
+    // An id or an address names one client of the whole proxy: found here, no other has it.
+    if (own > 0 && (filter.id !== undefined || filter.isOldForm)) {
+      client.reply(killReply(filter, own), spec);
+      return;
+    }
     const slot = client.awaitReply(spec);
     void peers.ask({ kind: 'client-kill', filter }).then((answers) => {
       slot.onReply(killReply(filter, answers.reduce((sum, a) => (a.kind === 'client-kill' ? sum + a.killed : sum), own)));
