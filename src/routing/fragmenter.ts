@@ -49,16 +49,13 @@ function bulkStart(frame: RequestFrame, i: number): number {
  */
 const COPY_LIMIT = 1024;
 
-/**
- * Scratch state of one fragment() call, kept between calls: fragment() runs to its end before
- * another can start, and a split command's fragments then need no arrays of their own (an
- * allocation profile of MGET of 10 keys over 3 shards put 39% of the proxy's allocations in the
- * per-fragment range and part arrays this replaces).
- */
+// Scratch state of one fragment() call, kept between calls: fragment() runs to its end before
+// another can start, and a split command's fragments then need no arrays of their own (an
+// allocation profile of MGET of 10 keys over 3 shards put 39% of the proxy's allocations in the
+// per-fragment range and part arrays this replaces).
+
+/** Per shard: 1 + the index of its fragment in this call, 0 for none; put back to 0 before the call returns. */
 let fragmentOfShard = new Int32Array(64);
-/** The call that set fragmentOfShard[shard]; an older value there is stale (no clearing needed). */
-let setInCall = new Int32Array(64);
-let call = 0;
 /** Per fragment: where its next key's bytes go in its copy, or the end of its last view. */
 let cursor = new Int32Array(16);
 
@@ -81,34 +78,35 @@ export function fragment(
   /** Migrating slot -> index in fragments: a migrating slot is a piece of its own. */
   let byMigratingSlot: Map<number, number> | null = null;
   const hasMigrations = migrations.size > 0;
-  call = call === 0x7fffffff ? 1 : call + 1;
-  for (let k = 0; k < keyCount; k++) {
-    const keyArg = 1 + k * step;
-    const slot = argSlot(frame, keyArg);
-    const migration = hasMigrations ? (migrations.get(slot) ?? null) : null;
-    const shard = migration === null ? slotOwner[slot]! : migration.to;
-    let f: number | undefined;
-    if (migration === null) {
-      if (shard >= fragmentOfShard.length) growShardTables(shard);
-      if (setInCall[shard] === call) f = fragmentOfShard[shard]!;
-    } else {
-      f = (byMigratingSlot ??= new Map()).get(slot);
-    }
-    if (f === undefined) {
-      f = fragments.length;
-      fragments.push(new Fragment(shard, migration, migration === null ? NO_KEYS : []));
+  try {
+    for (let k = 0; k < keyCount; k++) {
+      const keyArg = 1 + k * step;
+      const slot = argSlot(frame, keyArg);
+      const migration = hasMigrations ? (migrations.get(slot) ?? null) : null;
+      const shard = migration === null ? slotOwner[slot]! : migration.to;
+      let f: number | undefined;
       if (migration === null) {
-        fragmentOfShard[shard] = f;
-        setInCall[shard] = call;
+        if (shard >= fragmentOfShard.length) growShardTable(shard);
+        const known = fragmentOfShard[shard]!;
+        if (known > 0) f = known - 1;
       } else {
-        byMigratingSlot!.set(slot, f);
+        f = (byMigratingSlot ??= new Map()).get(slot);
       }
+      if (f === undefined) {
+        f = fragments.length;
+        fragments.push(new Fragment(shard, migration, migration === null ? NO_KEYS : []));
+        if (migration === null) fragmentOfShard[shard] = f + 1;
+        else byMigratingSlot!.set(slot, f);
+      }
+      const piece = fragments[f]!;
+      piece.keyCount++;
+      piece.byteLength += frame.argEnd[keyArg + step - 1]! + 2 - bulkStart(frame, keyArg);
+      keyFragment[k] = f;
+      if (migration !== null) piece.keys.push(frame.arg(keyArg));
     }
-    const piece = fragments[f]!;
-    piece.keyCount++;
-    piece.byteLength += frame.argEnd[keyArg + step - 1]! + 2 - bulkStart(frame, keyArg);
-    keyFragment[k] = f;
-    if (migration !== null) piece.keys.push(frame.arg(keyArg));
+  } finally {
+    // Only the shards this call touched: the table is clean for the next one, whatever happened.
+    for (const piece of fragments) if (piece.migration === null) fragmentOfShard[piece.shard] = 0;
   }
 
   const nameFrom = frame.argStart[0]! - headerLength(frame.argEnd[0]! - frame.argStart[0]!);
@@ -146,14 +144,10 @@ export function fragment(
   return { fragments, keyFragment };
 }
 
-function growShardTables(shard: number): void {
-  const length = Math.max(shard + 1, 2 * fragmentOfShard.length);
-  const fragmentsBefore = fragmentOfShard;
-  const callsBefore = setInCall;
-  fragmentOfShard = new Int32Array(length);
-  setInCall = new Int32Array(length);
-  fragmentOfShard.set(fragmentsBefore);
-  setInCall.set(callsBefore);
+function growShardTable(shard: number): void {
+  const grown = new Int32Array(Math.max(shard + 1, 2 * fragmentOfShard.length));
+  grown.set(fragmentOfShard);
+  fragmentOfShard = grown;
 }
 
 /** Length of `$<n>\r\n`. */

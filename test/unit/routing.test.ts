@@ -319,7 +319,8 @@ describe('fragment', () => {
 
 /**
  * The fragmenter keeps scratch tables between calls (which fragment each shard's keys went to,
- * stamped with the call): any call must see nothing of the ones before it. Compared with a plain
+ * cleared for the shards a call touched before it returns): any call must see nothing of the
+ * ones before it. Compared with a plain
  * model (keys grouped by owner in first-seen order, each group re-encoded) over random commands:
  * up to 300 shards (past the tables' first size), migrating slots, small and large MSET values.
  */
