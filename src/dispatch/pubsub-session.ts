@@ -15,6 +15,10 @@ export interface PubSubShards {
   openPushConnection(shard: number, sink: PushSink): BackendConnection;
   /** The session has closed (the dispatcher stops telling it of new snapshots). */
   onClosed(session: PubSubSession): void;
+  /** The session has its first channel in `slot`: snapshots that move the slot concern it. */
+  watch(session: PubSubSession, slot: number): void;
+  /** The session has no channel in `slot` any more. */
+  unwatch(session: PubSubSession, slot: number): void;
 }
 
 type Kind = 'channel' | 'pattern' | 'shard';
@@ -81,6 +85,7 @@ interface Expectation {
 
 /** A channel or shard channel subscribed to, and the shard it is subscribed on. */
 interface Subscription {
+  readonly kind: Kind;
   readonly name: Buffer;
   readonly slot: number;
   /** Shard name; '' for patterns (they are on every shard). */
@@ -140,6 +145,8 @@ export class PubSubSession {
   readonly #expectations = new Map<string, Expectation[]>();
   /** The shards patterns are subscribed on: every shard of the last snapshot seen. */
   #patternShards: readonly string[];
+  /** Channels and shard channels by slot, for snapshots that move only some slots. */
+  readonly #bySlot = new Map<number, Subscription[]>();
   #isClosed = false;
 
   constructor(client: ClientContext, shards: PubSubShards) {
@@ -179,10 +186,12 @@ export class PubSubSession {
       const isChange = isAdd ? subscription === undefined : subscription !== undefined;
       if (isAdd && subscription === undefined) {
         const slot = kind === 'pattern' ? -1 : keySlot(name, 0, name.length);
-        subscription = { name, slot, home: slot < 0 ? '' : homeOf(this.#shards.topology, slot) };
+        subscription = { kind, name, slot, home: slot < 0 ? '' : homeOf(this.#shards.topology, slot) };
         subscribed.set(key, subscription);
-      } else if (!isAdd) {
+        if (slot >= 0) this.#index(subscription);
+      } else if (!isAdd && subscription !== undefined) {
         subscribed.delete(key);
+        if (subscription.slot >= 0) this.#unindex(subscription);
       }
       replies.push(confirmation(spec.name, name, this.#count(kind)));
       if (!isChange) continue;
@@ -213,18 +222,22 @@ export class PubSubSession {
    * first, then unsubscribed where it was), patterns are subscribed on shards that joined, and
    * the connections to shards that left are closed. Messages published meanwhile through an
    * older snapshot may be missed, as across a Redis Cluster reshard; none is heard twice.
+   * `movedSlots` names the slots whose home changed when the shards did not (then only their
+   * channels can move); null when the shards changed too (every subscription is looked at).
    */
-  onTopology(topology: Topology, names: readonly string[]): void {
+  onTopology(topology: Topology, names: readonly string[], movedSlots: readonly number[] | null): void {
     if (this.#isClosed) return;
-    for (const [shard, { connection }] of this.#connections) {
-      const info = topology.shardNamed(shard);
-      if (info !== undefined && !sameNode(info.primary, connection.address)) {
-        // The shard failed over while its old primary kept the connection up (frozen, cut
-        // off): the subscriptions there hear nothing of what is published on the new primary,
-        // and confirmations owed from there may never come. End the client, as its own Redis
-        // failing would; it reconnects and subscribes again (on the new primary).
-        this.onPushClosed();
-        return;
+    if (movedSlots === null) {
+      for (const [shard, { connection }] of this.#connections) {
+        const info = topology.shardNamed(shard);
+        if (info !== undefined && !sameNode(info.primary, connection.address)) {
+          // The shard failed over while its old primary kept the connection up (frozen, cut
+          // off): the subscriptions there hear nothing of what is published on the new primary,
+          // and confirmations owed from there may never come. End the client, as its own Redis
+          // failing would; it reconnects and subscribes again (on the new primary).
+          this.onPushClosed();
+          return;
+        }
       }
     }
     const moves = new Map<string, Moves>();
@@ -236,28 +249,33 @@ export class PubSubSession {
       }
       return m;
     };
-    for (const kind of ['channel', 'shard'] as const) {
-      for (const subscription of this.#subscriptions[kind].values()) {
-        const home = homeOf(topology, subscription.slot);
-        if (home === subscription.home) continue;
-        movesOn(home).add[kind].push(subscription.name);
-        if (names.includes(subscription.home)) movesOn(subscription.home).remove[kind].push(subscription.name);
-        subscription.home = home;
-      }
+    const follow = (subscription: Subscription): void => {
+      const home = homeOf(topology, subscription.slot);
+      if (home === subscription.home) return;
+      movesOn(home).add[subscription.kind].push(subscription.name);
+      if (names.includes(subscription.home)) movesOn(subscription.home).remove[subscription.kind].push(subscription.name);
+      subscription.home = home;
+    };
+    if (movedSlots === null) {
+      for (const subscription of this.#subscriptions.channel.values()) follow(subscription);
+      for (const subscription of this.#subscriptions.shard.values()) follow(subscription);
+    } else {
+      for (const slot of movedSlots) for (const subscription of this.#bySlot.get(slot) ?? []) follow(subscription);
     }
-    if (this.#subscriptions.pattern.size > 0) {
+    if (movedSlots === null && this.#subscriptions.pattern.size > 0) {
       for (const shard of names) {
         if (this.#patternShards.includes(shard)) continue;
         for (const subscription of this.#subscriptions.pattern.values()) movesOn(shard).add.pattern.push(subscription.name);
       }
     }
-    this.#patternShards = names;
+    if (movedSlots === null) this.#patternShards = names;
     for (const [shard, m] of moves) {
       for (const kind of ['channel', 'pattern', 'shard'] as const) this.#sendUnseen(shard, SUBSCRIBE[kind], m.add[kind]);
     }
     for (const [shard, m] of moves) {
       for (const kind of ['channel', 'pattern', 'shard'] as const) this.#sendUnseen(shard, UNSUBSCRIBE[kind], m.remove[kind]);
     }
+    if (movedSlots !== null) return;
     for (const [shard, { connection, sink }] of this.#connections) {
       if (names.includes(shard)) continue;
       sink.isRetired = true;
@@ -300,7 +318,29 @@ export class PubSubSession {
     this.#isClosed = true;
     for (const { connection } of this.#connections.values()) connection.close();
     this.#connections.clear();
+    for (const slot of this.#bySlot.keys()) this.#shards.unwatch(this, slot);
+    this.#bySlot.clear();
     this.#shards.onClosed(this);
+  }
+
+  #index(subscription: Subscription): void {
+    const inSlot = this.#bySlot.get(subscription.slot);
+    if (inSlot !== undefined) {
+      inSlot.push(subscription);
+      return;
+    }
+    this.#bySlot.set(subscription.slot, [subscription]);
+    this.#shards.watch(this, subscription.slot);
+  }
+
+  #unindex(subscription: Subscription): void {
+    const inSlot = this.#bySlot.get(subscription.slot);
+    if (inSlot === undefined) return;
+    const at = inSlot.indexOf(subscription);
+    if (at >= 0) inSlot.splice(at, 1);
+    if (inSlot.length > 0) return;
+    this.#bySlot.delete(subscription.slot);
+    this.#shards.unwatch(this, subscription.slot);
   }
 
   /** What Redis reports after each (un)subscribe: channels + patterns, or shard channels alone. */

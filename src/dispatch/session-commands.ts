@@ -10,6 +10,7 @@ import type { ClientContext } from './client-context';
 import { ClientPins, type WatchState } from './client-pins';
 import { wrongArity } from './local-commands';
 import { PubSubSession } from './pubsub-session';
+import { PubSubSessions } from './pubsub-sessions';
 import type { ShardAccess } from './shard-access';
 import { EXEC_REQUEST, Transaction, UNWATCH_REQUEST } from './transaction';
 
@@ -186,8 +187,8 @@ export class SessionCommands {
   readonly #shards: ShardAccess;
   /** In arrival order; each client has at most one (it reads nothing more while one waits). */
   #settleWaiters: SettleWaiter[] = [];
-  /** Clients' Pub/Sub sessions, told of each new snapshot so their subscriptions follow it. */
-  readonly #pubsubSessions = new Set<PubSubSession>();
+  /** Clients' Pub/Sub sessions, told of the snapshots that concern them so their subscriptions follow. */
+  readonly #pubsubSessions = new PubSubSessions();
   /** Blocking commands sent and not answered yet, told of each new snapshot likewise. */
   readonly #blocked = new Set<BlockedCommand>();
 
@@ -211,10 +212,7 @@ export class SessionCommands {
    */
   onTopology(): void {
     const topology = this.#shards.topology;
-    if (this.#pubsubSessions.size > 0) {
-      const names = topology.shards.map((shard) => shard.name);
-      for (const session of this.#pubsubSessions) session.onTopology(topology, names);
-    }
+    this.#pubsubSessions.onTopology(topology);
     for (const blocked of this.#blocked) {
       if (blocked.lostError !== null) {
         const shard = topology.shardNamed(blocked.shardName);
@@ -380,8 +378,10 @@ export class SessionCommands {
         },
         openPushConnection: (shard, sink) => shards.dedicatedConnection(shard, sink),
         onClosed: (session) => sessions.delete(session),
+        watch: (session, slot) => sessions.watch(session, slot),
+        unwatch: (session, slot) => sessions.unwatch(session, slot),
       });
-      sessions.add(pins.pubsub);
+      sessions.add(pins.pubsub, shards.topology);
     }
     pins.pubsub.handle(frame, spec);
   }
