@@ -373,7 +373,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     const request = frame.bytes();
     const answer = (others: readonly WorkerCounts[]): void => {
       const counts = others.reduce(addCounts, this.#ownCounts());
-      const proxySection = includesSection(requested, 'proxy') ? this.#proxySection(counts) : null;
+      const proxySection = includesSection(requested, 'proxy') ? this.#proxySection(counts, 1 + others.length) : null;
       const onlyProxy = !requested.all && [...requested.names].every((name) => name === 'proxy');
       if (onlyProxy) {
         slot.onReply(encodeBulk(`${proxySection}\r\n`));
@@ -414,13 +414,15 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     };
   }
 
-  #proxySection(counts: WorkerCounts): string {
+  /** The Proxy section; `workers`: the data-path processes that answered (this one included). */
+  #proxySection(counts: WorkerCounts, workers: number): string {
     const uptime = Math.floor((Date.now() - this.#startedAt) / 1000);
     const lines = [
       '# Proxy',
       `slotproxy_version:${this.#identity.version}`,
       `proxy_id:${this.#identity.nodeId}`,
       `process_id:${this.#processId}`,
+      `workers:${workers}`,
       `uptime_in_seconds:${uptime}`,
       `connected_clients:${counts.connectedClients}`,
       `total_connections_received:${counts.totalConnectionsReceived}`,

@@ -732,6 +732,7 @@ describe('command kinds through slotproxy (issue 6)', () => {
       const info = await viaProxy.info();
       expect(info).toMatch(/^# Proxy\r\n/);
       expect(info).toMatch(/\r\nshards:3\r\n/);
+      expect(info).toMatch(/\r\nworkers:1\r\n/);
       for (const section of ['Server', 'Clients', 'Memory', 'Stats', 'Replication', 'Keyspace']) expect(info).toContain(`# ${section}\r\n`);
       const keyspace = /# Keyspace\r\ndb0:keys=(\d+),expires=(\d+),avg_ttl=\d+\r\n/.exec(info);
       expect(keyspace, info.slice(info.indexOf('# Keyspace'))).not.toBeNull();

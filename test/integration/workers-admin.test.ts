@@ -90,6 +90,7 @@ describe('workers: 2, one proxy as its clients see it', () => {
         expect(proxySection.endsWith('\r\n')).toBe(true);
         // The process to signal is the primary, whichever worker answers.
         expect(infoField(proxySection, 'process_id')).toBe(deployment.proxy.pid);
+        expect(infoField(proxySection, 'workers')).toBe(2);
         expect(infoField(info, 'process_id')).toBe(deployment.proxy.pid);
         // Every client above sent CLIENT ID and SETNAME, on whichever worker it is.
         expect(infoField(info, 'total_commands_processed')).toBeGreaterThanOrEqual(2 * clients.length);
