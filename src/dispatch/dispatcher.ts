@@ -366,9 +366,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
    * asked for theirs first (a round trip over the IPC channel).
    */
   #info(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
-    const args: string[] = [];
-    for (let i = 1; i < frame.argc; i++) args.push(frame.argString(i));
-    const requested = requestedSections(args);
+    const requested = requestedSections(frame.argStrings(1));
     const slot = client.awaitReply(spec);
     const request = frame.bytes();
     const answer = (others: readonly WorkerCounts[]): void => {

@@ -28,15 +28,7 @@ export function notAllowed(name: string, why: string): Buffer {
   return encodeError(`ERR command '${name}' is not allowed through slotproxy${why ? ` (${why})` : ''}`);
 }
 
-
 const b = (text: string | number): Buffer => Buffer.from(String(text));
-
-/** The request's arguments from `first` on, as strings. */
-function argumentsFrom(frame: RequestFrame, first: number): string[] {
-  const args: string[] = [];
-  for (let i = first; i < frame.argc; i++) args.push(frame.argString(i));
-  return args;
-}
 
 /**
  * Replies the proxy makes itself: connection state that lives in the proxy (name, protocol,
@@ -56,45 +48,48 @@ export class LocalCommands {
   }
 
   handle(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
-    if (this.#peers !== null && (spec.name === 'client|list' || (spec.name === 'client|kill' && frame.argc >= 3))) {
-      this.#acrossWorkers(frame, spec, client, this.#peers);
-      return;
-    }
-    client.reply(this.#answer(frame, spec, client), spec);
+    if (spec.name === 'client|list') this.#clientList(frame, spec, client);
+    else if (spec.name === 'client|kill') this.#clientKill(frame, spec, client);
+    else client.reply(this.#answer(frame, spec, client), spec);
   }
 
-  /**
-   * CLIENT LIST and KILL with `workers: N`: this worker's clients at once, the others' by asking
-   * them with the same filter; one reply for the whole proxy.
-   */
-  #acrossWorkers(frame: RequestFrame, spec: CommandSpec, client: ClientContext, peers: WorkerPeers): void {
-    const args = argumentsFrom(frame, 2);
-    if (spec.name === 'client|list') {
-      const filter = parseListFilter(args);
-      if (Buffer.isBuffer(filter)) {
-        client.reply(filter, spec);
-        return;
-      }
-      const own = listLines(filter, this.#clients);
-      const slot = client.awaitReply(spec);
-      void peers.ask({ kind: 'client-list', filter }).then((answers) => {
-        slot.onReply(encodeBulk(answers.reduce((text, a) => (a.kind === 'client-list' ? text + a.lines : text), own)));
-      });
+  /** CLIENT LIST: this process's clients, and with `workers: N` the other workers' (asked with the same filter). */
+  #clientList(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    const filter = parseListFilter(frame.argStrings(2));
+    if (Buffer.isBuffer(filter)) {
+      client.reply(filter, spec);
       return;
     }
-    const filter = parseKillFilter(args);
+    const own = listLines(filter, this.#clients);
+    if (this.#peers === null) {
+      client.reply(encodeBulk(own), spec);
+      return;
+    }
+    const slot = client.awaitReply(spec);
+    void this.#peers.ask({ kind: 'client-list', filter }).then((answers) => {
+      slot.onReply(encodeBulk(answers.reduce((text, a) => (a.kind === 'client-list' ? text + a.lines : text), own)));
+    });
+  }
+
+  /** CLIENT KILL: on this process's clients, and with `workers: N` on the other workers' too. */
+  #clientKill(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    if (frame.argc < 3) {
+      client.reply(wrongArity('client|kill'), spec);
+      return;
+    }
+    const filter = parseKillFilter(frame.argStrings(2));
     if (Buffer.isBuffer(filter)) {
       client.reply(filter, spec);
       return;
     }
     const own = killClients(filter, this.#clients, client);
     // An id or an address names one client of the whole proxy: found here, no other has it.
-    if (own > 0 && (filter.id !== undefined || filter.isOldForm)) {
+    if (this.#peers === null || (own > 0 && (filter.id !== undefined || filter.isOldForm))) {
       client.reply(killReply(filter, own), spec);
       return;
     }
     const slot = client.awaitReply(spec);
-    void peers.ask({ kind: 'client-kill', filter }).then((answers) => {
+    void this.#peers.ask({ kind: 'client-kill', filter }).then((answers) => {
       slot.onReply(killReply(filter, answers.reduce((sum, a) => (a.kind === 'client-kill' ? sum + a.killed : sum), own)));
     });
   }
@@ -147,15 +142,6 @@ export class LocalCommands {
         return encodeInteger(client.id);
       case 'client|info':
         return clientInfo(client);
-      case 'client|list': {
-        const filter = parseListFilter(argumentsFrom(frame, 2));
-        return Buffer.isBuffer(filter) ? filter : encodeBulk(listLines(filter, this.#clients));
-      }
-      case 'client|kill': {
-        if (argc < 3) return wrongArity('client|kill');
-        const filter = parseKillFilter(argumentsFrom(frame, 2));
-        return Buffer.isBuffer(filter) ? filter : killReply(filter, killClients(filter, this.#clients, client));
-      }
       case 'client|setinfo': {
         if (argc !== 4) return wrongArity('client|setinfo');
         const attribute = frame.argString(2).toLowerCase();

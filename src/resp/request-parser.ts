@@ -44,6 +44,13 @@ export class RequestFrame {
     return this.buf.toString('utf8', this.argStart[i]!, this.argEnd[i]!);
   }
 
+  /** The arguments from `first` on, as strings. */
+  argStrings(first: number): string[] {
+    const args: string[] = [];
+    for (let i = first; i < this.argc; i++) args.push(this.argString(i));
+    return args;
+  }
+
   argLength(i: number): number {
     return this.argEnd[i]! - this.argStart[i]!;
   }

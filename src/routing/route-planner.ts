@@ -44,8 +44,7 @@ export function movableKeyIndexes(frame: RequestFrame, spec: CommandSpec): numbe
   if (spec.name === 'sort' || spec.name === 'sort_ro') return sortKeyIndexes(frame);
   if (!isPossibleKeyCount(frame, spec.name)) return [];
   // Strings, not Buffers: getKeyIndexes skips non-string arguments when it parses SORT's options.
-  const args: string[] = [];
-  for (let i = 1; i < frame.argc; i++) args.push(frame.argString(i));
+  const args = frame.argStrings(1);
   const name = spec.name.includes('|') ? spec.name.slice(0, spec.name.indexOf('|')) : spec.name;
   let indexes: number[];
   try {
