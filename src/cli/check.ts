@@ -6,7 +6,7 @@ import type { Address, ProxyConfig } from '../config/config-types';
 import { ConfigError, loadConfigFile } from '../config/load-config';
 import { readStateFile } from '../control/state-file';
 import { topologyFromJson } from '../topology/topology-codec';
-import type { Topology } from '../topology/topology';
+import type { SlotMigration, Topology } from '../topology/topology';
 
 /**
  * `slotproxy check --config FILE`, like `redis-cli --cluster check`: slot coverage, each node's
@@ -301,8 +301,8 @@ function summarize(report: Report): number {
 /** What the check expects: the shards, and the slots whose keys may sit on either of two shards. */
 interface Expected {
   readonly shards: readonly ExpectedShard[];
-  /** Slots migrating, by slot: [source index, target index]. */
-  readonly migrating: ReadonlyMap<number, readonly [number, number]>;
+  /** Slots migrating (source and target shard indexes), as the state file has them. */
+  readonly migrating: ReadonlyMap<number, SlotMigration>;
 }
 
 /**
@@ -340,8 +340,7 @@ function expectedShards(config: ProxyConfig, report: Report): Expected {
   for (const shard of fromConfig) {
     if (!shards.some((s) => s.name === shard.name)) report.info(`  ${shard.name}: in the YAML, not in the state file (not taken up by the proxy yet, or removed)`);
   }
-  const migrating = new Map<number, readonly [number, number]>();
-  for (const [slot, migration] of topology.migrations) migrating.set(slot, [migration.from, migration.to]);
+  const migrating = topology.migrations;
   if (migrating.size > 0) report.info(`  ${migrating.size} slot(s) migrating: their keys may sit on the source or the target`);
   return { shards, migrating };
 }
@@ -480,7 +479,7 @@ async function checkKeyPlacement(
   index: number,
   shards: readonly ExpectedShard[],
   slotOwner: Int32Array,
-  migrating: ReadonlyMap<number, readonly [number, number]>,
+  migrating: ReadonlyMap<number, SlotMigration>,
   redis: Redis,
   report: Report,
 ): Promise<void> {
@@ -500,7 +499,7 @@ async function checkKeyPlacement(
         const owner = slotOwner[slot] ?? -1;
         if (owner === index) continue;
         const migration = migrating.get(slot);
-        if (migration !== undefined && (migration[0] === index || migration[1] === index)) continue;
+        if (migration !== undefined && (migration.from === index || migration.to === index)) continue;
         misplaced++;
         if (examples.size < MISPLACED_EXAMPLES) {
           examples.add(`${JSON.stringify(key.toString('utf8'))} (slot ${slot}, owned by ${shards[owner]?.name ?? 'no shard'})`);

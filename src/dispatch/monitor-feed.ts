@@ -44,7 +44,7 @@ export class MonitorFeed {
     for (let i = 0; i < frame.argc; i++) line += ` ${repr(frame.arg(i))}`;
     line += '\r\n';
     if (this.#monitors.size > 0) this.#push(line);
-    if (this.#remoteMonitors > 0 && this.#peers !== null) {
+    if (this.#remoteMonitors > 0) {
       if (this.#remoteLines === '') setImmediate(this.#sendRemoteLines);
       this.#remoteLines += line;
     }
@@ -58,7 +58,7 @@ export class MonitorFeed {
   /** The other workers' monitor count changed. */
   setRemoteMonitors(count: number): void {
     this.#remoteMonitors = count;
-    this.isWatched = this.#monitors.size > 0 || count > 0;
+    this.#updateWatched();
   }
 
   /** Lines are ASCII (repr escapes the rest), so latin1 is their exact bytes. */
@@ -74,8 +74,12 @@ export class MonitorFeed {
   };
 
   #changed(): void {
-    this.isWatched = this.#monitors.size > 0 || this.#remoteMonitors > 0;
+    this.#updateWatched();
     this.#peers?.monitorsChanged(this.#monitors.size);
+  }
+
+  #updateWatched(): void {
+    this.isWatched = this.#monitors.size > 0 || this.#remoteMonitors > 0;
   }
 }
 
