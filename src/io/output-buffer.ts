@@ -2,10 +2,20 @@ import type { Socket } from 'node:net';
 
 /** Below this many bytes, joining the pieces is cheaper than handing Node a writev of many. */
 const JOIN_LIMIT = 64 * 1024;
+/** A burst that queued more pieces than this does not keep an array that large afterwards. */
+const KEPT_PARTS = 1024;
+const NO_PART = Buffer.alloc(0);
 
-/** Bytes queued for one socket during an event-loop turn, written in one go. */
+/**
+ * Bytes queued for one socket during an event-loop turn, written in one go.
+ *
+ * The array of pieces is kept from one write to the next (its entries cleared): a new array per
+ * write was ~11% of what the proxy allocates per GET at -P 1, and young-generation collections
+ * land in the latency tail.
+ */
 export class OutputBuffer {
   #parts: Buffer[] = [];
+  #count = 0;
   #length = 0;
 
   get length(): number {
@@ -13,30 +23,45 @@ export class OutputBuffer {
   }
 
   push(part: Buffer): void {
-    this.#parts.push(part);
+    this.#parts[this.#count++] = part;
     this.#length += part.length;
   }
 
   /** Writes everything queued as one write (joined when small, corked writev when large). */
   writeTo(socket: Socket): void {
+    const count = this.#count;
+    if (count === 0) return;
     const parts = this.#parts;
-    if (parts.length === 0) return;
-    const length = this.#length;
-    this.#parts = [];
-    this.#length = 0;
-    if (parts.length === 1) {
-      socket.write(parts[0]!);
-    } else if (length <= JOIN_LIMIT) {
-      socket.write(Buffer.concat(parts, length));
+    if (count === 1) {
+      const only = parts[0]!;
+      this.clear();
+      socket.write(only);
+    } else if (this.#length <= JOIN_LIMIT) {
+      const joined = Buffer.allocUnsafe(this.#length);
+      let offset = 0;
+      for (let i = 0; i < count; i++) {
+        const part = parts[i]!;
+        joined.set(part, offset);
+        offset += part.length;
+      }
+      this.clear();
+      socket.write(joined);
     } else {
       socket.cork();
-      for (const part of parts) socket.write(part);
+      for (let i = 0; i < count; i++) socket.write(parts[i]!);
       socket.uncork();
+      this.clear();
     }
   }
 
   clear(): void {
-    this.#parts = [];
+    if (this.#count > KEPT_PARTS) {
+      this.#parts = [];
+    } else {
+      const parts = this.#parts;
+      for (let i = 0; i < this.#count; i++) parts[i] = NO_PART;
+    }
+    this.#count = 0;
     this.#length = 0;
   }
 }
