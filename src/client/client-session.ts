@@ -5,6 +5,7 @@ import type { ClientPins } from '../dispatch/client-pins';
 import type { Dispatcher } from '../dispatch/dispatcher';
 import { scheduleFlush, type Flushable } from '../io/flush-scheduler';
 import { OutputBuffer } from '../io/output-buffer';
+import { startReading } from './socket-reads';
 import { tick, turnTime } from '../io/turn-clock';
 import { CLASS_INDEX, type DataPathStats } from '../metrics/data-path-stats';
 import { OrderedReplies } from '../reply/ordered-replies';
@@ -27,6 +28,9 @@ export const DEFAULT_SESSION_LIMITS: SessionLimits = {
 };
 
 export type SessionState = 'open' | 'closing' | 'closed';
+
+/** Bytes a paused client may have waiting in the parser before its socket stops reading. */
+const READ_AHEAD_BYTES = 64 * 1024;
 
 /** Latency-histogram class of each handling kind (the classes are the kinds, plus 'error'). */
 const CLASS_OF: Readonly<Record<Handling, number>> = CLASS_INDEX;
@@ -87,10 +91,10 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     this.localPort = socket.localPort ?? 0;
     this.localAddress = formatHostPort(this.localHost, this.localPort);
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => this.#maybeResume());
     socket.on('error', () => this.#close());
     socket.on('close', () => this.#close());
+    startReading(socket, (chunk) => this.#onData(chunk));
   }
 
   get state(): SessionState {
@@ -177,6 +181,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     this.#requestsThisRead = 0;
     this.#parse(chunk);
     if (this.#requestsThisRead > 0) this.#stats.clients.recordPipelineDepth(this.#requestsThisRead);
+    this.#stopReadingWhenFull();
   }
 
   /** Feeds a chunk (or, with null, resumes a paused parser); a protocol error ends the client. */
@@ -192,10 +197,19 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     }
   }
 
+  /**
+   * Stops taking requests. The socket itself stops reading once READ_AHEAD_BYTES wait in the
+   * parser, not at once: a client that goes away meanwhile (one blocked in BLPOP, say) must
+   * still be seen leaving (Node's readable stream read ahead the same way for 'data' sockets).
+   */
   #pause(): void {
     if (this.#parser.isPaused) return;
     this.#parser.pause();
-    this.#socket.pause();
+    this.#stopReadingWhenFull();
+  }
+
+  #stopReadingWhenFull(): void {
+    if (this.#parser.isPaused && this.#parser.bufferedLength >= READ_AHEAD_BYTES) this.#socket.pause();
   }
 
   #maybeResume(): void {

@@ -26,7 +26,8 @@ export class Listener {
     this.#stats = stats;
     this.#options = options;
     this.#nextId = options.firstClientId ?? 1;
-    this.#server = createServer((socket) => this.#accept(socket));
+    // Not reading until the session has chosen how (io/socket-reads.ts).
+    this.#server = createServer({ pauseOnConnect: true }, (socket) => this.#accept(socket));
   }
 
   listen(): Promise<{ host: string; port: number }> {
@@ -52,8 +53,9 @@ export class Listener {
     const connected = this.#dispatcher.clients;
     if (connected.size >= (this.#options.maxClients ?? 100_000)) {
       clients.rejected++;
-      // redis-server's wording for maxclients.
-      socket.end('-ERR max number of clients reached\r\n');
+      // redis-server's wording for maxclients. The socket is not reading (pauseOnConnect), so it
+      // would not see the peer's FIN: closed once the error is written.
+      socket.end('-ERR max number of clients reached\r\n', () => socket.destroy());
       return;
     }
     clients.accepted++;
