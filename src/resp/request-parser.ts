@@ -33,7 +33,9 @@ export class RequestFrame {
 
   /** The frame's bytes as a view (no copy). */
   bytes(): Buffer {
-    return this.buf.subarray(this.start, this.end);
+    // A read that holds exactly one request (every request at -P 1) needs no view of itself.
+    const buf = this.buf;
+    return this.start === 0 && this.end === buf.length ? buf : buf.subarray(this.start, this.end);
   }
 
   arg(i: number): Buffer {
