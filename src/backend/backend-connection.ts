@@ -61,28 +61,62 @@ class AuthSink implements ReplySink {
   onFailure(): void {}
 }
 
+/** Where a durable write's own reply is among the replies it gets, and what that reply says. */
+export interface DurableReplies {
+  /**
+   * Replies before the write's own, swallowed: MULTI's and the queued commands' +QUEUED before
+   * EXEC's, SCRIPT LOAD's before the EVALSHA it heals.
+   */
+  readonly ignored: number;
+  /**
+   * A null reply says nothing was written: EXEC aborted by a WATCH, a blocking pop that timed
+   * out. Such a reply is passed on at once. Not so for every write (SET ... GET answers null for
+   * a key it just created), hence a flag.
+   */
+  readonly isNullUnwritten: boolean;
+}
+
+/** One command whose reply is its own: SET, HSET, EVAL, ... */
+export const SINGLE_WRITE: DurableReplies = { ignored: 0, isNullUnwritten: false };
+
 /**
  * A write whose reply is held until the WAIT that follows it in the same turn says enough
- * replicas have it.
+ * replicas have it. A reply that acknowledges no write has nothing to confirm and is passed on
+ * as it comes: an error (the command did not run; or a script failed after writing, which
+ * Redis does not roll back, and its client is not told it succeeded), or a null where
+ * `isNullUnwritten`.
  */
 class DurableWrite implements ReplySink {
   readonly target: ReplySink;
-  /** The write's own reply, held; null until it arrives or when it failed. */
+  readonly #isNullUnwritten: boolean;
+  /** The write's own reply, held; null until it arrives. */
   reply: Buffer | null = null;
-  isFailed = false;
+  /** Its target has been answered already (failed, or nothing written): the WAIT's answer is not for it. */
+  isSettled = false;
 
-  constructor(target: ReplySink) {
+  constructor(target: ReplySink, isNullUnwritten: boolean) {
     this.target = target;
+    this.#isNullUnwritten = isNullUnwritten;
   }
 
   onReply(frame: Buffer): void {
+    if (frame[0] === 45 || (this.#isNullUnwritten && isNullReply(frame))) {
+      this.isSettled = true;
+      this.target.onReply(frame);
+      return;
+    }
     this.reply = frame;
   }
 
   onFailure(error: Buffer): void {
-    this.isFailed = true;
+    this.isSettled = true;
     this.target.onFailure(error);
   }
+}
+
+/** `$-1` or `*-1`: RESP2's null bulk string or null array. */
+function isNullReply(frame: Buffer): boolean {
+  return frame.length === 5 && frame[1] === 45 && frame[2] === 49 && (frame[0] === 36 || frame[0] === 42);
 }
 
 /** The WAIT after a turn's durable writes: releases their replies, or fails them. */
@@ -104,14 +138,13 @@ class WaitSink implements ReplySink {
     if (frame[0] === 58) for (let p = 1; p < frame.length && frame[p] !== 13; p++) acks = acks * 10 + frame[p]! - 48;
     const isAcked = acks >= this.#required;
     for (const write of this.#writes) {
-      if (write.isFailed || write.reply === null) continue;
-      // An error reply means the write did not happen: nothing to confirm.
-      write.target.onReply(isAcked || write.reply[0] === 45 ? write.reply : this.#notAcked);
+      if (write.isSettled || write.reply === null) continue;
+      write.target.onReply(isAcked ? write.reply : this.#notAcked);
     }
   }
 
   onFailure(error: Buffer): void {
-    for (const write of this.#writes) if (!write.isFailed) write.target.onFailure(error);
+    for (const write of this.#writes) if (!write.isSettled) write.target.onFailure(error);
   }
 }
 
@@ -172,7 +205,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
    * transaction sent as MULTI, the queued commands, EXEC, written back to back so no other
    * client's command can come between them on this shared connection.
    */
-  sendBatch(parts: readonly Buffer[], ignored: number, sink: ReplySink): void {
+  sendBatch(parts: Buffer | readonly Buffer[], ignored: number, sink: ReplySink): void {
     if (!this.#queue(parts, sink)) return;
     for (let i = 0; i < ignored; i++) this.#push(IGNORE_REPLY);
     this.#push(sink);
@@ -190,10 +223,12 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
    * A write confirmed by `minReplicaAcks` replicas before it is answered. One WAIT per turn
    * covers every write queued on this connection in that turn (WAIT counts all earlier writes
    * of the connection), so the cost is one round trip to the replicas per batch, not per write.
+   * On a blocked command's connection the WAIT waits behind it and runs once it has answered.
    */
-  sendDurable(request: Buffer | readonly Buffer[], sink: ReplySink): void {
+  sendDurable(request: Buffer | readonly Buffer[], sink: ReplySink, replies: DurableReplies = SINGLE_WRITE): void {
     if (!this.#queue(request, sink)) return;
-    const write = new DurableWrite(sink);
+    for (let i = 0; i < replies.ignored; i++) this.#push(IGNORE_REPLY);
+    const write = new DurableWrite(sink, replies.isNullUnwritten);
     this.#durableWrites.push(write);
     this.#push(write);
   }

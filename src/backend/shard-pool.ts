@@ -61,7 +61,8 @@ export class BackendPools {
   dedicated(address: NodeAddress, shardName: string, pushSink?: PushSink): BackendConnection {
     const stats = this.#options.stats.node(shardName, nodeKey(address));
     // No command timeout: a blocked command legitimately waits as long as the client asked.
-    return new BackendConnection({ ...this.#options, commandTimeoutMs: 0, minReplicaAcks: 0, address, shardName, stats, pushSink });
+    // minReplicaAcks kept: a blocking pop or a WATCHed transaction that writes is confirmed here.
+    return new BackendConnection({ ...this.#options, commandTimeoutMs: 0, address, shardName, stats, pushSink });
   }
 
   get nodes(): ReadonlyMap<string, NodePool> {
