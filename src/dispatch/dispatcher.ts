@@ -29,6 +29,7 @@ import { killClients, listLines } from './client-admin';
 import { MonitorFeed } from './monitor-feed';
 import type { PeerAnswer, PeerHandler, PeerQuestion, WorkerCounts, WorkerPeers } from './worker-peers';
 import { ParkedRequests, type ParkedRequest } from './parked-requests';
+import { WriteDurability } from './write-durability';
 
 /** The settings the dispatcher acts on (a subset of ProxyConfig). */
 export interface DispatcherOptions {
@@ -84,6 +85,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
   readonly #options: DispatcherOptions;
   /** Requests waiting for a shard's failover to finish. */
   readonly #parked: ParkedRequests;
+  /** minReplicaAcks and noReplicaWrites, for every path a write takes (SessionCommands' too). */
+  readonly writeDurability: WriteDurability;
 
   readonly #stats: DataPathStats;
   /** Commands on keys of migrating slots. */
@@ -116,8 +119,9 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     this.#monitors = new MonitorFeed(peers);
     this.#stats = stats;
     this.#identity = identity;
-    this.#session = new SessionCommands(this);
     this.#options = options;
+    this.writeDurability = new WriteDurability(options);
+    this.#session = new SessionCommands(this);
     this.#local = new LocalCommands(identity, this.clients, this.#monitors, peers);
     this.#topology = store.current;
     this.#shards = pools.update(store.current);
@@ -519,9 +523,9 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
   }
 
   /**
-   * The one place requests leave for a shard: parks them while the shard fails over, sends
-   * readonly commands to a replica when readFrom says so, and confirms writes with WAIT when
-   * minReplicaAcks asks for it.
+   * The one place requests leave for a shard through the shared pools: parks them while the
+   * shard fails over, sends readonly commands to a replica when readFrom says so, and hands
+   * writes to writeDurability (WAIT or refusal, as minReplicaAcks and noReplicaWrites say).
    */
   #send(shardIndex: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean): void {
     const shard = this.#shards[shardIndex]!;
@@ -541,19 +545,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       }
     }
     const connection = node.connection(clientId);
-    if (isWrite && options.minReplicaAcks > 0) {
-      if (shard.info.readReplicas.length >= options.minReplicaAcks) {
-        connection.sendDurable(request, sink);
-        return;
-      }
-      if (options.noReplicaWrites === 'refuse') {
-        sink.onFailure(
-          encodeError(`NOREPLICAS shard ${shard.info.name} has fewer than ${options.minReplicaAcks} healthy replica(s); write refused`),
-        );
-        return;
-      }
-    }
-    connection.send(request, sink);
+    if (isWrite) this.writeDurability.send(connection, shard.info, request, sink);
+    else connection.send(request, sink);
   }
 
   send(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean): void {
