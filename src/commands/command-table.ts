@@ -174,6 +174,15 @@ function decide(name: string, raw: RawCommand, parent: string | null): Override 
   return { handling: 'any-shard' };
 }
 
+/**
+ * EVAL, EVALSHA and FCALL: Redis gives them no `write` flag, since what a script does is known
+ * only as it runs, but they may write, and minReplicaAcks must confirm that as it confirms SET.
+ * Their _RO forms carry `readonly` (Redis refuses a write in them) and stay reads.
+ */
+function runsScriptThatMayWrite(raw: RawCommand): boolean {
+  return raw.flags.includes('script_runner') && !raw.flags.includes('readonly');
+}
+
 /** Names by spec id, filled as specs are built. */
 const namesById: string[] = [];
 
@@ -200,7 +209,7 @@ function buildSpec(name: string, raw: RawCommand, parent: string | null): Comman
     keyStep: decided.keys?.step ?? raw.step,
     hasMovableKeys,
     isReadonly: raw.flags.includes('readonly'),
-    isWrite: raw.flags.includes('write'),
+    isWrite: raw.flags.includes('write') || runsScriptThatMayWrite(raw),
     arity: raw.arity,
     note: decided.note ?? '',
     subcommands,

@@ -336,7 +336,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       return;
     }
     const connection = this.primaryConnection(shard, client.id);
-    connection.send(request, new NoScriptSink(client.awaitReply(spec), connection, body, request));
+    const writesTo = spec.isWrite ? this.#shards[shard]!.info : null;
+    new NoScriptSink(client.awaitReply(spec), connection, body, request, this.writeDurability, writesTo).send();
   }
 
   /** Keeps a script body by its sha1 (what EVALSHA names it by). */

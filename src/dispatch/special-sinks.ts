@@ -1,8 +1,10 @@
-import type { BackendConnection } from '../backend/backend-connection';
+import { SINGLE_WRITE, type BackendConnection, type DurableReplies } from '../backend/backend-connection';
 import type { ReplySink } from '../backend/reply-sink';
 import { PieceSink, type PieceOwner } from '../reply/gather';
 import { decodeReply } from '../resp/reply-decoder';
 import { encodeCommand, encodeError, encodeReply, NULL_BULK, type RespValue } from '../resp/resp-writer';
+import type { ShardInfo } from '../topology/topology';
+import type { WriteDurability } from './write-durability';
 
 /**
  * Reply sinks for the commands whose reply the proxy must look at before the client sees it.
@@ -93,29 +95,43 @@ export class FirstNonEmptySink implements ReplySink {
   }
 }
 
+/** SCRIPT LOAD's reply before the EVALSHA's, swallowed; the EVALSHA's is the write's own. */
+const LOADED_THEN_RUN: DurableReplies = { ignored: 1, isNullUnwritten: false };
+
 /**
  * EVALSHA of a script the proxy has seen (EVAL or SCRIPT LOAD) answered NOSCRIPT by a shard
  * that never ran it: load it there and run the EVALSHA again, so the client never sees it.
+ * An EVALSHA that may write (not EVALSHA_RO) goes, both times, as writeDurability says.
  */
 export class NoScriptSink implements ReplySink {
   readonly #target: ReplySink;
   readonly #connection: BackendConnection;
   readonly #body: Buffer;
   readonly #request: Buffer;
+  readonly #durability: WriteDurability;
+  /** The shard the connection writes to; null for EVALSHA_RO, which writes nothing. */
+  readonly #writesTo: ShardInfo | null;
   #isRetried = false;
 
-  constructor(target: ReplySink, connection: BackendConnection, body: Buffer, request: Buffer) {
+  constructor(target: ReplySink, connection: BackendConnection, body: Buffer, request: Buffer, durability: WriteDurability, writesTo: ShardInfo | null) {
     this.#target = target;
     this.#connection = connection;
     this.#body = body;
     this.#request = request;
+    this.#durability = durability;
+    this.#writesTo = writesTo;
+  }
+
+  /** Sends the EVALSHA. */
+  send(): void {
+    this.#send(this.#request, SINGLE_WRITE);
   }
 
   onReply(frame: Buffer): void {
     if (!this.#isRetried && frame.toString('latin1', 0, 9) === '-NOSCRIPT') {
       this.#isRetried = true;
       // SCRIPT LOAD's reply is swallowed; the EVALSHA's comes back here.
-      this.#connection.sendBatch([encodeCommand(['SCRIPT', 'LOAD', this.#body]), this.#request], 1, this);
+      this.#send([encodeCommand(['SCRIPT', 'LOAD', this.#body]), this.#request], LOADED_THEN_RUN);
       return;
     }
     this.#target.onReply(frame);
@@ -123,6 +139,11 @@ export class NoScriptSink implements ReplySink {
 
   onFailure(error: Buffer): void {
     this.#target.onFailure(error);
+  }
+
+  #send(request: Buffer | readonly Buffer[], replies: DurableReplies): void {
+    if (this.#writesTo === null) this.#connection.sendBatch(request, replies.ignored, this);
+    else this.#durability.send(this.#connection, this.#writesTo, request, this, replies);
   }
 }
 
