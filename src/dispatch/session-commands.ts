@@ -409,7 +409,7 @@ export class SessionCommands {
       return reject(CROSSSLOT);
     }
     if (slot !== NO_KEYS) transaction.slot = slot;
-    transaction.queue(frame.bytes());
+    transaction.queue(frame.bytes(), spec.isWrite);
     client.reply(QUEUED, spec);
   }
 
@@ -429,8 +429,6 @@ export class SessionCommands {
       return;
     }
     const reply = client.awaitReply(spec);
-    // MULTI and the queued commands were answered +OK/+QUEUED already; only EXEC's reply goes on.
-    const batch = [...transaction.parts, EXEC_REQUEST];
     if (watch !== null) {
       // A key moved away since WATCH counts as modified on the watching shard: EXEC answers null.
       // But WATCH sees only that shard: once the slot has moved or is moving, its keys may have
@@ -444,7 +442,7 @@ export class SessionCommands {
         reply.onReply(NULL_ARRAY);
         return;
       }
-      watch.connection.sendBatch(batch, transaction.count + 1, reply);
+      this.#sendTransaction(this.#shards.topology.slotOwner[watch.slot]!, watch.connection, transaction, reply, true);
       return;
     }
     const slot = transaction.slot;
@@ -452,8 +450,35 @@ export class SessionCommands {
     this.#whenSettled(slot, reply, () => {
       const shards = this.#shards;
       const shard = slot === NO_KEYS ? shards.anyShard() : shards.topology.slotOwner[slot]!;
-      shards.primaryConnection(shard, client.id).sendBatch(batch, transaction.count + 1, reply);
+      this.#sendTransaction(shard, shards.primaryConnection(shard, client.id), transaction, reply, false);
     });
+  }
+
+  /**
+   * MULTI, the queued requests and EXEC written back to back on `connection`, to `shard`'s
+   * primary (`isWatched`: the client's own connection, which holds its WATCH). A transaction
+   * that may write goes as writeDurability says, as SET does: refused, or its EXEC reply held
+   * for the WAIT and answered NOREPLICAS when unconfirmed; one of reads only goes as it is.
+   */
+  #sendTransaction(shard: number, connection: BackendConnection, transaction: Transaction, reply: ReplySink, isWatched: boolean): void {
+    // MULTI and the queued commands were answered +OK/+QUEUED already; only EXEC's reply goes on.
+    const batch = [...transaction.parts, EXEC_REQUEST];
+    const ignored = transaction.count + 1;
+    if (!transaction.isWriting) {
+      connection.sendBatch(batch, ignored, reply);
+      return;
+    }
+    const durability = this.#shards.writeDurability;
+    const info = this.#shards.topology.shards[shard]!;
+    const refusal = durability.refusal(info);
+    if (refusal !== null) {
+      // Redis unwatches on EXEC whatever happens, and the connection stays the client's.
+      if (isWatched) connection.send(UNWATCH_REQUEST, IGNORE_REPLY);
+      reply.onFailure(refusal);
+      return;
+    }
+    // A null EXEC (a watched key changed) or EXECABORT ran nothing: answered at once.
+    durability.send(connection, info, batch, reply, { ignored, isNullUnwritten: true });
   }
 
   /** The watched slot is settled on the shard that held it at WATCH, whose primary is still the node watching. */

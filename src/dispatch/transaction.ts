@@ -19,13 +19,16 @@ export class Transaction {
   slot: number;
   /** A command was refused while queuing: EXEC answers EXECABORT, as Redis does. */
   isAborted = false;
+  /** A queued command may write: EXEC is then confirmed as minReplicaAcks says; one of reads only is not. */
+  isWriting = false;
 
   constructor(slot: number = NO_KEYS) {
     this.slot = slot;
   }
 
-  queue(request: Buffer): void {
+  queue(request: Buffer, isWrite: boolean): void {
     this.parts.push(request);
     this.count++;
+    if (isWrite) this.isWriting = true;
   }
 }
