@@ -1,4 +1,4 @@
-import type { BackendConnection } from '../backend/backend-connection';
+import type { BackendConnection, DurableReplies } from '../backend/backend-connection';
 import { IGNORE_REPLY, type ReplySink } from '../backend/reply-sink';
 import type { CommandSpec } from '../commands/handling';
 import type { ReplySlot } from '../reply/reply-slot';
@@ -43,6 +43,9 @@ interface SettleWaiter {
 }
 
 const CLIENT_ID_REQUEST = encodeCommand(['CLIENT', 'ID']);
+
+/** A blocking pop's reply is its own; a null one (timed out, or woken to be sent again) popped nothing. */
+const BLOCKING_WRITE: DurableReplies = { ignored: 0, isNullUnwritten: true };
 
 /**
  * A blocking command sent on its client's own connection. When a snapshot moves its slot (or
@@ -142,7 +145,8 @@ class BlockedCommand implements ReplySink {
     }
     // Its primary died (the connection is lost, not a reply): it waits for the promoted replica,
     // as the shared connections' requests are parked. A pop answered just before the death and
-    // lost with the connection is lost whichever way this goes.
+    // lost with the connection (or held for its WAIT, minReplicaAcks) is lost if it had reached
+    // the promoted replica; if it had not, the item is still there and the pop sent again takes it.
     const waitMs = this.reply.isCanceled ? 0 : this.#mayWaitForFailover(this);
     if (waitMs > 0 && this.lostError === null) {
       this.lostError = error;
@@ -150,6 +154,11 @@ class BlockedCommand implements ReplySink {
       this.#lostTimer.unref();
       return;
     }
+    this.#giveUp(error);
+  }
+
+  /** Answers `error` without sending it (again): a write refused by noReplicaWrites. */
+  refuse(error: Buffer): void {
     this.#giveUp(error);
   }
 
@@ -348,14 +357,23 @@ export class SessionCommands {
     const request = Buffer.from(frame.bytes());
     const reply = client.awaitReply(spec);
     client.holdUntilReplied();
+    const durability = this.#shards.writeDurability;
     const send = (): void => {
       const topology = this.#shards.topology;
       const shard = slot === NO_KEYS ? this.#shards.anyShard() : topology.slotOwner[slot]!;
+      const info = topology.shards[shard]!;
+      // A pop is a write (XREAD is the one read here): refused before it can block, as SET is.
+      const refusal = spec.isWrite ? durability.refusal(info) : null;
+      if (refusal !== null) {
+        blocked.refuse(refusal);
+        return;
+      }
       const connection = this.#ownConnection(client, shard);
-      blocked.sentTo(topology.shards[shard]!.name, connection);
+      blocked.sentTo(info.name, connection);
       this.#blocked.add(blocked);
       connection.send(CLIENT_ID_REQUEST, blocked.idSink);
-      connection.send(request, blocked);
+      if (spec.isWrite) durability.send(connection, info, request, blocked, BLOCKING_WRITE);
+      else connection.send(request, blocked);
     };
     const blocked = new BlockedCommand(
       slot,
