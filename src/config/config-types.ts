@@ -64,7 +64,8 @@ export interface ProxyConfig {
   readonly readFrom: ReadFrom;
   /**
    * Replicas that must confirm each write (WAIT) before the client gets its reply, so an
-   * acknowledged write survives the loss of its primary. 0 = Redis's behaviour. @default 0
+   * acknowledged write survives the loss of its primary: EVAL/EVALSHA/FCALL, MULTI/EXEC with a
+   * write and blocking pops included. 0 = Redis's behaviour. @default 0
    */
   readonly minReplicaAcks: number;
   /** How long WAIT waits for those replicas; on timeout the client gets a NOREPLICAS error. @default 1000 */
