@@ -211,6 +211,11 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     this.#push(sink);
   }
 
+  /** A write goes without the confirmation minReplicaAcks asks for (noReplicaWrites: accept): counted. */
+  countUnconfirmedWrite(): void {
+    this.#stats.unconfirmedWrites++;
+  }
+
   /** Pub/Sub mode: writes a command whose answers arrive at the push sink. */
   sendToPush(request: Buffer): boolean {
     if (!this.#isUsable()) return false;

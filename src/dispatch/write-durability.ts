@@ -50,6 +50,7 @@ export class WriteDurability {
         sink.onFailure(refusal);
         return;
       }
+      connection.countUnconfirmedWrite();
     }
     connection.sendBatch(request, replies.ignored, sink);
   }

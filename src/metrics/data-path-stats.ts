@@ -83,6 +83,8 @@ export class NodeStats {
   errors = 0;
   /** Requests that failed without a reply (connection lost, node unavailable). */
   failures = 0;
+  /** Writes sent without the replica confirmation minReplicaAcks asks for (noReplicaWrites: accept). */
+  unconfirmedWrites = 0;
   readonly latency = new LatencyHistogram();
   /** Connections of the node by state, kept current by the connections. */
   connectionsReady = 0;

@@ -165,6 +165,12 @@ export const DATA_PATH_METRICS = [
     },
   },
   {
+    name: 'slotproxy_unconfirmed_writes_total',
+    help: 'Writes sent to a primary without the replica confirmation minReplicaAcks asks for, because its shard had too few healthy replicas (noReplicaWrites: accept).',
+    type: 'counter',
+    read: perNode((node) => node.unconfirmedWrites),
+  },
+  {
     name: 'slotproxy_backend_in_flight',
     help: 'Requests sent to a backend node and awaiting their reply.',
     type: 'gauge',

@@ -70,13 +70,6 @@ export const failoverDurationSeconds = new Histogram({
   registers: [registry],
 });
 
-export const unconfirmedWritesTotal = new Counter({
-  name: 'slotproxy_unconfirmed_writes_total',
-  help: 'Writes accepted without replica confirmation because the shard had no healthy replica (noReplicaWrites: accept).',
-  labelNames: ['shard'] as const,
-  registers: [registry],
-});
-
 // Topology, set from the control plane's current snapshot at every scrape (metrics/exporter.ts).
 export const shardSlots = new Gauge({
   name: 'slotproxy_shard_slots',

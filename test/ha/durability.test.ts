@@ -1,5 +1,6 @@
 import Redis from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
+import { findFreePort } from '../../src/cli/local-redis';
 import { readStateFile } from '../../src/control/state-file';
 import { startShards, type Shards } from '../helpers/redis-harness';
 import {
@@ -87,12 +88,22 @@ describe('minReplicaAcks: 1 (3 shards x 2 replicas, 9 writers)', () => {
   });
 });
 
+/** slotproxy_unconfirmed_writes_total summed over its series, from the proxy's /metrics. */
+async function unconfirmedWrites(metricsPort: number): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  return text
+    .split('\n')
+    .filter((line) => line.startsWith('slotproxy_unconfirmed_writes_total{'))
+    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(' ') + 1)), 0);
+}
+
 describe('noReplicaWrites when a shard has no healthy replica (minReplicaAcks: 1)', () => {
   it('refuse: writes fail with NOREPLICAS and are not run; accept: writes are answered OK', async () => {
     shards = await startShards(1, { replicas: 1 });
     const refuse = await startHaProxy(shards, { extra: { minReplicaAcks: 1, noReplicaWrites: 'refuse' } });
     proxies.push(refuse);
-    const accept = await startHaProxy(shards, { extra: { minReplicaAcks: 1, noReplicaWrites: 'accept' } });
+    const metricsPort = await findFreePort();
+    const accept = await startHaProxy(shards, { extra: { minReplicaAcks: 1, noReplicaWrites: 'accept', metrics: `127.0.0.1:${metricsPort}` } });
     proxies.push(accept);
     const viaRefuse = new Redis({ host: '127.0.0.1', port: refuse.proxy.port });
     const viaAccept = new Redis({ host: '127.0.0.1', port: accept.proxy.port });
@@ -112,8 +123,13 @@ describe('noReplicaWrites when a shard has no healthy replica (minReplicaAcks: 1
 
     await expect(viaRefuse.set('during:refuse', '1')).rejects.toThrow(/^NOREPLICAS shard s0 has fewer than 1 healthy replica\(s\); write refused/);
     expect(await primary.exists('during:refuse')).toBe(0);
+    expect(await unconfirmedWrites(metricsPort)).toBe(0);
     expect(await viaAccept.set('during:accept', '1')).toBe('OK');
+    expect(await viaAccept.eval("return redis.call('SET', KEYS[1], '2')", 1, 'during:accept:eval')).toBe('OK');
     expect(await primary.get('during:accept')).toBe('1');
+    // Counted, as the config says: the two writes that went unconfirmed; reads are not.
+    expect(await viaAccept.get('during:accept')).toBe('1');
+    expect(await unconfirmedWrites(metricsPort)).toBe(2);
     // Reads are not writes: both still serve them.
     expect(await viaRefuse.get('before:refuse')).toBe('1');
 
