@@ -1,7 +1,7 @@
-import Redis, { ReplyError } from 'ioredis';
+import Redis from 'ioredis';
 import { keySlot } from '../routing/key-slot';
 import type { NodeAddress } from '../topology/topology';
-import type { RawConnection } from './raw-connection';
+import { RawReplyError, type RawConnection } from './raw-connection';
 import type { Pacer } from './slot-mover';
 
 /**
@@ -15,6 +15,10 @@ import type { Pacer } from './slot-mover';
  * Completeness rests on the subscription being unbroken from before the scan to the last
  * take(): if the subscriber connection drops, the index says so (`isValid` false) and the
  * caller builds it again (or falls back to full scans).
+ *
+ * The settings and the scan go over the mover's lean connections (raw-connection.ts), which
+ * never hold a command across a reconnect: closing one fails what waits on it at once, so a
+ * build on a node that just failed over ends as soon as the mover drops that node.
  */
 
 /** The shard cannot send the notifications (older than Redis 7, or CONFIG refused). */
@@ -49,8 +53,11 @@ export class SlotKeyIndex {
     for (const slot of options.slots) this.#keys.set(slot, new Set());
   }
 
-  /** Subscribes, turns the notifications on, then scans the shard once. */
-  static async build(options: KeyIndexOptions, control: Redis, scanner: RawConnection, pacer: Pacer): Promise<SlotKeyIndex> {
+  /**
+   * An index with nothing in it yet; build() fills it. Made first so the caller can close it
+   * while it is being built (its node failed over meanwhile).
+   */
+  static create(options: KeyIndexOptions): SlotKeyIndex {
     const subscriber = new Redis({
       host: options.address.host,
       port: options.address.port,
@@ -67,21 +74,29 @@ export class SlotKeyIndex {
     const index = new SlotKeyIndex(options, subscriber);
     subscriber.on('close', () => (index.#isValid = false));
     subscriber.on('messageBuffer', (_channel: Buffer, key: Buffer) => index.#add(key));
+    return index;
+  }
+
+  /**
+   * Subscribes, turns the notifications on (through `control`), then scans the shard once.
+   * On failure the index is closed.
+   */
+  async build(control: RawConnection, scanner: RawConnection, pacer: Pacer): Promise<void> {
     try {
-      await index.#enableNotifications(control);
-      await subscriber.subscribe(CHANNEL);
+      await this.#enableNotifications(control);
+      await this.#subscriber.subscribe(CHANNEL);
       let cursor = '0';
       do {
+        if (!this.#isValid) throw new Error('the key index was closed while it was built');
         const [next, keys] = (await scanner.send(['SCAN', cursor, 'COUNT', String(SCAN_COUNT)])) as [Buffer, Buffer[]];
         cursor = next.toString();
-        for (const key of keys) index.#add(key);
+        for (const key of keys) this.#add(key);
         await pacer.take(keys.length);
       } while (cursor !== '0');
     } catch (err) {
-      await index.close(control);
+      await this.close(control);
       throw err;
     }
-    return index;
   }
 
   get isValid(): boolean {
@@ -126,11 +141,11 @@ export class SlotKeyIndex {
   }
 
   /** Unsubscribes, and puts notify-keyspace-events back as it was through `control` (not when null). */
-  async close(control: Redis | null): Promise<void> {
+  async close(control: RawConnection | null): Promise<void> {
     this.#isValid = false;
     this.#subscriber.disconnect();
     if (this.#originalFlags !== null && control !== null) {
-      await control.config('SET', 'notify-keyspace-events', this.#originalFlags).catch(() => undefined);
+      await control.send(['CONFIG', 'SET', 'notify-keyspace-events', this.#originalFlags]).catch(() => undefined);
       this.#originalFlags = null;
     }
   }
@@ -140,20 +155,20 @@ export class SlotKeyIndex {
     if (entry !== undefined) entry.add(key.toString('latin1'));
   }
 
-  async #enableNotifications(control: Redis): Promise<void> {
+  async #enableNotifications(control: RawConnection): Promise<void> {
     let flags: string;
     try {
-      const reply = (await control.config('GET', 'notify-keyspace-events')) as string[];
-      flags = reply[1] ?? '';
+      const reply = (await control.send(['CONFIG', 'GET', 'notify-keyspace-events'])) as Buffer[];
+      flags = reply[1]?.toString() ?? '';
       const wanted = `${flags}${flags.includes('E') ? '' : 'E'}${flags.includes('n') ? '' : 'n'}`;
       if (wanted !== flags) {
-        await control.config('SET', 'notify-keyspace-events', wanted);
+        await control.send(['CONFIG', 'SET', 'notify-keyspace-events', wanted]);
         this.#originalFlags = flags;
       }
     } catch (err) {
       // Only the shard's refusal means it cannot send them; a lost or timed-out connection (a
       // source failing over) is tried again by the mover.
-      if (!(err instanceof ReplyError)) throw err;
+      if (!(err instanceof RawReplyError)) throw err;
       throw new KeyIndexUnavailableError(`new-key notifications cannot be turned on: ${(err as Error).message}`);
     }
   }

@@ -1,4 +1,3 @@
-import Redis from 'ioredis';
 import { log } from '../log/logger';
 import { keySlot } from '../routing/key-slot';
 import { confirmsMoves, DUMP_KEYS_ARGS, DUMP_KEYS_SCRIPT, MOVING_KEYS, RELEASE_KEYS_SCRIPT, RESTORE_KEYS_SCRIPT } from '../topology/key-move-script';
@@ -39,7 +38,7 @@ import type { SlotMove } from './rebalance-planner';
  */
 
 export interface SlotMigratorOptions {
-  /** Control connections' command timeout is this plus 10 s (MIGRATE's own timeout on the data path). */
+  /** The mover's connections' command timeout is this plus 10 s (MIGRATE's own timeout on the data path). */
   readonly migrateTimeoutMs: number;
   /** Backend password (control connections' AUTH and MIGRATE's AUTH); null when none. */
   readonly password: string | null;
@@ -133,8 +132,11 @@ interface DrainState {
   failures: number;
 }
 
-/** What a lean connection to a node is for: the key index's scan, batches on the source, on the target, big keys. */
-type RawPurpose = 'scan' | 'move' | 'restore' | 'copy';
+/**
+ * What a lean connection to a node is for: settings and DBSIZE, the key index's scan, batches on
+ * the source, on the target, big keys.
+ */
+type RawPurpose = 'control' | 'scan' | 'move' | 'restore' | 'copy';
 
 /** A big key found by a pass, moved after the pass's batches. */
 interface FoundBigKey {
@@ -163,11 +165,16 @@ export interface MoverHost {
 export class SlotMover {
   readonly #host: MoverHost;
   readonly #options: Required<SlotMigratorOptions>;
-  /** The node's control connection (SCAN, DBSIZE, the key index's settings), by `host:port`. */
-  readonly #connections = new Map<string, Redis>();
-  /** Lean connections by `host:port`, then purpose (one per purpose, so a slow step never queues behind another). */
+  /**
+   * Connections by `host:port`, then purpose (one per purpose, so a slow step never queues
+   * behind another). All lean ones (raw-connection.ts): a closed one fails what waits on it at
+   * once, which onTopology relies on. An ioredis client would keep a command issued while it
+   * reconnects in its offline queue, and its disconnect() does not fail that command: a key
+   * index built again on a source's dead primary just before the failover's snapshot arrived
+   * waited out the command timeout (12 s) there.
+   */
   readonly #rawConnections = new Map<string, Map<RawPurpose, RawConnection>>();
-  /** The key indexes in use (one per source), for onTopology. */
+  /** The key indexes in use or being built (one per source), for onTopology. */
   readonly #indexes = new Set<SlotKeyIndex>();
   readonly #bigKeys = new Map<string, BigKeyEntry>();
   #isAborted = false;
@@ -327,18 +334,16 @@ export class SlotMover {
       this.#checkAborted();
       const address = this.#address(source);
       if (address === null) return null;
+      const startedAt = Date.now();
+      const index = SlotKeyIndex.create({ address, password: this.#options.password, slots, commandTimeoutMs: this.#options.migrateTimeoutMs + 10_000 });
+      // Known to onTopology while it is built: a failover meanwhile closes it.
+      this.#indexes.add(index);
       try {
-        const startedAt = Date.now();
-        const index = await SlotKeyIndex.build(
-          { address, password: this.#options.password, slots, commandTimeoutMs: this.#options.migrateTimeoutMs + 10_000 },
-          this.#connection(address),
-          this.#raw('scan', address),
-          this.#scanPacer,
-        );
+        await index.build(this.#raw('control', address), this.#raw('scan', address), this.#scanPacer);
         log.info('source indexed', { source, node: nodeKey(address), slots: slots.length, keys: index.size, ms: Date.now() - startedAt });
-        this.#indexes.add(index);
         return index;
       } catch (err) {
+        this.#indexes.delete(index);
         if (err instanceof KeyIndexUnavailableError) {
           log.warn('moving without a key index: one full SCAN of the source per group of slots', { source, reason: err.message });
           return null;
@@ -357,7 +362,7 @@ export class SlotMover {
     this.#indexes.delete(index);
     const address = this.#address(source);
     const isItsPrimary = address !== null && nodeKey(address) === nodeKey(index.address);
-    await index.close(isItsPrimary ? this.#connection(index.address) : null);
+    await index.close(isItsPrimary ? this.#raw('control', index.address) : null);
   }
 
   /** A lost subscription (or a failed-over source) means events may be missing: index again. */
@@ -592,7 +597,7 @@ export class SlotMover {
     for (const [source, queue] of bySource) {
       const address = this.#address(source);
       if (address === null) continue;
-      const keys = await this.#connection(address).dbsize().catch(() => 0);
+      const keys = Number(await this.#raw('control', address).send(['DBSIZE']).catch(() => 0));
       estimate += Math.round((keys * queue.length) / Math.max(1, owned[topology.indexOfShard(source)]!));
     }
     progress.keysEstimate = estimate;
@@ -627,7 +632,7 @@ export class SlotMover {
     return this.#host.topology.shardNamed(name)?.primary ?? null;
   }
 
-  /** A lean connection for the hot loop (raw-connection.ts). */
+  /** The node's connection for `purpose` (raw-connection.ts). */
   #raw(purpose: RawPurpose, address: NodeAddress): RawConnection {
     const node = nodeKey(address);
     let byPurpose = this.#rawConnections.get(node);
@@ -642,27 +647,6 @@ export class SlotMover {
     return connection;
   }
 
-  #connection(address: NodeAddress): Redis {
-    const node = nodeKey(address);
-    let redis = this.#connections.get(node);
-    if (redis === undefined) {
-      redis = new Redis({
-        host: address.host,
-        port: address.port,
-        password: this.#options.password ?? undefined,
-        enableReadyCheck: false,
-        maxRetriesPerRequest: 1,
-        connectTimeout: 2_000,
-        commandTimeout: this.#options.migrateTimeoutMs + 10_000,
-        retryStrategy: (times) => Math.min(times * 200, 2_000),
-      });
-      // Failures surface through the rejected commands; without a listener ioredis prints them.
-      redis.on('error', () => undefined);
-      this.#connections.set(node, redis);
-    }
-    return redis;
-  }
-
   /**
    * A new snapshot: connections to a node that is no longer any shard's primary (a source that
    * failed over) are closed, so that commands waiting on a frozen node fail now and are retried
@@ -670,11 +654,6 @@ export class SlotMover {
    */
   onTopology(): void {
     const primaries = new Set(this.#host.topology.shards.map((shard) => nodeKey(shard.primary)));
-    for (const [node, redis] of this.#connections) {
-      if (primaries.has(node)) continue;
-      redis.disconnect();
-      this.#connections.delete(node);
-    }
     for (const [node, byPurpose] of this.#rawConnections) {
       if (primaries.has(node)) continue;
       for (const connection of byPurpose.values()) connection.close();
@@ -686,8 +665,6 @@ export class SlotMover {
   }
 
   #closeConnections(): void {
-    for (const redis of this.#connections.values()) redis.disconnect();
-    this.#connections.clear();
     for (const byPurpose of this.#rawConnections.values()) for (const connection of byPurpose.values()) connection.close();
     this.#rawConnections.clear();
   }
