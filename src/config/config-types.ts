@@ -65,15 +65,17 @@ export interface ProxyConfig {
   /**
    * Replicas that must confirm each write (WAIT) before the client gets its reply, so an
    * acknowledged write survives the loss of its primary: EVAL/EVALSHA/FCALL, MULTI/EXEC with a
-   * write and blocking pops included. 0 = Redis's behaviour. @default 0
+   * write and blocking pops included; a key a reshard moves is confirmed on the new shard's
+   * replicas before it leaves the old one. 0 = Redis's behaviour. @default 0
    */
   readonly minReplicaAcks: number;
   /** How long WAIT waits for those replicas; on timeout the client gets a NOREPLICAS error. @default 1000 */
   readonly replicaAckTimeoutMs: number;
   /**
    * With minReplicaAcks > 0 and no healthy replica left: `refuse` writes with an error (they
-   * are not run), or `accept` them unconfirmed and count them in
-   * slotproxy_unconfirmed_writes_total. @default refuse
+   * are not run; a reshard moves no key onto the shard meanwhile), or `accept` them unconfirmed
+   * and count them in slotproxy_unconfirmed_writes_total (moved keys go unconfirmed too).
+   * @default refuse
    */
   readonly noReplicaWrites: NoReplicaWrites;
   /** MIGRATE timeout when moving keys of a migrating slot (on demand, at most 250 ms, and in the background). @default 2000 */

@@ -14,8 +14,9 @@ import type { RawReply } from './raw-connection';
  * published snapshot, and the key-move script answers BIG for it), so the copy sees no writes.
  * Until the final UNLINK the source holds the whole key and stays its authority: a failure or a
  * crash before it leaves the key whole on the source (the temporary key is removed here, or
- * after a restart from the journal), and a crash between the RENAME and the UNLINK leaves a copy
- * on the target that the next attempt replaces. A completed move leaves the key on one shard.
+ * after a restart from the journal), and a crash between the RENAME and the UNLINK, or a copy
+ * the target's replicas did not confirm (minReplicaAcks), leaves a copy on the target that the
+ * next attempt replaces. A completed move leaves the key on one shard.
  */
 
 /** Bytes a chunk should hold, roughly: large enough to be quick, small enough not to hold a shard. */
@@ -76,9 +77,11 @@ export interface CommandSender {
 /**
  * Copies `key` from `source` to `target` in chunks, then replaces it on the target and removes
  * it from the source. 'gone' when the key no longer exists (or expired) on the source.
+ * `confirm`, when given, runs between the two (the target's replicas have the key); if it
+ * throws, the key stays on the source.
  * @throws UnchunkableKeyError before anything is written, for types it cannot chunk
  */
-export async function moveBigKey(source: CommandSender, target: CommandSender, key: Buffer, pace: Pace): Promise<BigKeyOutcome> {
+export async function moveBigKey(source: CommandSender, target: CommandSender, key: Buffer, pace: Pace, confirm: (() => Promise<void>) | null = null): Promise<BigKeyOutcome> {
   const temp = tempKeyFor(key);
   const type = String(await source.send(['TYPE', key]));
   if (type === 'none') return 'gone';
@@ -114,6 +117,7 @@ export async function moveBigKey(source: CommandSender, target: CommandSender, k
     await target.send(['UNLINK', temp]).catch(() => undefined);
     throw err;
   }
+  if (confirm !== null) await confirm();
   await source.send(['UNLINK', key]);
   return 'moved';
 }

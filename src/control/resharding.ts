@@ -114,6 +114,7 @@ export class Resharding {
         keysPerSecond: config.migrateKeysPerSecond,
         minReplicaAcks: config.minReplicaAcks,
         replicaAckTimeoutMs: config.replicaAckTimeoutMs,
+        noReplicaWrites: config.noReplicaWrites,
       },
       config.logLevel,
     );

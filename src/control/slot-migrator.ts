@@ -290,8 +290,9 @@ export class SlotMigrator {
   #runInProcess(moves: readonly MoveGroup[], progress: MigrationProgress, before: RunningTotals): Promise<void> {
     return new Promise((resolve, reject) => {
       const child = this.#moverProcess();
-      // The mover reads shard names and primaries from its snapshot (slot ownership it was given
-      // at the start): only snapshots that change those are worth sending.
+      // The mover reads shard names, primaries and healthy replicas (whether a move waits for
+      // them) from its snapshot (slot ownership it was given at the start): only snapshots that
+      // change those are worth sending.
       let sent = shardsKey(this.#store.current);
       const onChange = (next: Topology): void => {
         const key = shardsKey(next);
@@ -507,6 +508,6 @@ function countProgress(before: Counted, after: Counted): void {
 
 /** What the mover process needs of a snapshot: shard names and primaries, in order. */
 function shardsKey(topology: Topology): string {
-  return topology.shards.map((s) => `${s.name} ${nodeKey(s.primary)}`).join('\n');
+  return topology.shards.map((s) => `${s.name} ${nodeKey(s.primary)} ${s.readReplicas.map(nodeKey).join(',')}`).join('\n');
 }
 

@@ -1,6 +1,16 @@
 import { log } from '../log/logger';
 import { keySlot } from '../routing/key-slot';
-import { confirmsMoves, DUMP_KEYS_ARGS, DUMP_KEYS_SCRIPT, MOVING_KEYS, RELEASE_KEYS_SCRIPT, RESTORE_KEYS_SCRIPT } from '../topology/key-move-script';
+import {
+  confirmsMoves,
+  DUMP_KEYS_ARGS,
+  DUMP_KEYS_SCRIPT,
+  MOVING_KEYS,
+  RELEASE_KEYS_SCRIPT,
+  REPLICATED_NOOP,
+  RESTORE_KEYS_SCRIPT,
+  targetConfirmation,
+  type TargetConfirmation,
+} from '../topology/key-move-script';
 import { nodeKey, type NodeAddress, type Topology } from '../topology/topology';
 import { moveBigKey, UnchunkableKeyError } from './big-key-copier';
 import { RawConnection } from './raw-connection';
@@ -15,9 +25,9 @@ import type { SlotMove } from './rebalance-planner';
  *    migrating router), so no key of them is created or changed on A any more. Writing before
  *    publishing means a restart always knows a slot whose keys may already be on both shards.
  * 2. After `settleMs` (commands routed by the older snapshot have reached A by then) it moves
- *    the slots' keys still on A in batches: marked and DUMPed on A, RESTOREd on B, deleted on A
- *    (topology/key-move-script.ts). Big keys are copied in chunks (big-key-copier.ts) while the
- *    published snapshot locks them.
+ *    the slots' keys still on A in batches: marked and DUMPed on A, RESTOREd on B (with
+ *    minReplicaAcks, confirmed by B's replicas), deleted on A (topology/key-move-script.ts). Big
+ *    keys are copied in chunks (big-key-copier.ts) while the published snapshot locks them.
  * 3. When none of their keys is left on A, a snapshot with B as their owner is published.
  *
  * Finding the keys: a slot's keys on plain Redis can only be found by scanning the whole
@@ -60,15 +70,31 @@ export interface SlotMigratorOptions {
    */
   readonly keysPerSecond?: number;
   /**
-   * The proxy's minReplicaAcks: a batch's delete on the source is confirmed by this many of its
-   * replicas (WAIT) before its keys are unmarked. @default 0 (not waited for)
+   * The proxy's minReplicaAcks: a batch's restore on the target is confirmed by this many of
+   * the target's replicas (WAIT) before it is deleted from the source, and that delete by this
+   * many of the source's replicas before its keys are unmarked. @default 0 (not waited for)
    */
   readonly minReplicaAcks?: number;
-  /** WAIT's timeout for that confirmation. @default 100 */
+  /** WAIT's timeout for those confirmations. @default 100 */
   readonly replicaAckTimeoutMs?: number;
+  /**
+   * The proxy's noReplicaWrites: with minReplicaAcks and a target with fewer healthy replicas,
+   * `refuse` moves nothing there (as writes there are refused), `accept` moves unconfirmed.
+   * @default refuse
+   */
+  readonly noReplicaWrites?: 'refuse' | 'accept';
 }
 
-const DEFAULTS = { batchKeys: 50, slotsInFlight: 192, settleMs: 100, scanCount: 1000, keysPerSecond: 0, minReplicaAcks: 0, replicaAckTimeoutMs: 100 } as const;
+const DEFAULTS = {
+  batchKeys: 50,
+  slotsInFlight: 192,
+  settleMs: 100,
+  scanCount: 1000,
+  keysPerSecond: 0,
+  minReplicaAcks: 0,
+  replicaAckTimeoutMs: 100,
+  noReplicaWrites: 'refuse',
+} as const;
 /** Keys scanned per key moved, at most, when pacing (a scanned key costs far less than a moved one). */
 const SCAN_PER_MOVE = 10;
 /** Elements of a big key copied in chunks count as one key at this rate, for pacing. */
@@ -109,6 +135,11 @@ export class MigrationProgress {
 /** The run was stopped (the proxy is closing); migrating slots resume at the next start. */
 export class MigrationAbortedError extends Error {
   override readonly name = 'MigrationAbortedError';
+}
+
+/** Moved keys could not be confirmed on the target's replicas (or it has too few): they stay on the source. */
+class TargetUnconfirmedError extends Error {
+  override readonly name = 'TargetUnconfirmedError';
 }
 
 /** One slot of a source's queue. */
@@ -383,6 +414,7 @@ export class SlotMover {
   async #moveFromIndex(source: string, slots: readonly QueuedSlot[], index: SlotKeyIndex, progress: MigrationProgress): Promise<Set<number>> {
     const targetOf = new Map(slots.map((q) => [q.slot, q.to]));
     const failed = new Set<number>();
+    const held = new Set<string>();
     for (;;) {
       this.#checkAborted();
       await index.barrier();
@@ -398,8 +430,8 @@ export class SlotMover {
         for (let i = 0; i < list.length; i += this.#options.batchKeys) {
           this.#checkAborted();
           const batch = list.slice(i, i + this.#options.batchKeys);
-          await this.#pacer.take(batch.length);
-          const kept = await this.#moveBatch(source, to, batch, bigKeys, progress);
+          if (!held.has(to)) await this.#pacer.take(batch.length);
+          const kept = await this.#moveBatch(source, to, batch, bigKeys, progress, held);
           for (const key of kept) failed.add(keySlot(key, 0, key.length));
           index.restore(kept);
         }
@@ -407,7 +439,7 @@ export class SlotMover {
       for (const big of bigKeys) {
         this.#checkAborted();
         if (failed.has(big.slot)) index.restore([big.key]);
-        else if (!(await this.#moveBig(source, big, progress))) {
+        else if (!(await this.#moveBig(source, big, progress, held))) {
           failed.add(big.slot);
           index.restore([big.key]);
         }
@@ -430,11 +462,12 @@ export class SlotMover {
     const targetOf = new Map(slots.map((q) => [q.slot, q.to]));
     const bigKeys: FoundBigKey[] = [];
     const batches = new Map<string, Buffer[]>();
+    const held = new Set<string>();
     let inFlight: Promise<void> = Promise.resolve();
     const send = async (to: string, keys: Buffer[]): Promise<void> => {
       await inFlight;
-      await this.#pacer.take(keys.length);
-      inFlight = this.#moveBatch(source, to, keys, bigKeys, progress).then((kept) => {
+      if (!held.has(to)) await this.#pacer.take(keys.length);
+      inFlight = this.#moveBatch(source, to, keys, bigKeys, progress, held).then((kept) => {
         for (const key of kept) failed.add(keySlot(key, 0, key.length));
       });
     };
@@ -464,22 +497,31 @@ export class SlotMover {
     }
     for (const big of bigKeys) {
       this.#checkAborted();
-      if (!failed.has(big.slot) && !(await this.#moveBig(source, big, progress))) failed.add(big.slot);
+      if (!failed.has(big.slot) && !(await this.#moveBig(source, big, progress, held))) failed.add(big.slot);
     }
     return failed;
   }
 
   /**
    * One batch: the source marks the small keys as in flight and DUMPs them (one script), the
-   * target RESTOREs them (REPLACE, with their absolute expiry), the source deletes and unmarks
-   * them (one script). Big keys found are added to `bigKeys`. Returns the keys that could not
-   * be moved: they stay whole on the source.
+   * target RESTOREs them (REPLACE, with their absolute expiry) and, with minReplicaAcks, its
+   * replicas confirm them (WAIT), the source deletes and unmarks them (one script). Big keys
+   * found are added to `bigKeys`. Returns the keys that could not be moved: they stay whole on
+   * the source. A target whose replicas did not confirm is added to `held`, and the pass sends
+   * it nothing more (each batch would wait out WAIT's timeout in turn).
    */
-  async #moveBatch(source: string, to: string, keys: Buffer[], bigKeys: FoundBigKey[], progress: MigrationProgress): Promise<Buffer[]> {
+  async #moveBatch(source: string, to: string, keys: Buffer[], bigKeys: FoundBigKey[], progress: MigrationProgress, held: Set<string>): Promise<Buffer[]> {
     const from = this.#address(source);
     const target = this.#address(to);
     if (from === null || target === null) {
       this.#recordError(progress, 'migrate', source, new Error(`shard ${from === null ? source : to} is not in the topology`));
+      return keys;
+    }
+    if (held.has(to)) return keys;
+    const confirmation = this.#targetConfirmation(to);
+    if (confirmation === 'refused') {
+      held.add(to);
+      this.#recordError(progress, 'migrate', source, this.#refusal(to));
       return keys;
     }
     const sourceConnection = this.#raw('move', from);
@@ -506,13 +548,17 @@ export class SlotMover {
     let restored: Buffer[] = moved;
     let kept: Buffer[] = [];
     try {
-      // One command for the whole batch (one round trip, one write).
-      await this.#raw('restore', target).send(['EVAL', RESTORE_KEYS_SCRIPT, String(count), ...moved, ...args]);
+      // One command for the whole batch (one round trip, one write), WAIT right behind it.
+      const restoring = this.#raw('restore', target);
+      const restore = restoring.send(['EVAL', RESTORE_KEYS_SCRIPT, String(count), ...moved, ...args]);
+      await Promise.all([restore, confirmation === 'wait' ? this.#confirmOnTarget(restoring, to, false) : null]);
     } catch (err) {
-      // Some may be restored: none is deleted from the source, which stays their authority
-      // (the copies on the target are replaced when they move again).
+      // Some may be restored (or not be on the target's replicas): none is deleted from the
+      // source, which stays their authority (the copies on the target are replaced when they
+      // move again, or by a command's move).
       restored = [];
       kept = moved;
+      if (err instanceof TargetUnconfirmedError) held.add(to);
       this.#recordError(progress, 'migrate', source, err);
     }
     try {
@@ -547,11 +593,46 @@ export class SlotMover {
     return confirmsMoves(this.#host.topology.shardNamed(source), this.#options.minReplicaAcks);
   }
 
+  /** Whether keys moving to `target` wait for its replicas before leaving the source (targetConfirmation). */
+  #targetConfirmation(target: string): TargetConfirmation {
+    return targetConfirmation(this.#host.topology.shardNamed(target), this.#options.minReplicaAcks, this.#options.noReplicaWrites);
+  }
+
+  #refusal(target: string): TargetUnconfirmedError {
+    return new TargetUnconfirmedError(
+      `target ${target} has fewer than ${this.#options.minReplicaAcks} healthy replica(s) to confirm moved keys (noReplicaWrites: refuse); they stay on the source`,
+    );
+  }
+
+  /**
+   * WAIT on the target, on the connection that wrote the moved keys there (WAIT covers that
+   * connection's writes). `isAfterOthers`: another connection wrote them (MIGRATE's, from the
+   * source), so a replicated no-op first carries this connection's offset past them.
+   * @throws TargetUnconfirmedError when fewer than minReplicaAcks replicas confirm in time
+   */
+  async #confirmOnTarget(connection: RawConnection, target: string, isAfterOthers: boolean): Promise<void> {
+    const { minReplicaAcks, replicaAckTimeoutMs } = this.#options;
+    if (isAfterOthers) void connection.send(REPLICATED_NOOP).catch(() => undefined);
+    const acks = (await connection.send(['WAIT', String(minReplicaAcks), String(replicaAckTimeoutMs)])) as number;
+    if (acks < minReplicaAcks) {
+      throw new TargetUnconfirmedError(`${acks} of ${minReplicaAcks} replica(s) of ${target} confirmed the moved keys within ${replicaAckTimeoutMs} ms; they stay on the source`);
+    }
+  }
+
   /** A big key: locked in the snapshot and journaled while it is copied in chunks. False when it failed. */
-  async #moveBig(source: string, big: FoundBigKey, progress: MigrationProgress): Promise<boolean> {
+  async #moveBig(source: string, big: FoundBigKey, progress: MigrationProgress, held: Set<string>): Promise<boolean> {
     const from = this.#address(source);
     const target = this.#address(big.to);
-    if (from === null || target === null) return false;
+    if (from === null || target === null || held.has(big.to)) return false;
+    const confirmation = this.#targetConfirmation(big.to);
+    if (confirmation === 'refused') {
+      held.add(big.to);
+      this.#recordError(progress, 'big_key', source, this.#refusal(big.to));
+      return false;
+    }
+    const copy = this.#raw('copy', target);
+    // With minReplicaAcks: the target's replicas have the key before the source lets it go.
+    const confirm = confirmation === 'wait' ? (isAfterOthers: boolean) => this.#confirmOnTarget(copy, big.to, isAfterOthers) : null;
     const name = big.key.toString('latin1');
     const entry: BigKeyEntry = { source, target: big.to, key: big.key.toString('base64') };
     const journalKey = `${source}\u0000${entry.key}`;
@@ -562,14 +643,20 @@ export class SlotMover {
       await this.#host.setBigKeys([...this.#bigKeys.values()]);
       let outcome: string;
       try {
-        outcome = await moveBigKey(this.#raw('copy', from), this.#raw('copy', target), big.key, (elements) => this.#pacer.take(elements / ELEMENTS_PER_KEY));
+        const pace = (elements: number): Promise<void> => this.#pacer.take(elements / ELEMENTS_PER_KEY);
+        outcome = await moveBigKey(this.#raw('copy', from), copy, big.key, pace, confirm === null ? null : () => confirm(false));
       } catch (err) {
         if (!(err instanceof UnchunkableKeyError)) throw err;
-        // No chunked copy for it: one MIGRATE, under the lock.
-        const args = ['MIGRATE', target.host, String(target.port), '', '0', String(WHOLE_KEY_MIGRATE_TIMEOUT_MS), 'REPLACE'];
+        // No chunked copy for it: one MIGRATE, under the lock (a COPY while the target's
+        // replicas are to confirm it, the source's copy deleted after).
+        const args = ['MIGRATE', target.host, String(target.port), '', '0', String(WHOLE_KEY_MIGRATE_TIMEOUT_MS), ...(confirm === null ? [] : ['COPY']), 'REPLACE'];
         if (this.#options.password !== null) args.push('AUTH', this.#options.password);
-        await this.#raw('copy', from).send([...args, 'KEYS', big.key]);
-        outcome = 'moved whole';
+        const reply = String(await this.#raw('copy', from).send([...args, 'KEYS', big.key]));
+        if (confirm !== null && reply !== 'NOKEY') {
+          await confirm(true);
+          await this.#raw('copy', from).send(['UNLINK', big.key]);
+        }
+        outcome = reply === 'NOKEY' ? 'gone' : 'moved whole';
       }
       if (outcome !== 'gone') {
         progress.keysMoved++;
@@ -580,6 +667,7 @@ export class SlotMover {
       log.info('big key moved', { from: source, to: big.to, slot: big.slot, outcome, ms: Date.now() - startedAt });
       return true;
     } catch (err) {
+      if (err instanceof TargetUnconfirmedError) held.add(big.to);
       this.#recordError(progress, 'big_key', source, err);
       return false;
     } finally {

@@ -18,6 +18,9 @@ import type { ShardInfo } from './topology';
  *   source and unmarks them in one step. Unlike MIGRATE, the source never waits for the target,
  *   so a slow or descheduled target cannot stall the source's other clients. A crash in between
  *   leaves the keys whole on the source (the next start deletes MOVING_KEYS).
+ * - With minReplicaAcks, a key leaves the source only once the target's replicas have it
+ *   (targetConfirmation): until then the target's copy is a leftover like any other, and the
+ *   source's copy survives a failover of the target.
  * - Big keys (more than BIG_KEY_MAX_ELEMENTS elements, or more than BIG_KEY_MAX_BYTES by STRLEN
  *   or MEMORY USAGE) are copied in chunks by the mover (control/big-key-copier.ts).
  */
@@ -167,6 +170,35 @@ return #KEYS
 export function confirmsMoves(source: ShardInfo | undefined, minReplicaAcks: number): boolean {
   return minReplicaAcks > 0 && source !== undefined && source.readReplicas.length >= minReplicaAcks;
 }
+
+/** How keys moved to a target are confirmed before the source lets them go (targetConfirmation). */
+export type TargetConfirmation = 'none' | 'wait' | 'refused';
+
+/**
+ * Whether keys moved to `target` must be on its replicas (WAIT, minReplicaAcks of them) before
+ * they are deleted from the source, as a write on the target must be before it is answered:
+ * otherwise the target's primary failing right after a move (its replicas lagging, or stopped)
+ * would take with it keys whose acknowledged writes no other node holds any more.
+ *
+ * - 'none': minReplicaAcks is 0, or the target has fewer healthy replicas and noReplicaWrites
+ *   accepts writes there unconfirmed: the move is not confirmed either.
+ * - 'wait': the target has minReplicaAcks healthy replicas: WAIT for them.
+ * - 'refused': it has fewer and noReplicaWrites refuses writes there: nothing moves to it until
+ *   it has them again (a replica found failed may come back and be promoted).
+ */
+export function targetConfirmation(target: ShardInfo | undefined, minReplicaAcks: number, noReplicaWrites: 'refuse' | 'accept'): TargetConfirmation {
+  if (minReplicaAcks <= 0 || target === undefined) return 'none';
+  if (target.readReplicas.length >= minReplicaAcks) return 'wait';
+  return noReplicaWrites === 'refuse' ? 'refused' : 'none';
+}
+
+/**
+ * A write Redis replicates that changes no data (PUBLISH is replicated outside cluster mode):
+ * sent before WAIT on a connection that did not write the keys to confirm itself (MIGRATE's
+ * RESTORE comes from the source's own connection), it moves this connection's replication
+ * offset past them, and WAIT waits for that offset.
+ */
+export const REPLICATED_NOOP: readonly string[] = ['PUBLISH', '__slotproxy__:wait', ''];
 
 /** Where the keys go, and how. */
 export interface KeyMoveTarget {
