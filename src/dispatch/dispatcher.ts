@@ -36,6 +36,7 @@ export interface DispatcherOptions {
   readonly readFrom: 'primary' | 'preferReplica' | 'replica';
   readonly failoverWaitMs: number;
   readonly minReplicaAcks: number;
+  readonly replicaAckTimeoutMs: number;
   readonly noReplicaWrites: 'refuse' | 'accept';
   /** MIGRATE timeout for keys moved on demand from a migrating slot. */
   readonly migrateTimeoutMs: number;
@@ -131,6 +132,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       keyMoveWaitMs: options.keyMoveWaitMs,
       password: options.backendPassword,
       minReplicaAcks: options.minReplicaAcks,
+      replicaAckTimeoutMs: options.replicaAckTimeoutMs,
+      noReplicaWrites: options.noReplicaWrites,
     });
     store.on('change', (next) => {
       this.#topology = next;

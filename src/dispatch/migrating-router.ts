@@ -1,8 +1,8 @@
 import type { BackendConnection } from '../backend/backend-connection';
 import type { ReplySink } from '../backend/reply-sink';
-import { CRLF, encodeArrayHeader, encodeBulk, encodeError } from '../resp/resp-writer';
+import { CRLF, encodeArrayHeader, encodeBulk, encodeCommand, encodeError } from '../resp/resp-writer';
 import { keySlot } from '../routing/key-slot';
-import { confirmsMoves, KEY_MOVE_SCRIPT, keyMoveArgs } from '../topology/key-move-script';
+import { confirmsMoves, COPIED_KEYS_DELETE_SCRIPT, KEY_MOVE_SCRIPT, keyMoveArgs, REPLICATED_NOOP, targetConfirmation } from '../topology/key-move-script';
 import { nodeKey, sameNode, type NodeAddress, type SlotMigration, type Topology } from '../topology/topology';
 
 /** What the router needs of the dispatcher. */
@@ -23,8 +23,16 @@ export interface MigratingRouterOptions {
   readonly keyMoveWaitMs: number;
   /** Backend password for MIGRATE's AUTH; null when none. */
   readonly password: string | null;
-  /** The proxy's minReplicaAcks: a move's delete on the source is confirmed by this many replicas (0: not waited for). */
+  /**
+   * The proxy's minReplicaAcks: a move's copy on the target is confirmed by this many of the
+   * target's replicas before the source deletes it, and that delete by this many of the
+   * source's replicas before the command goes (0: not waited for).
+   */
   readonly minReplicaAcks: number;
+  /** WAIT's timeout for the target's confirmation. */
+  readonly replicaAckTimeoutMs: number;
+  /** The proxy's noReplicaWrites: a target with fewer healthy replicas takes no key under `refuse`, unconfirmed keys under `accept`. */
+  readonly noReplicaWrites: 'refuse' | 'accept';
 }
 
 /** A command answered BIG (a big key not locked yet) or a failed move is tried again after this. */
@@ -54,14 +62,24 @@ const MAX_HOLD_MS = 4_000;
 const PING = Buffer.from('*1\r\n$4\r\nPING\r\n');
 const BIG = Buffer.from('+BIG\r\n');
 const MOVING = Buffer.from('+MOVING\r\n');
-/** The script's body, encoded once: every on-demand move sends it as a view. */
+const COPIED = Buffer.from('+COPIED\r\n');
+/** The scripts' bodies, encoded once: every on-demand move sends them as views. */
 const EVAL_HEAD = Buffer.from(`$4\r\nEVAL\r\n$${Buffer.byteLength(KEY_MOVE_SCRIPT)}\r\n${KEY_MOVE_SCRIPT}\r\n`);
+const DELETE_HEAD = Buffer.from(`$4\r\nEVAL\r\n$${Buffer.byteLength(COPIED_KEYS_DELETE_SCRIPT)}\r\n${COPIED_KEYS_DELETE_SCRIPT}\r\n`);
+const NOOP = encodeCommand(REPLICATED_NOOP);
 const SHUTTING_DOWN = encodeError('ERR slotproxy is shutting down');
 
 /**
+ * Where a command's move is: the key-move script on the source ('move'); with a copy to
+ * confirm, WAIT on the target ('confirm'), then the source's copy deleted ('delete').
+ */
+type MovePhase = 'move' | 'confirm' | 'delete';
+
+/**
  * One command on keys of a migrating slot: moves its keys off the source with the key-move
- * script, then sends the command to the target. It is its own reply sink for the script's
- * reply (no per-command closure), and what waits in the park while its key cannot move yet.
+ * script, then sends the command to the target. It is its own reply sink for the replies of
+ * its move's steps (no per-command closure), and what waits in the park while its key cannot
+ * move yet.
  */
 class KeyMove implements ReplySink {
   readonly router: MigratingRouter;
@@ -86,6 +104,9 @@ class KeyMove implements ReplySink {
   lastError = '';
   /** The target its script is in flight to; null when none is. */
   target: MoveTarget | null = null;
+  phase: MovePhase = 'move';
+  /** The node its last script moved or copied the keys to. */
+  sentTo: NodeAddress | null = null;
 
   constructor(router: MigratingRouter, keys: readonly Buffer[], slot: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean) {
     this.router = router;
@@ -104,33 +125,53 @@ class KeyMove implements ReplySink {
   }
 
   onReply(frame: Buffer): void {
+    if (this.phase === 'confirm') {
+      this.router.afterConfirm(this, frame);
+      return;
+    }
+    if (this.phase === 'delete') {
+      if (frame.equals(OK)) this.router.afterMove(this);
+      else if (frame.equals(MOVING)) this.parkMoving();
+      else this.retry(frame.toString('utf8', 1, frame.length - 2));
+      return;
+    }
     // -ERR ... IOERR error or timeout ...: MIGRATE could not reach the target in time.
     this.router.settled(this, frame[0] === 45 && frame.includes(IOERR));
     if (frame[0] === 43) {
-      // +OK: moved. +NOKEY: nothing of it left on the source. +BIG: a big key still on the
-      // source. +MOVING: the background mover has the key in flight.
-      if (frame.equals(MOVING)) this.router.park(this, Math.min(MAX_RETRY_DELAY_MS, MOVING_DELAY_MS * 2 ** Math.min(8, this.movingAnswers++)));
+      // +OK: moved. +NOKEY: nothing of it left on the source. +COPIED: on both, to be
+      // confirmed on the target. +BIG: a big key still on the source. +MOVING: the background
+      // mover has the key in flight.
+      if (frame.equals(MOVING)) this.parkMoving();
       else if (frame.equals(BIG)) this.router.park(this, RETRY_DELAY_MS);
+      else if (frame.equals(COPIED)) this.router.confirmCopy(this);
       else this.router.afterMove(this);
       return;
     }
-    this.#retry(frame.toString('utf8', 1, frame.length - 2));
+    this.retry(frame.toString('utf8', 1, frame.length - 2));
   }
 
   onFailure(error: Buffer): void {
     this.router.settled(this, false);
-    // The script may or may not have run; running it again is harmless.
-    this.#retry(error.toString('utf8', 1, error.length - 2));
+    // The step may or may not have run; the move starting over is harmless (the source keeps
+    // the keys until a confirmed copy is on the target).
+    this.retry(error.toString('utf8', 1, error.length - 2));
   }
 
-  #retry(reason: string): void {
+  /** Parked, the move to start over after a backoff. */
+  retry(reason: string): void {
     this.failures++;
     this.lastError = reason;
     this.router.park(this, Math.min(MAX_RETRY_DELAY_MS, RETRY_DELAY_MS * 2 ** (this.failures - 1)));
   }
+
+  /** The background mover has a key in flight: tried again soon, then less and less often (a mark a restarting mover left). */
+  parkMoving(): void {
+    this.router.park(this, Math.min(MAX_RETRY_DELAY_MS, MOVING_DELAY_MS * 2 ** Math.min(8, this.movingAnswers++)));
+  }
 }
 
 const IOERR = Buffer.from('IOERR');
+const OK = Buffer.from('+OK\r\n');
 
 /**
  * A target node as key moves see it: scripts in flight to it, moves waiting for one of its
@@ -142,8 +183,9 @@ const IOERR = Buffer.from('IOERR');
  */
 class MoveTarget implements ReplySink {
   readonly address: NodeAddress;
-  /** The key-move script's arguments after the keys (this target, the MIGRATE timeout, ...), encoded once. */
-  readonly args: { readonly count: number; readonly bytes: Buffer };
+  /** The key-move script's arguments after the keys (this target, the MIGRATE timeout, ...), encoded once: to move, and to copy. */
+  readonly args: EncodedArgs;
+  readonly copyArgs: EncodedArgs;
   readonly #router: MigratingRouter;
   inFlight = 0;
   limit = MOVES_IN_FLIGHT_PER_TARGET;
@@ -154,10 +196,11 @@ class MoveTarget implements ReplySink {
   /** A PING is in flight to it (sent after a stall); nothing goes until it answers. */
   isProbing = false;
 
-  constructor(router: MigratingRouter, address: NodeAddress, args: readonly string[]) {
+  constructor(router: MigratingRouter, address: NodeAddress, args: readonly string[], copyArgs: readonly string[]) {
     this.#router = router;
     this.address = address;
-    this.args = { count: args.length, bytes: Buffer.concat(args.map((arg) => encodeBulk(arg))) };
+    this.args = encodeArgs(args);
+    this.copyArgs = encodeArgs(copyArgs);
   }
 
   canSend(now: number): boolean {
@@ -174,6 +217,15 @@ class MoveTarget implements ReplySink {
     this.isProbing = false;
     this.#router.onTargetAnswered(this);
   }
+}
+
+interface EncodedArgs {
+  readonly count: number;
+  readonly bytes: Buffer;
+}
+
+function encodeArgs(args: readonly string[]): EncodedArgs {
+  return { count: args.length, bytes: Buffer.concat(args.map((arg) => encodeBulk(arg))) };
 }
 
 /**
@@ -195,6 +247,10 @@ class MoveTarget implements ReplySink {
  * A client's commands to one slot keep their order otherwise too: every script queues on the
  * source's first connection, and each command leaves for the target when its script answers,
  * in order.
+ *
+ * With minReplicaAcks, a key leaves the source only once the target's replicas have it (see
+ * confirmCopy): otherwise the target's primary failing right after the move would take the
+ * only copy of the key with it, an acknowledged write lost, whatever the command was.
  */
 export class MigratingRouter {
   readonly #shards: ShardConnections;
@@ -211,10 +267,13 @@ export class MigratingRouter {
   /** Keys of moves waiting for a target's place -> how many hold each: later commands on them park behind. */
   readonly #waitingKeys = new Map<string, number>();
   #isReleaseQueued = false;
+  /** A replicated no-op, then WAIT: confirms a copy on the target (confirmCopy). */
+  readonly #confirmRequest: readonly Buffer[];
 
   constructor(shards: ShardConnections, options: MigratingRouterOptions) {
     this.#shards = shards;
     this.#options = options;
+    this.#confirmRequest = [NOOP, encodeCommand(['WAIT', String(options.minReplicaAcks), String(options.replicaAckTimeoutMs)])];
   }
 
   get keyMoveWaitMs(): number {
@@ -316,7 +375,64 @@ export class MigratingRouter {
     this.#shards.sendToPrimary(shard, PING, target, 0, false);
   }
 
-  /** The script answered +OK or +NOKEY: the keys are on the target now. */
+  /**
+   * The script copied the keys to the target (+COPIED): its replicas must have them before the
+   * source's copy is deleted. A replicated no-op and WAIT on a connection to the node the
+   * script copied to: MIGRATE's RESTORE came from the source's own connection, and WAIT only
+   * covers the writes of the connection it runs on, so the no-op carries that connection's
+   * replication offset past the RESTORE. Unconfirmed, the move starts over later (retried
+   * until keyMoveWaitMs, then TRYAGAIN, the keys whole on the source): the command is never
+   * answered from a copy that the target's failover could lose.
+   */
+  confirmCopy(move: KeyMove): void {
+    const topology = this.#shards.topology;
+    const migration = topology.migrations.get(move.slot);
+    if (migration === undefined) {
+      move.retry('the slot stopped migrating');
+      return;
+    }
+    const target = topology.shards[migration.to]!;
+    const { minReplicaAcks, noReplicaWrites } = this.#options;
+    const confirmation = targetConfirmation(target, minReplicaAcks, noReplicaWrites);
+    if (confirmation === 'refused') {
+      move.retry(`shard ${target.name} has fewer than ${minReplicaAcks} healthy replica(s) to confirm the moved key (noReplicaWrites: refuse)`);
+    } else if (confirmation === 'none') {
+      this.#deleteCopied(move, migration);
+    } else if (move.sentTo === null || !sameNode(target.primary, move.sentTo)) {
+      // A failover of the target since the copy: the new primary may not have it.
+      move.retry(`shard ${target.name} failed over while the key was copied to it`);
+    } else {
+      move.phase = 'confirm';
+      this.#shards.primaryConnection(migration.to, move.clientId).sendBatch(this.#confirmRequest, 1, move);
+    }
+  }
+
+  /** WAIT's answer on the target: enough replicas have the copy, or the move starts over. */
+  afterConfirm(move: KeyMove, frame: Buffer): void {
+    let acks = -1;
+    if (frame[0] === 58) acks = Number(frame.toString('latin1', 1, frame.length - 2));
+    const { minReplicaAcks, replicaAckTimeoutMs } = this.#options;
+    const migration = this.#shards.topology.migrations.get(move.slot);
+    if (acks < minReplicaAcks || migration === undefined) {
+      const name = migration === undefined ? 'the target' : `shard ${this.#shards.topology.shards[migration.to]!.name}`;
+      move.retry(acks < 0 ? frame.toString('utf8', 1, frame.length - 2) : `${acks} of ${minReplicaAcks} replica(s) of ${name} confirmed the moved key within ${replicaAckTimeoutMs} ms`);
+      return;
+    }
+    this.#deleteCopied(move, migration);
+  }
+
+  /** The copy is confirmed (or needs no confirmation): the source deletes its own, on the connection the scripts use. */
+  #deleteCopied(move: KeyMove, migration: SlotMigration): void {
+    move.phase = 'delete';
+    const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length), DELETE_HEAD, encodeBulk(String(move.keys.length))];
+    for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
+    const connection = this.#shards.primaryConnection(migration.from, 0);
+    // As the script's own delete (see #sendScript): held until the source's replicas have it.
+    if (confirmsMoves(this.#shards.topology.shards[migration.from], this.#options.minReplicaAcks)) connection.sendDurable(parts, move);
+    else connection.send(parts, move);
+  }
+
+  /** The keys are on the target now (the script answered +OK or +NOKEY, or a confirmed copy's source was deleted). */
   afterMove(move: KeyMove): void {
     if (this.#parked.length > 0 && this.#holdsParkedKey(move)) {
       // An earlier command on one of these keys is waiting: keep their order.
@@ -380,7 +496,11 @@ export class MigratingRouter {
     const topology = this.#shards.topology;
     target.inFlight++;
     move.target = target;
-    const args = target.args;
+    move.phase = 'move';
+    move.sentTo = target.address;
+    // A copy when the target's replicas are to confirm it first (or cannot: it waits then).
+    const isCopy = targetConfirmation(topology.shards[migration.to], this.#options.minReplicaAcks, this.#options.noReplicaWrites) !== 'none';
+    const args = isCopy ? target.copyArgs : target.args;
     const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + args.count), EVAL_HEAD, encodeBulk(String(move.keys.length))];
     for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
     parts.push(args.bytes);
@@ -400,7 +520,8 @@ export class MigratingRouter {
     let target = this.#targets.get(key);
     if (target === undefined) {
       const timeoutMs = Math.min(this.#options.migrateTimeoutMs, MAX_ON_DEMAND_MIGRATE_TIMEOUT_MS);
-      target = new MoveTarget(this, address, keyMoveArgs({ host: address.host, port: address.port, timeoutMs, password: this.#options.password }));
+      const where = { host: address.host, port: address.port, timeoutMs, password: this.#options.password };
+      target = new MoveTarget(this, address, keyMoveArgs(where, false), keyMoveArgs(where, true));
       this.#targets.set(key, target);
     }
     return target;

@@ -6,12 +6,15 @@ import type { ShardInfo } from './topology';
  *
  * The rule that makes every path safe: while a key exists on the source, the source's copy is
  * the authority. A command runs on the target only after a script found its keys gone from the
- * source, so a copy on the target next to one on the source is a leftover (a timed-out MIGRATE,
- * an interrupted copy) and may be replaced (MIGRATE ... REPLACE, RESTORE ... REPLACE).
+ * source (or deleted them), so a copy on the target next to one on the source is a leftover (a
+ * timed-out MIGRATE, an interrupted or unconfirmed copy) and may be replaced (MIGRATE ...
+ * REPLACE, RESTORE ... REPLACE).
  *
  * - On demand (KEY_MOVE_SCRIPT): sizes each key and MIGRATEs them in one atomic step. It answers
  *   +BIG instead for a key too big to MIGRATE at once, and +MOVING for a key the background
- *   mover has in flight: the command then waits and tries again.
+ *   mover has in flight: the command then waits and tries again. When the target's replicas
+ *   must confirm the keys (targetConfirmation), the script MIGRATEs a COPY (+COPIED), the data
+ *   path WAITs on the target, then COPIED_KEYS_DELETE_SCRIPT deletes them from the source.
  * - In the background (DUMP_KEYS_SCRIPT, then RESTORE_KEYS_SCRIPT on the target, then RELEASE_KEYS_SCRIPT):
  *   the mover marks a batch of keys as in flight in MOVING_KEYS (a hash on the source) and
  *   reads them with DUMP in one step, restores them on the target, then deletes them from the
@@ -66,8 +69,8 @@ function sizeCheck(maxElementsArg: number, maxBytesArg: number): string {
 
 /**
  * KEYS: the command's keys. ARGV: target host, target port, MIGRATE timeout (ms), max elements,
- * max bytes, and optionally the target's password. Replies +MOVING, +BIG (nothing moved), or
- * +OK (moved) / +NOKEY (none of the keys is on the source).
+ * max bytes, MOVE or COPY, and optionally the target's password. Replies +MOVING, +BIG (nothing
+ * moved), +OK (moved) / +COPIED (copied, still here) or +NOKEY (none of the keys is on the source).
  */
 export const KEY_MOVE_SCRIPT = `
 for i = 1, #KEYS do
@@ -88,14 +91,30 @@ ${forEachChunk(
   'present',
   KEYS_PER_CALL,
   `local args = {'MIGRATE', ARGV[1], ARGV[2], '', '0', ARGV[3], 'REPLACE'}
-    if ARGV[6] then
+    if ARGV[6] == 'COPY' then args[#args + 1] = 'COPY' end
+    if ARGV[7] then
       args[#args + 1] = 'AUTH'
-      args[#args + 1] = ARGV[6]
+      args[#args + 1] = ARGV[7]
     end
     args[#args + 1] = 'KEYS'
     for j = i, last do args[#args + 1] = present[j] end
     redis.call(unpack(args))`,
 )}
+if ARGV[6] == 'COPY' then return redis.status_reply('COPIED') end
+return redis.status_reply('OK')
+`;
+
+/**
+ * KEYS: a command's keys, which KEY_MOVE_SCRIPT copied to the target and the target's replicas
+ * have confirmed. Deletes them here (+OK), unless the background mover has marked one since
+ * (+MOVING, nothing deleted): its batch may still RESTORE its own copy on the target, and that
+ * must not land after the command has run there. The command goes to the target once +OK.
+ */
+export const COPIED_KEYS_DELETE_SCRIPT = `
+for i = 1, #KEYS do
+  if redis.call('HEXISTS', '${MOVING_KEYS}', KEYS[i]) == 1 then return redis.status_reply('MOVING') end
+end
+${forEachChunk('KEYS', KEYS_PER_CALL, `redis.call('DEL', unpack(KEYS, i, last))`)}
 return redis.status_reply('OK')
 `;
 
@@ -209,9 +228,9 @@ export interface KeyMoveTarget {
   readonly password: string | null;
 }
 
-/** KEY_MOVE_SCRIPT's ARGV after the keys. */
-export function keyMoveArgs(target: KeyMoveTarget): string[] {
-  const args = [target.host, String(target.port), String(target.timeoutMs), String(BIG_KEY_MAX_ELEMENTS), String(BIG_KEY_MAX_BYTES)];
+/** KEY_MOVE_SCRIPT's ARGV after the keys; `isCopy`: the keys stay on the source (+COPIED). */
+export function keyMoveArgs(target: KeyMoveTarget, isCopy: boolean): string[] {
+  const args = [target.host, String(target.port), String(target.timeoutMs), String(BIG_KEY_MAX_ELEMENTS), String(BIG_KEY_MAX_BYTES), isCopy ? 'COPY' : 'MOVE'];
   if (target.password !== null) args.push(target.password);
   return args;
 }

@@ -1,8 +1,21 @@
+import * as fs from 'node:fs';
 import Redis from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import type { LocalRedis } from '../../src/cli/local-redis';
 import { replicationFlowing, roleOf } from '../ha/ha-harness';
-import { checkPlacement, expectPlacementClean, initialValue, loadKeys, ownerFromStateFile, sleep, useMigrationDeployment, type MigrationDeployment } from './migration-harness';
+import {
+  checkPlacement,
+  expectPlacementClean,
+  HOST,
+  initialValue,
+  keyName,
+  loadKeys,
+  ownerFromStateFile,
+  sleep,
+  slotOf,
+  useMigrationDeployment,
+  type MigrationDeployment,
+} from './migration-harness';
 
 /**
  * With minReplicaAcks, a key moved to a target shard must be on the target's replicas before
@@ -12,7 +25,8 @@ import { checkPlacement, expectPlacementClean, initialValue, loadKeys, ownerFrom
  *
  * Made visible as in that repro: the target's replicas are stopped (SIGSTOP) while slots move
  * to it, then its primary is killed (kill -9) and the replicas resumed, one promoted. Every key
- * must still be there, on the shard that owns its slot, with its value. A 32 MB value written
+ * must still be there, on the shard that owns its slot, with its value, whether the background
+ * mover moved it or a command on it did (which must not be answered meanwhile). A 32 MB value written
  * to the target first fills the sockets to its stopped replicas (the kernel's buffers would
  * otherwise hold what the primary sent after it and hand it to them when they resume).
  */
@@ -62,6 +76,53 @@ describe('the background mover under minReplicaAcks, the target replicas stopped
     expect(status.progress?.slotsDone).toBe(SLOTS);
     await expectEveryKey(deployment, promoted, () => [], KEYS);
     console.log('target replicas stopped', JSON.stringify({ keysMoved: status.progress?.keysMoved, errors: status.progress?.errors, lastError: stalled.progress?.lastError }));
+  }, 120_000);
+});
+
+describe('commands on keys of migrating slots under minReplicaAcks, the target replicas stopped', () => {
+  // Found failed only after the commands below: their moves wait for the replicas' WAIT.
+  const deployment = useMigrationDeployment({ shards: 2, replicas: 2, config: { ...CONFIG, nodeTimeoutMs: 5_000 } });
+
+  it('answers no command from a copy its replicas do not have, and loses no key when the target primary dies', async () => {
+    const { shards, proxy } = deployment;
+    await loadKeys(shards.primaries, KEYS);
+    await replicationFlowing(shards);
+    const targetReplicas = shards.replicas[1]!;
+    await stopReplicas(deployment, targetReplicas);
+    const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: SLOTS });
+    expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+    let migrating: number[] = [];
+    for (const deadline = Date.now() + 20_000; migrating.length === 0; await sleep(20)) {
+      expect(Date.now(), 'no slot started migrating').toBeLessThan(deadline);
+      const state = JSON.parse(fs.readFileSync(proxy.stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
+      migrating = state.topology.migrations.map((m) => m.slot);
+    }
+    // Two keys of a migrating slot, on the source (the mover cannot move them: its batches are not confirmed either).
+    const [read, written] = Array.from({ length: KEYS }, (_, n) => n).filter((n) => migrating.includes(slotOf(keyName(n))));
+    expect(written, `keys of slots ${migrating.slice(0, 5).join(', ')}...`).toBeDefined();
+
+    const client = new Redis({ host: HOST, port: proxy.port, maxRetriesPerRequest: 0 });
+    try {
+      // The move copies the key to the target, whose replicas never confirm it: the command
+      // waits keyMoveWaitMs, then TRYAGAIN without having run, the key whole on the source.
+      const start = performance.now();
+      const readReply = await client.get(keyName(read!)).catch((err: Error) => err.message);
+      const readMs = performance.now() - start;
+      const writeReply = await client.set(keyName(written!), 'not confirmed').catch((err: Error) => err.message);
+      console.log('target replicas stopped, commands', JSON.stringify({ readReply, readMs: Math.round(readMs), writeReply }));
+      expect.soft(readReply).toMatch(/^TRYAGAIN .*replica/);
+      expect.soft(readMs).toBeGreaterThan(CONFIG.keyMoveWaitMs - 100);
+      expect.soft(writeReply).toMatch(/^TRYAGAIN /);
+
+      const promoted = await killTargetPrimary(deployment, targetReplicas);
+      const status = await proxy.waitForPlan(60_000);
+      expect(status.state, `${status.error}\n${proxy.logs().slice(-3000)}`).toBe('done');
+      await expectEveryKey(deployment, promoted, () => [], KEYS);
+      expect(await client.get(keyName(read!))).toBe(initialValue(read!));
+      expect(await client.get(keyName(written!))).toBe(initialValue(written!));
+    } finally {
+      client.disconnect();
+    }
   }, 120_000);
 });
 
