@@ -37,6 +37,8 @@ const SLOTS = 1_000;
 /** The replicas stay stopped this long: past nodeTimeoutMs, so they are also found failed. */
 const STOP_MS = 3_000;
 
+/** Elements of each big key: past BIG_KEY_MAX_ELEMENTS (2,000), so not moved in a batch. */
+const BIG_ELEMENTS = 2_500;
 /** A key of a slot s2 keeps (15008). */
 const FILLER_KEY = '{s2-filler}';
 const FILLER_BYTES = 32 * 1024 * 1024;
@@ -55,6 +57,21 @@ describe('the background mover under minReplicaAcks, the target replicas stopped
   it('moves nothing until they confirm, and loses no key when the target primary dies', async () => {
     const { shards, proxy } = deployment;
     await loadKeys(shards.primaries, KEYS);
+    // Two big keys in the moving slots: a list copied in chunks, a stream with a consumer
+    // group moved whole (MIGRATE COPY, then confirmed); each deleted from s1 once confirmed.
+    const [listKey, streamKey] = ['list', 'stream'].map((kind) => {
+      for (let n = 0; ; n++) if (slotOf(`big-${kind}:${n}`) >= 8192 - SLOTS && slotOf(`big-${kind}:${n}`) < 8192) return `big-${kind}:${n}`;
+    }) as [string, string];
+    const source = new Redis({ host: shards.primaries[0]!.host, port: shards.primaries[0]!.port });
+    try {
+      await source.rpush(listKey, ...Array.from({ length: BIG_ELEMENTS }, (_, i) => `item-${i}`));
+      const adds = source.pipeline();
+      for (let i = 1; i <= BIG_ELEMENTS; i++) adds.xadd(streamKey, `${i}-0`, 'n', String(i));
+      await adds.exec();
+      await source.xgroup('CREATE', streamKey, 'readers', '0');
+    } finally {
+      source.disconnect();
+    }
     await replicationFlowing(shards);
     const targetReplicas = shards.replicas[1]!;
     await stopReplicas(deployment, targetReplicas);
@@ -74,8 +91,20 @@ describe('the background mover under minReplicaAcks, the target replicas stopped
     const status = await proxy.waitForPlan(60_000);
     expect(status.state, `${status.error}\n${proxy.logs().slice(-3000)}`).toBe('done');
     expect(status.progress?.slotsDone).toBe(SLOTS);
-    await expectEveryKey(deployment, promoted, () => [], KEYS);
-    console.log('target replicas stopped', JSON.stringify({ keysMoved: status.progress?.keysMoved, errors: status.progress?.errors, lastError: stalled.progress?.lastError }));
+    await expectEveryKey(deployment, promoted, () => [], KEYS, [listKey, streamKey]);
+    const moved = new Redis({ host: promoted.host, port: promoted.port });
+    try {
+      expect(await moved.llen(listKey)).toBe(BIG_ELEMENTS);
+      expect(await moved.xlen(streamKey)).toBe(BIG_ELEMENTS);
+      expect(((await moved.xinfo('GROUPS', streamKey)) as unknown[]).length).toBe(1);
+    } finally {
+      moved.disconnect();
+    }
+    console.log(
+      'target replicas stopped',
+      JSON.stringify({ keysMoved: status.progress?.keysMoved, bigKeysMoved: status.progress?.bigKeysMoved, errors: status.progress?.errors, lastError: stalled.progress?.lastError }),
+    );
+    expect(status.progress?.bigKeysMoved).toBe(2);
   }, 120_000);
 });
 
@@ -149,13 +178,22 @@ async function killTargetPrimary(deployment: MigrationDeployment, replicas: read
   }
 }
 
-/** Every key 0..count-1 on the shard owning its slot (s2 now `promoted`), with its value or an `extra` one; nothing of the mover's left. */
-async function expectEveryKey(deployment: MigrationDeployment, promoted: LocalRedis, extra: (n: number) => readonly string[], count: number): Promise<void> {
+/**
+ * Every key 0..count-1 (and each of `others`) on the shard owning its slot (s2 now `promoted`),
+ * with its value or an `extra` one; nothing of the mover's left.
+ */
+async function expectEveryKey(
+  deployment: MigrationDeployment,
+  promoted: LocalRedis,
+  extra: (n: number) => readonly string[],
+  count: number,
+  others: readonly string[] = [],
+): Promise<void> {
   const { proxy, specs } = deployment;
   const { owner, migrations } = ownerFromStateFile(proxy.stateFile);
   expect(migrations).toBe(0);
   const now = [specs[0]!, { name: 's2', node: promoted }];
-  const placement = await checkPlacement(now, owner, count, (n) => [initialValue(n), ...extra(n)]);
+  const placement = await checkPlacement(now, owner, count, (n) => [initialValue(n), ...extra(n)], others);
   expectPlacementClean(placement);
   for (const shard of now) {
     const direct = new Redis({ host: shard.node.host, port: shard.node.port });
