@@ -569,6 +569,27 @@ export function expectPlacementClean(placement: PlacementReport): void {
   expect(placement.wrongValues.slice(0, 5)).toEqual([]);
 }
 
+/** The slots migrating in the proxy's state file, once at least one is (at most 20 s). */
+export async function migratingSlots(stateFile: string): Promise<number[]> {
+  for (const deadline = Date.now() + 20_000; ; await sleep(20)) {
+    expect(Date.now(), 'no slot started migrating').toBeLessThan(deadline);
+    const state = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
+    if (state.topology.migrations.length > 0) return state.topology.migrations.map((m) => m.slot);
+  }
+}
+
+/** No key of the mover's own (its in-flight marks) left on any of `shards`. */
+export async function expectNoMoverKeys(shards: readonly { readonly name: string; readonly node: { readonly host: string; readonly port: number } }[]): Promise<void> {
+  for (const shard of shards) {
+    const direct = new Redis({ host: shard.node.host, port: shard.node.port });
+    try {
+      expect(await direct.keys('*slotproxy*'), shard.name).toEqual([]);
+    } finally {
+      direct.disconnect();
+    }
+  }
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }

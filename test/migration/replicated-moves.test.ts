@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import Redis from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { replicationFlowing } from '../ha/ha-harness';
-import { HOST, loadKeys, sleep, slotOf, useMigrationDeployment } from './migration-harness';
+import { HOST, loadKeys, migratingSlots, sleep, slotOf, useMigrationDeployment } from './migration-harness';
 
 /**
  * With minReplicaAcks, moving a key deletes it from the source, and that delete must be on the
@@ -38,12 +38,7 @@ describe('moves under minReplicaAcks', () => {
     expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
 
     // A slot that is migrating now, and a key of it that no one wrote yet.
-    let migrating: number[] = [];
-    for (const deadline = Date.now() + 20_000; migrating.length === 0; await sleep(20)) {
-      expect(Date.now(), 'no slot started migrating').toBeLessThan(deadline);
-      const state = JSON.parse(fs.readFileSync(proxy.stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
-      migrating = state.topology.migrations.map((m) => m.slot);
-    }
+    const migrating = await migratingSlots(proxy.stateFile);
     const slot = migrating[0]!;
     // Two keys of that slot, written on the source directly, so that the command's move
     // deletes something there (a key the source does not hold needs no confirmation).
