@@ -8,10 +8,8 @@ import {
   RELEASE_KEYS_SCRIPT,
   REPLICATED_NOOP,
   RESTORE_KEYS_SCRIPT,
-  targetConfirmation,
-  type TargetConfirmation,
 } from '../topology/key-move-script';
-import { nodeKey, type NodeAddress, type Topology } from '../topology/topology';
+import { nodeKey, writeConfirmation, type NodeAddress, type Topology, type WriteConfirmation } from '../topology/topology';
 import { moveBigKey, UnchunkableKeyError } from './big-key-copier';
 import { RawConnection } from './raw-connection';
 import { KeyIndexUnavailableError, SlotKeyIndex } from './slot-key-index';
@@ -593,9 +591,9 @@ export class SlotMover {
     return confirmsMoves(this.#host.topology.shardNamed(source), this.#options.minReplicaAcks);
   }
 
-  /** Whether keys moving to `target` wait for its replicas before leaving the source (targetConfirmation). */
-  #targetConfirmation(target: string): TargetConfirmation {
-    return targetConfirmation(this.#host.topology.shardNamed(target), this.#options.minReplicaAcks, this.#options.noReplicaWrites);
+  /** Whether keys moving to `target` wait for its replicas before leaving the source, as a write there would. */
+  #targetConfirmation(target: string): WriteConfirmation {
+    return writeConfirmation(this.#host.topology.shardNamed(target), this.#options.minReplicaAcks, this.#options.noReplicaWrites);
   }
 
   #refusal(target: string): TargetUnconfirmedError {

@@ -2,8 +2,8 @@ import type { BackendConnection } from '../backend/backend-connection';
 import type { ReplySink } from '../backend/reply-sink';
 import { CRLF, encodeArrayHeader, encodeBulk, encodeCommand, encodeError } from '../resp/resp-writer';
 import { keySlot } from '../routing/key-slot';
-import { confirmsMoves, COPIED_KEYS_DELETE_SCRIPT, KEY_MOVE_SCRIPT, keyMoveArgs, REPLICATED_NOOP, targetConfirmation } from '../topology/key-move-script';
-import { nodeKey, sameNode, type NodeAddress, type SlotMigration, type Topology } from '../topology/topology';
+import { confirmsMoves, COPIED_KEYS_DELETE_SCRIPT, KEY_MOVE_SCRIPT, keyMoveArgs, REPLICATED_NOOP } from '../topology/key-move-script';
+import { nodeKey, sameNode, writeConfirmation, type NodeAddress, type SlotMigration, type Topology } from '../topology/topology';
 
 /** What the router needs of the dispatcher. */
 export interface ShardConnections {
@@ -393,7 +393,7 @@ export class MigratingRouter {
     }
     const target = topology.shards[migration.to]!;
     const { minReplicaAcks, noReplicaWrites } = this.#options;
-    const confirmation = targetConfirmation(target, minReplicaAcks, noReplicaWrites);
+    const confirmation = writeConfirmation(target, minReplicaAcks, noReplicaWrites);
     if (confirmation === 'refused') {
       move.retry(`shard ${target.name} has fewer than ${minReplicaAcks} healthy replica(s) to confirm the moved key (noReplicaWrites: refuse)`);
     } else if (confirmation === 'none') {
@@ -499,7 +499,7 @@ export class MigratingRouter {
     move.phase = 'move';
     move.sentTo = target.address;
     // A copy when the target's replicas are to confirm it first (or cannot: it waits then).
-    const isCopy = targetConfirmation(topology.shards[migration.to], this.#options.minReplicaAcks, this.#options.noReplicaWrites) !== 'none';
+    const isCopy = writeConfirmation(topology.shards[migration.to], this.#options.minReplicaAcks, this.#options.noReplicaWrites) !== 'none';
     const args = isCopy ? target.copyArgs : target.args;
     const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + args.count), EVAL_HEAD, encodeBulk(String(move.keys.length))];
     for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);

@@ -4,6 +4,7 @@ import type { CommandSpec } from '../commands/handling';
 import type { ReplySlot } from '../reply/reply-slot';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeCommand, encodeError, NULL_ARRAY, NULL_BULK, OK, QUEUED } from '../resp/resp-writer';
+import { REPLICATED_NOOP } from '../topology/key-move-script';
 import { commandSlot, CROSS_SLOT, NO_KEYS, movableKeysRefusal } from '../routing/route-planner';
 import { sameNode } from '../topology/topology';
 import type { ClientContext } from './client-context';
@@ -633,8 +634,8 @@ class WaitGather implements ReplySink {
   }
 }
 
-/** A write Redis replicates that changes no data (PUBLISH is replicated outside cluster mode). */
-const WAIT_NOOP = Buffer.from('*3\r\n$7\r\nPUBLISH\r\n$18\r\n__slotproxy__:wait\r\n$0\r\n\r\n');
+/** Moves the connection's replication offset so WAIT has something to wait for (key-move-script.ts). */
+const WAIT_NOOP = encodeCommand(REPLICATED_NOOP);
 
 function hasBlockOption(frame: RequestFrame): boolean {
   for (let i = 1; i < frame.argc; i++) {

@@ -1,7 +1,7 @@
 import { SINGLE_WRITE, type BackendConnection, type DurableReplies } from '../backend/backend-connection';
 import type { ReplySink } from '../backend/reply-sink';
 import { encodeError } from '../resp/resp-writer';
-import type { ShardInfo } from '../topology/topology';
+import { writeConfirmation, type ShardInfo, type WriteConfirmation } from '../topology/topology';
 
 /** The settings it acts on (a subset of ProxyConfig). */
 export interface WriteDurabilityOptions {
@@ -28,30 +28,33 @@ export class WriteDurability {
    * healthy replicas, and noReplicaWrites says refuse. Null when the write may go.
    */
   refusal(shard: ShardInfo): Buffer | null {
-    const { minReplicaAcks, noReplicaWrites } = this.#options;
-    if (minReplicaAcks === 0 || noReplicaWrites !== 'refuse' || shard.readReplicas.length >= minReplicaAcks) return null;
-    return encodeError(`NOREPLICAS shard ${shard.name} has fewer than ${minReplicaAcks} healthy replica(s); write refused`);
+    return this.#confirmation(shard) === 'refused' ? this.#refusalError(shard) : null;
   }
 
   /**
    * Sends a write on `connection`, a connection to `shard`'s primary: refused (the sink fails
    * with refusal()'s error, nothing is sent), confirmed by WAIT when the shard has the healthy
-   * replicas to confirm it, or as it is (minReplicaAcks 0, or noReplicaWrites: accept).
+   * replicas to confirm it, or as it is (minReplicaAcks 0, or noReplicaWrites: accept, counted).
    */
   send(connection: BackendConnection, shard: ShardInfo, request: Buffer | readonly Buffer[], sink: ReplySink, replies: DurableReplies = SINGLE_WRITE): void {
-    const required = this.#options.minReplicaAcks;
-    if (required > 0) {
-      if (shard.readReplicas.length >= required) {
+    switch (this.#confirmation(shard)) {
+      case 'wait':
         connection.sendDurable(request, sink, replies);
         return;
-      }
-      const refusal = this.refusal(shard);
-      if (refusal !== null) {
-        sink.onFailure(refusal);
+      case 'refused':
+        sink.onFailure(this.#refusalError(shard));
         return;
-      }
-      connection.countUnconfirmedWrite();
+      case 'none':
+        if (this.#options.minReplicaAcks > 0) connection.countUnconfirmedWrite();
+        connection.sendBatch(request, replies.ignored, sink);
     }
-    connection.sendBatch(request, replies.ignored, sink);
+  }
+
+  #confirmation(shard: ShardInfo): WriteConfirmation {
+    return writeConfirmation(shard, this.#options.minReplicaAcks, this.#options.noReplicaWrites);
+  }
+
+  #refusalError(shard: ShardInfo): Buffer {
+    return encodeError(`NOREPLICAS shard ${shard.name} has fewer than ${this.#options.minReplicaAcks} healthy replica(s); write refused`);
   }
 }

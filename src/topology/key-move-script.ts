@@ -1,4 +1,4 @@
-import type { ShardInfo } from './topology';
+import { writeConfirmation, type ShardInfo } from './topology';
 
 /**
  * How keys leave a migrating slot's source shard: Lua scripts run on the source, shared by the
@@ -13,7 +13,7 @@ import type { ShardInfo } from './topology';
  * - On demand (KEY_MOVE_SCRIPT): sizes each key and MIGRATEs them in one atomic step. It answers
  *   +BIG instead for a key too big to MIGRATE at once, and +MOVING for a key the background
  *   mover has in flight: the command then waits and tries again. When the target's replicas
- *   must confirm the keys (targetConfirmation), the script MIGRATEs a COPY (+COPIED), the data
+ *   must confirm the keys (writeConfirmation on the target), the script MIGRATEs a COPY (+COPIED), the data
  *   path WAITs on the target, then COPIED_KEYS_DELETE_SCRIPT deletes them from the source.
  * - In the background (DUMP_KEYS_SCRIPT, then RESTORE_KEYS_SCRIPT on the target, then RELEASE_KEYS_SCRIPT):
  *   the mover marks a batch of keys as in flight in MOVING_KEYS (a hash on the source) and
@@ -22,7 +22,7 @@ import type { ShardInfo } from './topology';
  *   so a slow or descheduled target cannot stall the source's other clients. A crash in between
  *   leaves the keys whole on the source (the next start deletes MOVING_KEYS).
  * - With minReplicaAcks, a key leaves the source only once the target's replicas have it
- *   (targetConfirmation): until then the target's copy is a leftover like any other, and the
+ *   (writeConfirmation on the target): until then the target's copy is a leftover like any other, and the
  *   source's copy survives a failover of the target.
  * - Big keys (more than BIG_KEY_MAX_ELEMENTS elements, or more than BIG_KEY_MAX_BYTES by STRLEN
  *   or MEMORY USAGE) are copied in chunks by the mover (control/big-key-copier.ts).
@@ -187,28 +187,8 @@ return #KEYS
  * replicas (with fewer, no replica could be promoted with a stale copy).
  */
 export function confirmsMoves(source: ShardInfo | undefined, minReplicaAcks: number): boolean {
-  return minReplicaAcks > 0 && source !== undefined && source.readReplicas.length >= minReplicaAcks;
-}
-
-/** How keys moved to a target are confirmed before the source lets them go (targetConfirmation). */
-export type TargetConfirmation = 'none' | 'wait' | 'refused';
-
-/**
- * Whether keys moved to `target` must be on its replicas (WAIT, minReplicaAcks of them) before
- * they are deleted from the source, as a write on the target must be before it is answered:
- * otherwise the target's primary failing right after a move (its replicas lagging, or stopped)
- * would take with it keys whose acknowledged writes no other node holds any more.
- *
- * - 'none': minReplicaAcks is 0, or the target has fewer healthy replicas and noReplicaWrites
- *   accepts writes there unconfirmed: the move is not confirmed either.
- * - 'wait': the target has minReplicaAcks healthy replicas: WAIT for them.
- * - 'refused': it has fewer and noReplicaWrites refuses writes there: nothing moves to it until
- *   it has them again (a replica found failed may come back and be promoted).
- */
-export function targetConfirmation(target: ShardInfo | undefined, minReplicaAcks: number, noReplicaWrites: 'refuse' | 'accept'): TargetConfirmation {
-  if (minReplicaAcks <= 0 || target === undefined) return 'none';
-  if (target.readReplicas.length >= minReplicaAcks) return 'wait';
-  return noReplicaWrites === 'refuse' ? 'refused' : 'none';
+  // A delete is never refused: with too few replicas it goes unconfirmed.
+  return writeConfirmation(source, minReplicaAcks, 'accept') === 'wait';
 }
 
 /**

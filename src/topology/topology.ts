@@ -33,6 +33,23 @@ export interface ShardInfo {
 }
 
 /** A slot moving between shards: keys are moved to `to` before a command touches them. */
+/** How a write to a shard is confirmed under minReplicaAcks (writeConfirmation). */
+export type WriteConfirmation = 'none' | 'wait' | 'refused';
+
+/**
+ * The one rule for a write to `shard`'s primary, be it a client's command or a key moved there:
+ * - 'wait': minReplicaAcks is set and the shard has that many healthy replicas: WAIT for them;
+ * - 'refused': it has fewer and noReplicaWrites refuses writes there (a replica found failed may
+ *   come back and be promoted, so nothing unconfirmed may land);
+ * - 'none': minReplicaAcks is 0, or too few replicas and noReplicaWrites accepts the write
+ *   unconfirmed.
+ */
+export function writeConfirmation(shard: ShardInfo | undefined, minReplicaAcks: number, noReplicaWrites: 'refuse' | 'accept'): WriteConfirmation {
+  if (minReplicaAcks <= 0 || shard === undefined) return 'none';
+  if (shard.readReplicas.length >= minReplicaAcks) return 'wait';
+  return noReplicaWrites === 'refuse' ? 'refused' : 'none';
+}
+
 export interface SlotMigration {
   readonly from: number;
   readonly to: number;
