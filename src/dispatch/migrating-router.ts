@@ -424,12 +424,8 @@ export class MigratingRouter {
   /** The copy is confirmed (or needs no confirmation): the source deletes its own, on the connection the scripts use. */
   #deleteCopied(move: KeyMove, migration: SlotMigration): void {
     move.phase = 'delete';
-    const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length), DELETE_HEAD, encodeBulk(String(move.keys.length))];
-    for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
-    const connection = this.#shards.primaryConnection(migration.from, 0);
-    // As the script's own delete (see #sendScript): held until the source's replicas have it.
-    if (confirmsMoves(this.#shards.topology.shards[migration.from], this.#options.minReplicaAcks)) connection.sendDurable(parts, move);
-    else connection.send(parts, move);
+    // As the script's own delete: held until the source's replicas have it.
+    this.#evalOnSource(move, migration, DELETE_HEAD, null);
   }
 
   /** The keys are on the target now (the script answered +OK or +NOKEY, or a confirmed copy's source was deleted). */
@@ -500,18 +496,24 @@ export class MigratingRouter {
     move.sentTo = target.address;
     // A copy when the target's replicas are to confirm it first (or cannot: it waits then).
     const isCopy = writeConfirmation(topology.shards[migration.to], this.#options.minReplicaAcks, this.#options.noReplicaWrites) !== 'none';
-    const args = isCopy ? target.copyArgs : target.args;
-    const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + args.count), EVAL_HEAD, encodeBulk(String(move.keys.length))];
+    this.#evalOnSource(move, migration, EVAL_HEAD, isCopy ? target.copyArgs : target.args);
+  }
+
+  /**
+   * EVAL of a script (`head`: its name and body) over the move's keys, then `args`, on the
+   * source's first connection: every move's scripts run there. With minReplicaAcks, the answer is
+   * held until WAIT confirms it on the source's replicas (one WAIT per turn), so no command
+   * reaches the target while the source's delete of the key could still be lost in a failover
+   * (a promoted replica would bring the old copy back, and the source's copy is the authority).
+   * WAIT covers every earlier write of its connection, hence one connection for all moves: a
+   * +NOKEY for a key another command moved a moment ago is confirmed only after that delete.
+   */
+  #evalOnSource(move: KeyMove, migration: SlotMigration, head: Buffer, args: EncodedArgs | null): void {
+    const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + (args === null ? 0 : args.count)), head, encodeBulk(String(move.keys.length))];
     for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
-    parts.push(args.bytes);
-    // Every move's script runs on the source's first connection. With minReplicaAcks, its answer
-    // is held until WAIT confirms it on the source's replicas (one WAIT per turn), so no command
-    // reaches the target while the source's delete of the key could still be lost in a failover
-    // (a promoted replica would bring the old copy back, and the source's copy is the authority).
-    // WAIT covers every earlier write of its connection, hence one connection for all moves: a
-    // +NOKEY for a key another command moved a moment ago is confirmed only after that delete.
+    if (args !== null) parts.push(args.bytes);
     const connection = this.#shards.primaryConnection(migration.from, 0);
-    if (confirmsMoves(topology.shards[migration.from], this.#options.minReplicaAcks)) connection.sendDurable(parts, move);
+    if (confirmsMoves(this.#shards.topology.shards[migration.from], this.#options.minReplicaAcks)) connection.sendDurable(parts, move);
     else connection.send(parts, move);
   }
 
