@@ -5,7 +5,7 @@ import type { NodeStats } from '../metrics/data-path-stats';
 import { scheduleFlush, type Flushable } from '../io/flush-scheduler';
 import { OutputBuffer } from '../io/output-buffer';
 import { ReplyScanner, type ReplyFrameSink } from '../resp/reply-scanner';
-import { encodeCommand, encodeError } from '../resp/resp-writer';
+import { encodeCommand, encodeError, NULL_ARRAY, NULL_BULK } from '../resp/resp-writer';
 import { nodeKey, type NodeAddress } from '../topology/topology';
 import { IGNORE_REPLY, type ReplySink } from './reply-sink';
 
@@ -100,7 +100,7 @@ class DurableWrite implements ReplySink {
   }
 
   onReply(frame: Buffer): void {
-    if (frame[0] === 45 || (this.#isNullUnwritten && isNullReply(frame))) {
+    if (frame[0] === 45 || (this.#isNullUnwritten && (frame.equals(NULL_BULK) || frame.equals(NULL_ARRAY)))) {
       this.isSettled = true;
       this.target.onReply(frame);
       return;
@@ -112,11 +112,6 @@ class DurableWrite implements ReplySink {
     this.isSettled = true;
     this.target.onFailure(error);
   }
-}
-
-/** `$-1` or `*-1`: RESP2's null bulk string or null array. */
-function isNullReply(frame: Buffer): boolean {
-  return frame.length === 5 && frame[1] === 45 && frame[2] === 49 && (frame[0] === 36 || frame[0] === 42);
 }
 
 /** The WAIT after a turn's durable writes: releases their replies, or fails them. */
