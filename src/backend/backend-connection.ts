@@ -4,6 +4,7 @@ import { tick, turnTime } from '../io/turn-clock';
 import type { NodeStats } from '../metrics/data-path-stats';
 import { scheduleFlush, type Flushable } from '../io/flush-scheduler';
 import { OutputBuffer } from '../io/output-buffer';
+import { sharedRead } from '../io/shared-read-buffer';
 import { ReplyScanner, type ReplyFrameSink } from '../resp/reply-scanner';
 import { encodeCommand, encodeError, NULL_ARRAY, NULL_BULK } from '../resp/resp-writer';
 import { nodeKey, type NodeAddress } from '../topology/topology';
@@ -314,7 +315,20 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   #connect(): void {
     const { address, connectTimeoutMs, password } = this.#options;
     this.#setState('connecting');
-    const socket = connect({ host: address.host, port: address.port, noDelay: true });
+    const socket = connect({
+      host: address.host,
+      port: address.port,
+      noDelay: true,
+      onread: sharedRead((chunk) => {
+        tick();
+        this.#stats.bytesIn += chunk.length;
+        try {
+          this.#scanner.feed(chunk);
+        } catch (err) {
+          this.destroy(`bad reply from ${nodeKey(address)}: ${(err as Error).message}`);
+        }
+      }),
+    });
     this.#socket = socket;
     socket.setTimeout(connectTimeoutMs);
     socket.on('connect', () => {
@@ -326,15 +340,6 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     });
     socket.on('timeout', () => {
       socket.destroy(new Error(`connect timeout after ${connectTimeoutMs} ms`));
-    });
-    socket.on('data', (chunk: Buffer) => {
-      tick();
-      this.#stats.bytesIn += chunk.length;
-      try {
-        this.#scanner.feed(chunk);
-      } catch (err) {
-        this.destroy(`bad reply from ${nodeKey(address)}: ${(err as Error).message}`);
-      }
     });
     socket.on('error', (err: Error) => {
       this.#lastError = err.message;

@@ -1,5 +1,5 @@
 import { Socket } from 'node:net';
-import { copyRange } from '../resp/byte-copy';
+import { sharedRead } from '../io/shared-read-buffer';
 
 /**
  * Client sockets read through one shared buffer instead of Node's stream path.
@@ -16,12 +16,9 @@ import { copyRange } from '../resp/byte-copy';
  * buffer and callback under are found once on a probe socket made with `onread`, and the handle
  * is told to read into the buffer (`useUserBuffer`, what Node itself calls for `onread`
  * sockets). Node then keeps driving pause/resume, EOF and errors as for any `onread` socket.
- * Each read's bytes are copied out at once (the buffer is shared by every socket), into pooled
- * memory for small reads. Where this Node does not offer the pieces, sockets keep `'data'`.
+ * The buffer is the one every socket shares (io/shared-read-buffer.ts). Where this Node does
+ * not offer the pieces, sockets keep `'data'`.
  */
-
-/** The most one read takes: as much as Node's own reads (libuv suggests 64 KiB). */
-const READ_BUFFER_BYTES = 64 * 1024;
 
 interface UserBufferKeys {
   readonly buffer: symbol;
@@ -31,7 +28,6 @@ interface UserBufferKeys {
 type OnChunk = (chunk: Buffer) => void;
 type HandleWithUserBuffer = { useUserBuffer?: (buffer: Uint8Array) => void };
 
-let sharedBuffer: Buffer | null = null;
 let keys: UserBufferKeys | null | undefined;
 
 function findUserBufferKeys(): UserBufferKeys | null {
@@ -64,19 +60,13 @@ export function canReadIntoSharedBuffer(): boolean {
 export function startReading(socket: Socket, onChunk: OnChunk): void {
   const handle = (socket as unknown as { _handle: HandleWithUserBuffer | null })._handle;
   if (canReadIntoSharedBuffer() && handle !== null && typeof handle.useUserBuffer === 'function') {
-    if (sharedBuffer === null) sharedBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
+    const read = sharedRead(onChunk);
     const fields = socket as unknown as Record<symbol, unknown>;
-    fields[keys!.buffer] = sharedBuffer;
-    fields[keys!.callback] = (length: number, bytes: Buffer): void => onChunk(copyOut(bytes, length));
-    handle.useUserBuffer(sharedBuffer);
+    fields[keys!.buffer] = read.buffer;
+    fields[keys!.callback] = read.callback;
+    handle.useUserBuffer(read.buffer);
   } else {
     socket.on('data', onChunk);
   }
   socket.resume();
-}
-
-function copyOut(bytes: Buffer, length: number): Buffer {
-  const chunk = Buffer.allocUnsafe(length);
-  copyRange(bytes, 0, length, chunk, 0);
-  return chunk;
 }

@@ -1,5 +1,5 @@
 import { decodeReply } from '../resp/reply-decoder';
-import { copyRange } from '../resp/byte-copy';
+import { copyRange } from '../io/byte-copy';
 import { arrayHeaderLength, encodeArrayHeader, encodeInteger, encodeReply, encodeValue, OK, writeArrayHeader, type RespValue } from '../resp/resp-writer';
 
 /**

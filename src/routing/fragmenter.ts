@@ -1,6 +1,6 @@
 import type { CommandSpec } from '../commands/handling';
 import type { RequestFrame } from '../resp/request-parser';
-import { copyRange } from '../resp/byte-copy';
+import { copyRange } from '../io/byte-copy';
 import { arrayHeaderLength, writeArrayHeader } from '../resp/resp-writer';
 import type { SlotMigration } from '../topology/topology';
 import { argSlot } from './key-slot';

@@ -12,7 +12,7 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   log: [],
   runtime: [],
   metrics: [],
-  routing: ['commands', 'topology', 'resp'],
+  routing: ['commands', 'topology', 'resp', 'io'],
   reply: ['resp', 'io', 'backend', 'commands', 'metrics'],
   backend: ['resp', 'topology', 'io', 'metrics', 'log'],
   dispatch: ['routing', 'backend', 'reply', 'commands', 'resp', 'topology', 'metrics', 'io', 'log'],

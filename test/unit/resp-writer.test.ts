@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { decodeReply } from '../../src/resp/reply-decoder';
-import { copyRange } from '../../src/resp/byte-copy';
+import { copyRange } from '../../src/io/byte-copy';
 import {
   arrayHeaderLength,
   encodeArrayHeader,
