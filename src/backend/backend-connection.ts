@@ -4,6 +4,7 @@ import { tick, turnTime } from '../io/turn-clock';
 import type { NodeStats } from '../metrics/data-path-stats';
 import { scheduleFlush, type Flushable } from '../io/flush-scheduler';
 import { OutputBuffer } from '../io/output-buffer';
+import { SocketWriter } from '../io/socket-writer';
 import { sharedRead } from '../io/shared-read-buffer';
 import { ReplyScanner, type ReplyFrameSink } from '../resp/reply-scanner';
 import { encodeCommand, encodeError, NULL_ARRAY, NULL_BULK } from '../resp/resp-writer';
@@ -162,6 +163,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   /** Durable writes queued this turn, confirmed by one WAIT appended at flush. */
   #durableWrites: DurableWrite[] = [];
   #socket: Socket | null = null;
+  #writer: SocketWriter | null = null;
   #state: ConnectionState = 'idle';
   /** Why the connection last went down, for error replies. */
   #lastError = '';
@@ -256,9 +258,9 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
       this.#push(new WaitSink(this.#durableWrites, minReplicaAcks, replicaAckTimeoutMs));
       this.#durableWrites = [];
     }
-    if (this.#state === 'ready' && this.#socket !== null) {
+    if (this.#state === 'ready' && this.#writer !== null) {
       this.#stats.bytesOut += this.#out.length;
-      this.#out.writeTo(this.#socket);
+      this.#out.writeTo(this.#writer);
     }
   }
 
@@ -330,6 +332,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
       }),
     });
     this.#socket = socket;
+    this.#writer = new SocketWriter(socket);
     socket.setTimeout(connectTimeoutMs);
     socket.on('connect', () => {
       socket.setTimeout(0);
@@ -347,6 +350,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     socket.on('close', () => {
       if (this.#socket !== socket) return;
       this.#socket = null;
+      this.#writer = null;
       this.#scanner.reset();
       this.#out.clear();
       this.#durableWrites = [];

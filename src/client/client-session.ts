@@ -5,6 +5,7 @@ import type { ClientPins } from '../dispatch/client-pins';
 import type { Dispatcher } from '../dispatch/dispatcher';
 import { scheduleFlush, type Flushable } from '../io/flush-scheduler';
 import { OutputBuffer } from '../io/output-buffer';
+import { SocketWriter } from '../io/socket-writer';
 import { startReading } from './socket-reads';
 import { tick, turnTime } from '../io/turn-clock';
 import { CLASS_INDEX, type DataPathStats } from '../metrics/data-path-stats';
@@ -65,6 +66,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   readonly #parser: RequestParser;
   readonly #replies = new OrderedReplies();
   readonly #out = new OutputBuffer();
+  readonly #writer: SocketWriter;
   readonly #onClose: (session: ClientSession) => void;
   readonly #stats: DataPathStats;
   #state: SessionState = 'open';
@@ -91,7 +93,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     this.localPort = socket.localPort ?? 0;
     this.localAddress = formatHostPort(this.localHost, this.localPort);
     socket.setNoDelay(true);
-    socket.on('drain', () => this.#maybeResume());
+    this.#writer = new SocketWriter(socket, () => this.#maybeResume());
     socket.on('error', () => this.#close());
     socket.on('close', () => this.#close());
     startReading(socket, (chunk) => this.#onData(chunk));
@@ -157,7 +159,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     if (this.#state === 'closed') return;
     this.#replies.drainInto(this.#out, this.#stats.commands, tick());
     this.#stats.clients.bytesOut += this.#out.length;
-    this.#out.writeTo(this.#socket);
+    this.#out.writeTo(this.#writer);
     const deferred = this.#deferred;
     if (deferred !== null && this.#replies.head === deferred.slot) {
       this.#deferred = null;
@@ -218,7 +220,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
       if (this.#replies.length > 0) return;
       this.#isHeld = false;
     }
-    if (this.#socket.writableLength > this.#limits.maxOutputBytes) {
+    if (this.#writer.pendingBytes > this.#limits.maxOutputBytes) {
       this.#pause();
       return;
     }

@@ -1,4 +1,10 @@
-import type { Socket } from 'node:net';
+
+/** Where a turn's output goes (a socket's `SocketWriter`). */
+export interface OutputTarget {
+  write(data: Buffer): void;
+  /** Writes the first `count` parts back to back as one gathered write. */
+  writeAll(parts: readonly Buffer[], count: number): void;
+}
 
 /** Below this many bytes, joining the pieces is cheaper than handing Node a writev of many. */
 const JOIN_LIMIT = 64 * 1024;
@@ -28,14 +34,14 @@ export class OutputBuffer {
   }
 
   /** Writes everything queued as one write (joined when small, corked writev when large). */
-  writeTo(socket: Socket): void {
+  writeTo(writer: OutputTarget): void {
     const count = this.#count;
     if (count === 0) return;
     const parts = this.#parts;
     if (count === 1) {
       const only = parts[0]!;
       this.clear();
-      socket.write(only);
+      writer.write(only);
     } else if (this.#length <= JOIN_LIMIT) {
       const joined = Buffer.allocUnsafe(this.#length);
       let offset = 0;
@@ -45,11 +51,9 @@ export class OutputBuffer {
         offset += part.length;
       }
       this.clear();
-      socket.write(joined);
+      writer.write(joined);
     } else {
-      socket.cork();
-      for (let i = 0; i < count; i++) socket.write(parts[i]!);
-      socket.uncork();
+      writer.writeAll(parts, count);
       this.clear();
     }
   }

@@ -1,4 +1,3 @@
-import type { Socket } from 'node:net';
 
 import { describe, expect, it } from 'vitest';
 
@@ -32,16 +31,10 @@ function drain(replies: OrderedReplies, stats = new CommandStats(['get']), now =
   const out = new OutputBuffer();
   const count = replies.drainInto(out, stats, now);
   const writes: Buffer[] = [];
-  // Not a socket: OutputBuffer only calls write/cork/uncork on it.
-  const socket = {
-    write(data: Buffer): boolean {
-      writes.push(data);
-      return true;
-    },
-    cork(): void {},
-    uncork(): void {},
-  } as unknown as Socket;
-  out.writeTo(socket);
+  out.writeTo({
+    write: (data: Buffer) => void writes.push(data),
+    writeAll: (parts: readonly Buffer[], count: number) => void writes.push(...parts.slice(0, count)),
+  });
   return { count, written: Buffer.concat(writes).toString('latin1') };
 }
 

@@ -1,29 +1,21 @@
-import type { Socket } from 'node:net';
-
 import { describe, expect, it } from 'vitest';
 
-import { OutputBuffer } from '../../src/io/output-buffer';
+import { OutputBuffer, type OutputTarget } from '../../src/io/output-buffer';
 
-/** What a socket was handed: each write's bytes, and whether it came between cork and uncork. */
-class RecordingSocket {
+/** What a socket's writer was handed: each write's bytes, and whether it came in a gathered write. */
+class RecordingSocket implements OutputTarget {
   readonly writes: { bytes: Buffer; isCorked: boolean }[] = [];
-  #isCorked = false;
 
-  write(bytes: Buffer): boolean {
-    this.writes.push({ bytes: Buffer.from(bytes), isCorked: this.#isCorked });
-    return true;
+  write(bytes: Buffer): void {
+    this.writes.push({ bytes: Buffer.from(bytes), isCorked: false });
   }
 
-  cork(): void {
-    this.#isCorked = true;
+  writeAll(parts: readonly Buffer[], count: number): void {
+    for (let i = 0; i < count; i++) this.writes.push({ bytes: Buffer.from(parts[i]!), isCorked: true });
   }
 
-  uncork(): void {
-    this.#isCorked = false;
-  }
-
-  asSocket(): Socket {
-    return this as unknown as Socket;
+  asSocket(): OutputTarget {
+    return this;
   }
 }
 
@@ -63,7 +55,7 @@ describe('OutputBuffer', () => {
     expect(text(socket)).toEqual(expected);
   });
 
-  it('hands pieces over 64 KB in all to the socket one by one under cork, in order', () => {
+  it('hands pieces over 64 KB in all to the writer as one gathered write, in order', () => {
     const out = new OutputBuffer();
     const socket = new RecordingSocket();
     const big = Buffer.alloc(40_000, 'x');
