@@ -89,6 +89,8 @@ function onWriteComplete(this: WriteRequest, status: number): void {
 export class SocketWriter implements OutputTarget {
   readonly #socket: Socket;
   readonly #onDrain: () => void;
+  /** TLS sockets (a later wave) keep Node's stream: their handle's writes encrypt there. */
+  readonly #canWriteDirectly: boolean;
   /** Bytes handed to libuv by direct writes that have not reached the kernel yet. */
   #pendingBytes = 0;
 
@@ -96,6 +98,7 @@ export class SocketWriter implements OutputTarget {
   constructor(socket: Socket, onDrain: () => void = () => undefined) {
     this.#socket = socket;
     this.#onDrain = onDrain;
+    this.#canWriteDirectly = binding !== null && (socket as { encrypted?: boolean }).encrypted !== true;
     socket.on('drain', onDrain);
   }
 
@@ -134,7 +137,7 @@ export class SocketWriter implements OutputTarget {
   /** The handle to write to directly, or null when this write must go through the stream. */
   #directHandle(): StreamHandle | null {
     const socket = this.#socket;
-    if (binding === null || socket.writableLength !== 0 || socket.destroyed || socket.writableEnded) return null;
+    if (!this.#canWriteDirectly || socket.writableLength !== 0 || socket.destroyed || socket.writableEnded) return null;
     return (socket as unknown as { _handle: StreamHandle | null })._handle;
   }
 
