@@ -98,4 +98,37 @@ describe('a client that does not read its replies', () => {
     expect(isIntact).toBe(true);
     expect(await getCalls()).toBe(REQUESTS);
   }, 60_000);
+
+  it('clients that leave with replies still being written (reset mid-output) do not take the proxy or its other clients down', async () => {
+    const shard = open(shards!.primaries[0]!.port);
+    await shard.set('slow:big', Buffer.alloc(VALUE_BYTES, 7));
+    const steady = open(proxy!.port);
+    const clientCount = async (): Promise<number> => String(await steady.call('CLIENT', 'LIST')).trim().split('\n').length;
+    const clientsBefore = await clientCount();
+    const request = encodeCommand(['GET', 'slow:big']);
+    for (let round = 0; round < 5; round++) {
+      const leavers = await Promise.all(
+        Array.from({ length: 10 }, async () => {
+          const socket = connect(proxy!.port, '127.0.0.1');
+          closers.push(() => socket.destroy());
+          await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+          socket.on('error', () => undefined);
+          socket.write(Buffer.concat(Array.from({ length: 40 }, () => request)));
+          return socket;
+        }),
+      );
+      // Each has 10 MB of replies coming and reads none: writes to it are left pending in
+      // the proxy when it resets.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      for (const socket of leavers) socket.resetAndDestroy();
+      // Behind the shared backend connection's queue, but answered, and right.
+      expect(await steady.set('slow:steady', String(round))).toBe('OK');
+      expect(await steady.get('slow:steady')).toBe(String(round));
+    }
+    expect(proxy!.isRunning).toBe(true);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    // Every one of the 50 that left is gone from the proxy's clients.
+    expect(await clientCount()).toBe(clientsBefore);
+    expect(await steady.strlen('slow:big')).toBe(VALUE_BYTES);
+  }, 60_000);
 });
