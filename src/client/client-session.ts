@@ -3,7 +3,7 @@ import type { CommandSpec, Handling } from '../commands/handling';
 import type { ClientContext } from '../dispatch/client-context';
 import type { ClientPins } from '../dispatch/client-pins';
 import type { Dispatcher } from '../dispatch/dispatcher';
-import { scheduleFlush, type Flushable } from '../io/flush-scheduler';
+import { scheduleFlush, scheduleFlushNextTurn, type Flushable } from '../io/flush-scheduler';
 import { OutputBuffer } from '../io/output-buffer';
 import { SocketWriter } from '../io/socket-writer';
 import { startReading } from './socket-reads';
@@ -54,6 +54,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   lastActiveAt = performance.now() / 1000;
   lastCommandId = -1;
   isFlushScheduled = false;
+  isFlushDeferred = false;
   pins: ClientPins | null = null;
   /** Reading is held until every awaited reply is written. */
   #isHeld = false;
@@ -72,6 +73,8 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   #state: SessionState = 'open';
   /** Requests parsed from the current socket read (pipeline depth). */
   #requestsThisRead = 0;
+  /** Replies awaited from shards and not yet in (the reply FIFO also holds done ones). */
+  #awaiting = 0;
 
   constructor(
     id: number,
@@ -119,18 +122,19 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   }
 
   awaitReply(spec: CommandSpec): ReplySlot {
+    this.#awaiting++;
     return this.#replies.add(this, spec.id, CLASS_OF[spec.handling], turnTime());
   }
 
   reply(bytes: Buffer, spec: CommandSpec | null): void {
     if (spec === null) this.#replies.addDone(this, bytes, this.#stats.commands.unknownId, CLASS_INDEX.error, turnTime());
     else this.#replies.addDone(this, bytes, spec.id, CLASS_OF[spec.handling], turnTime());
-    if (this.#replies.isHeadDone) scheduleFlush(this);
+    this.#scheduleFlush();
   }
 
   push(bytes: Buffer): void {
     this.#replies.addDone(this, bytes, this.#stats.commands.pushId, CLASS_INDEX.pubsub, turnTime());
-    if (this.#replies.isHeadDone) scheduleFlush(this);
+    this.#scheduleFlush();
   }
 
   holdUntilReplied(): void {
@@ -147,7 +151,21 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   }
 
   onSlotDone(): void {
-    if (this.#replies.isHeadDone) scheduleFlush(this);
+    this.#awaiting--;
+    this.#scheduleFlush();
+  }
+
+  /**
+   * Replies go out in the turn's flush once every reply the client awaits is in. While some
+   * are still with other shards, the done ones wait one more turn (at most), which is mostly
+   * enough for the rest: a pipeline spread over 3 shards then mostly goes back in one write,
+   * not in one per shard's answer, and its reader wakes once (GET -P 16 over 3 shards: 1.20
+   * client writes per 16-request batch, 1.43 when every done prefix went out at once).
+   */
+  #scheduleFlush(): void {
+    if (!this.#replies.isHeadDone) return;
+    if (this.#awaiting === 0) scheduleFlush(this);
+    else scheduleFlushNextTurn(this);
   }
 
   closeAfterReplies(): void {

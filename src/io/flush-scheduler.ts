@@ -1,21 +1,38 @@
 /** Something with buffered output to write once per event-loop turn. */
 export interface Flushable {
-  /** Set and cleared by the scheduler: true while queued for the next flush. */
+  /** Set and cleared by the scheduler: true while queued for a flush (this turn's or the next). */
   isFlushScheduled: boolean;
+  /** Set and cleared by the scheduler: true while queued for the next turn's flush only. */
+  isFlushDeferred?: boolean;
   flush(): void;
 }
 
 let queue: Flushable[] = [];
+let nextTurn: Flushable[] = [];
 let isArmed = false;
 
 function runFlushes(): void {
   isArmed = false;
   const due = queue;
   queue = [];
+  const deferred = nextTurn;
+  nextTurn = [];
   for (const item of due) {
+    // Listed twice when a deferred flush was brought forward: the first one flushed it.
+    if (!item.isFlushScheduled) continue;
     item.isFlushScheduled = false;
+    item.isFlushDeferred = false;
     item.flush();
   }
+  // Deferred during this turn: due in the next one (unless brought forward and flushed above).
+  for (const item of deferred) if (item.isFlushScheduled) queue.push(item);
+  if (queue.length > 0) arm();
+}
+
+function arm(): void {
+  if (isArmed) return;
+  isArmed = true;
+  setImmediate(runFlushes);
 }
 
 /**
@@ -24,11 +41,23 @@ function runFlushes(): void {
  * setImmediate serves every socket, so there is no closure or timer per write.
  */
 export function scheduleFlush(item: Flushable): void {
+  if (item.isFlushScheduled && item.isFlushDeferred !== true) return;
+  item.isFlushScheduled = true;
+  item.isFlushDeferred = false;
+  queue.push(item);
+  arm();
+}
+
+/**
+ * A flush for the next turn's check phase, not this one's: for output that is only part of
+ * what its reader waits for (a pipeline's first replies while its others are still with other
+ * shards), so that the rest, which mostly comes within a turn, goes in the same write. Brought
+ * forward by a `scheduleFlush` meanwhile.
+ */
+export function scheduleFlushNextTurn(item: Flushable): void {
   if (item.isFlushScheduled) return;
   item.isFlushScheduled = true;
-  queue.push(item);
-  if (!isArmed) {
-    isArmed = true;
-    setImmediate(runFlushes);
-  }
+  item.isFlushDeferred = true;
+  nextTurn.push(item);
+  arm();
 }
