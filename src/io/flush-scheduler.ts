@@ -4,6 +4,8 @@ export interface Flushable {
   isFlushScheduled: boolean;
   /** Set and cleared by the scheduler: true while queued for the next turn's flush only. */
   isFlushDeferred?: boolean;
+  /** Flushed before the others of its turn (backend connections). */
+  readonly flushesFirst?: boolean;
   flush(): void;
 }
 
@@ -17,16 +19,23 @@ function runFlushes(): void {
   queue = [];
   const deferred = nextTurn;
   nextTurn = [];
+  // Requests to the shards go out before the replies to the clients, so the shards work on
+  // them while the proxy makes its (many, one per client) reply writes.
+  flushAll(due, true);
+  flushAll(due, false);
+  // Deferred during this turn: due in the next one (unless brought forward and flushed above).
+  for (const item of deferred) if (item.isFlushScheduled) queue.push(item);
+  if (queue.length > 0) arm();
+}
+
+function flushAll(due: readonly Flushable[], isFirstPass: boolean): void {
   for (const item of due) {
     // Listed twice when a deferred flush was brought forward: the first one flushed it.
-    if (!item.isFlushScheduled) continue;
+    if (!item.isFlushScheduled || (isFirstPass && item.flushesFirst !== true)) continue;
     item.isFlushScheduled = false;
     item.isFlushDeferred = false;
     item.flush();
   }
-  // Deferred during this turn: due in the next one (unless brought forward and flushed above).
-  for (const item of deferred) if (item.isFlushScheduled) queue.push(item);
-  if (queue.length > 0) arm();
 }
 
 function arm(): void {

@@ -93,4 +93,24 @@ describe('flush scheduler', () => {
     expect(first.flushedAt).toEqual([0]);
     expect(second.flushedAt).toEqual([1]);
   });
+
+  it('flushes the items marked to go first (backend connections) before the others of the turn', async () => {
+    const order: string[] = [];
+    const item = (name: string, flushesFirst: boolean): Flushable => ({
+      isFlushScheduled: false,
+      flushesFirst,
+      flush: () => order.push(name),
+    });
+    const client1 = item('client 1', false);
+    const backend = item('backend', true);
+    const client2 = item('client 2', false);
+    await inTurns([
+      () => {
+        scheduleFlush(client1);
+        scheduleFlush(backend);
+        scheduleFlush(client2);
+      },
+    ]);
+    expect(order).toEqual(['backend', 'client 1', 'client 2']);
+  });
 });
