@@ -1,4 +1,3 @@
-
 /** Where a turn's output goes (a socket's `SocketWriter`). */
 export interface OutputTarget {
   write(data: Buffer): void;
@@ -33,7 +32,7 @@ export class OutputBuffer {
     this.#length += part.length;
   }
 
-  /** Writes everything queued as one write (joined when small, corked writev when large). */
+  /** Writes everything queued as one write (joined when small, one gathered write when large). */
   writeTo(writer: OutputTarget): void {
     const count = this.#count;
     if (count === 0) return;

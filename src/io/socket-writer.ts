@@ -20,7 +20,6 @@ import type { OutputTarget } from './output-buffer';
  */
 
 interface WriteRequest {
-  handle: unknown;
   buffer: Buffer | readonly Buffer[] | null;
   oncomplete: ((this: WriteRequest, status: number) => void) | null;
   writer: SocketWriter | null;
@@ -65,17 +64,19 @@ function writeError(status: number): Error {
   return new Error(`write ${getSystemErrorName(status)}`);
 }
 
-function takeRequest(handle: StreamHandle): WriteRequest {
-  const req = spareRequest ?? new binding!.WriteWrap();
-  spareRequest = null;
-  req.handle = handle;
-  req.oncomplete = onWriteComplete;
-  return req;
+function takeRequest(): WriteRequest {
+  const req = spareRequest;
+  if (req !== null) {
+    spareRequest = null;
+    return req;
+  }
+  const fresh = new binding!.WriteWrap();
+  fresh.oncomplete = onWriteComplete;
+  return fresh;
 }
 
 /** A request the kernel finished with at once is kept for the next write. */
 function releaseRequest(req: WriteRequest): void {
-  req.handle = null;
   spareRequest = req;
 }
 
@@ -113,24 +114,24 @@ export class SocketWriter implements OutputTarget {
       this.#socket.write(data);
       return;
     }
-    const req = takeRequest(handle);
+    const req = takeRequest();
     this.#afterWrite(req, handle.writeBuffer(req, data), data);
   }
 
   /** Large output: one gathered write (`writev`) of the first `count` parts. */
   writeAll(parts: readonly Buffer[], count: number): void {
-    // A copy of the array: the output buffer clears and reuses its own, and a write left
-    // pending needs its chunks alive until it completes. (Large output only: rare.)
-    const chunks = parts.slice(0, count);
     const handle = this.#directHandle();
     if (handle !== null) {
-      const req = takeRequest(handle);
+      // A copy of the array: the output buffer clears and reuses its own, and a write left
+      // pending needs its chunks alive until it completes. (Large output only: rare.)
+      const chunks = parts.slice(0, count);
+      const req = takeRequest();
       this.#afterWrite(req, handle.writev(req, chunks, true), chunks);
       return;
     }
     const socket = this.#socket;
     socket.cork();
-    for (const chunk of chunks) socket.write(chunk);
+    for (let i = 0; i < count; i++) socket.write(parts[i]!);
     socket.uncork();
   }
 
