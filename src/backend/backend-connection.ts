@@ -171,6 +171,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   /** While down, sends before this time fail at once instead of reconnecting. */
   #retryAt = 0;
   isFlushScheduled = false;
+  isFlushDeferred = false;
   readonly flushesFirst = true;
 
   constructor(options: BackendConnectionOptions) {

@@ -55,6 +55,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   lastCommandId = -1;
   isFlushScheduled = false;
   isFlushDeferred = false;
+  readonly flushesFirst = false;
   pins: ClientPins | null = null;
   /** Reading is held until every awaited reply is written. */
   #isHeld = false;

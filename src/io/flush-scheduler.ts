@@ -3,9 +3,9 @@ export interface Flushable {
   /** Set and cleared by the scheduler: true while queued for a flush (this turn's or the next). */
   isFlushScheduled: boolean;
   /** Set and cleared by the scheduler: true while queued for the next turn's flush only. */
-  isFlushDeferred?: boolean;
+  isFlushDeferred: boolean;
   /** Flushed before the others of its turn (backend connections). */
-  readonly flushesFirst?: boolean;
+  readonly flushesFirst: boolean;
   flush(): void;
 }
 
@@ -24,14 +24,18 @@ function runFlushes(): void {
   flushAll(due, true);
   flushAll(due, false);
   // Deferred during this turn: due in the next one (unless brought forward and flushed above).
-  for (const item of deferred) if (item.isFlushScheduled) queue.push(item);
+  for (const item of deferred) {
+    if (!item.isFlushScheduled) continue;
+    item.isFlushDeferred = false;
+    queue.push(item);
+  }
   if (queue.length > 0) arm();
 }
 
 function flushAll(due: readonly Flushable[], isFirstPass: boolean): void {
   for (const item of due) {
-    // Listed twice when a deferred flush was brought forward: the first one flushed it.
-    if (!item.isFlushScheduled || (isFirstPass && item.flushesFirst !== true)) continue;
+    // Flushed in the first pass already, or (the second time it is listed) brought forward.
+    if (!item.isFlushScheduled || (isFirstPass && !item.flushesFirst)) continue;
     item.isFlushScheduled = false;
     item.isFlushDeferred = false;
     item.flush();
@@ -50,7 +54,7 @@ function arm(): void {
  * setImmediate serves every socket, so there is no closure or timer per write.
  */
 export function scheduleFlush(item: Flushable): void {
-  if (item.isFlushScheduled && item.isFlushDeferred !== true) return;
+  if (item.isFlushScheduled && !item.isFlushDeferred) return;
   item.isFlushScheduled = true;
   item.isFlushDeferred = false;
   queue.push(item);

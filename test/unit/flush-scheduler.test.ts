@@ -6,6 +6,7 @@ import { scheduleFlush, scheduleFlushNextTurn, type Flushable } from '../../src/
 class Recorder implements Flushable {
   isFlushScheduled = false;
   isFlushDeferred = false;
+  readonly flushesFirst = false;
   readonly flushedAt: number[] = [];
   onFlush: (() => void) | null = null;
 
@@ -98,6 +99,7 @@ describe('flush scheduler', () => {
     const order: string[] = [];
     const item = (name: string, flushesFirst: boolean): Flushable => ({
       isFlushScheduled: false,
+      isFlushDeferred: false,
       flushesFirst,
       flush: () => order.push(name),
     });
