@@ -338,9 +338,12 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       this.#send(shard, request, client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
       return;
     }
-    const connection = this.primaryConnection(shard, client.id);
+    const sink = client.awaitReply(spec);
+    // EVALSHA_RO reads where any readonly command would (readFrom); SCRIPT LOAD runs on replicas too.
+    const node = this.#nodeFor(shard, client.id, spec.isReadonly, sink);
+    if (node === null) return;
     const writesTo = spec.isWrite ? this.#shards[shard]!.info : null;
-    new NoScriptSink(client.awaitReply(spec), connection, body, request, this.writeDurability, writesTo).send();
+    new NoScriptSink(sink, node.connection(client.id), body, request, this.writeDurability, writesTo).send();
   }
 
   /** Keeps a script body by its sha1 (what EVALSHA names it by). */
@@ -538,19 +541,26 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       this.#parked.park({ shard: shardIndex, request, sink, clientId, isWrite, isReadonly, deadline });
       return;
     }
-    const options = this.#options;
-    let node: NodePool = shard.primary;
-    if (isReadonly && options.readFrom !== 'primary') {
-      const replica = readableReplica(shard, clientId);
-      if (replica !== null) node = replica;
-      else if (options.readFrom === 'replica') {
-        sink.onFailure(encodeError(`ERR shard ${shard.info.name} has no readable replica (readFrom: replica)`));
-        return;
-      }
-    }
+    const node = this.#nodeFor(shardIndex, clientId, isReadonly, sink);
+    if (node === null) return;
     const connection = node.connection(clientId);
     if (isWrite) this.writeDurability.send(connection, shard.info, request, sink);
     else connection.send(request, sink);
+  }
+
+  /**
+   * The node a command goes to: the primary, or for a readonly command a replica when readFrom
+   * says so. Null (the sink answered with the error) when readFrom is replica and none is readable.
+   */
+  #nodeFor(shardIndex: number, clientId: number, isReadonly: boolean, sink: ReplySink): NodePool | null {
+    const shard = this.#shards[shardIndex]!;
+    const readFrom = this.#options.readFrom;
+    if (!isReadonly || readFrom === 'primary') return shard.primary;
+    const replica = readableReplica(shard, clientId);
+    if (replica !== null) return replica;
+    if (readFrom === 'preferReplica') return shard.primary;
+    sink.onFailure(encodeError(`ERR shard ${shard.info.name} has no readable replica (readFrom: replica)`));
+    return null;
   }
 
   send(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean): void {

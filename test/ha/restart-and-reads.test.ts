@@ -101,6 +101,18 @@ describe('readFrom (1 shard x 2 replicas)', () => {
     expect(r0Gets).toBeGreaterThan(0);
     expect(r1Gets).toBeGreaterThan(0);
 
+    // EVALSHA_RO of a script each proxy knows (SCRIPT LOAD through it, which only the primary
+    // ran) reads on a replica as well; the replicas answer NOSCRIPT and the proxy loads it there.
+    const script = "return redis.call('GET', KEYS[1])";
+    const sha = (await readers[0]!.script('LOAD', script)) as string;
+    expect(await readers[readers.length - 1]!.script('LOAD', script)).toBe(sha);
+    const scripted = async (): Promise<unknown[]> => Promise.all(readers.map((r) => r.evalsha_ro(sha, 1, 'read:key')));
+    const primaryEvalshas = await commandCalls(primary, 'evalsha_ro');
+    expect(new Set(await scripted())).toEqual(new Set(['v']));
+    expect(await commandCalls(primary, 'evalsha_ro')).toBe(primaryEvalshas);
+    const replicaEvalshas = (await commandCalls(r0!, 'evalsha_ro')) + (await commandCalls(r1!, 'evalsha_ro'));
+    expect(replicaEvalshas).toBeGreaterThanOrEqual(readers.length);
+
     // One replica dies: every read still succeeds, on the other replica.
     r0!.kill('SIGKILL');
     for (const ha of [onReplica, preferReplica]) {
