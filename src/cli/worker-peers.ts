@@ -1,5 +1,6 @@
 import type { Worker } from 'node:cluster';
 import type { PeerAnswer, PeerHandler, PeerQuestion, WorkerPeers } from '../dispatch/worker-peers';
+import { AnswerCollector } from '../runtime/answer-collector';
 
 /**
  * `workers: N`: the data path's WorkerPeers over node:cluster's IPC channels. Workers do not
@@ -34,8 +35,8 @@ function isPeerMessage<T extends { readonly type: string }>(message: unknown): m
 /** In a worker: the other workers, reached through the primary. */
 export class IpcWorkerPeers implements WorkerPeers {
   #handler: PeerHandler | null = null;
-  #nextId = 1;
-  readonly #pending = new Map<number, { readonly resolve: (answers: PeerAnswer[]) => void; readonly timer: NodeJS.Timeout }>();
+  /** This worker's questions: one answer each, the primary's (all the other workers' answers). */
+  readonly #questions = new AnswerCollector<PeerAnswer[]>(ASK_WAIT_MS);
 
   constructor() {
     process.on('message', (message: unknown) => {
@@ -48,11 +49,11 @@ export class IpcWorkerPeers implements WorkerPeers {
   }
 
   ask(question: PeerQuestion): Promise<PeerAnswer[]> {
-    const id = this.#nextId++;
     return new Promise((resolve) => {
-      const timer = setTimeout(() => this.#settle(id, []), ASK_WAIT_MS);
-      this.#pending.set(id, { resolve, timer });
-      if (!send({ type: 'peer-ask', id, question })) this.#settle(id, []);
+      this.#questions.ask(
+        (id) => (send({ type: 'peer-ask', id, question }) ? 1 : 0),
+        (answers) => resolve(answers[0] ?? []),
+      );
     });
   }
 
@@ -71,7 +72,7 @@ export class IpcWorkerPeers implements WorkerPeers {
         if (this.#handler !== null) send({ type: 'peer-answer', id: message.id, answer: this.#handler.answer(message.question) });
         return;
       case 'peer-answers':
-        this.#settle(message.id, [...message.answers]);
+        this.#questions.answer(message.id, [...message.answers]);
         return;
       case 'peer-remote-monitors':
         this.#handler?.onRemoteMonitors(message.count);
@@ -80,14 +81,6 @@ export class IpcWorkerPeers implements WorkerPeers {
         this.#handler?.onMonitorLines(message.lines);
         return;
     }
-  }
-
-  #settle(id: number, answers: PeerAnswer[]): void {
-    const pending = this.#pending.get(id);
-    if (pending === undefined) return;
-    this.#pending.delete(id);
-    clearTimeout(pending.timer);
-    pending.resolve(answers);
   }
 }
 
@@ -98,22 +91,14 @@ function send(message: FromWorker): boolean {
   return true;
 }
 
-interface RelayedQuestion {
-  readonly asker: Worker;
-  readonly askerId: number;
-  readonly answers: PeerAnswer[];
-  waiting: number;
-  readonly timer: NodeJS.Timeout;
-}
-
 /** In the primary: carries questions, answers and monitor lines between the workers. */
 export class PeerRelay {
   /** The running workers and their indexes, as the primary keeps them. */
   readonly #workers: ReadonlyMap<Worker, number>;
   /** Monitors per worker index. */
   readonly #monitors = new Map<number, number>();
-  readonly #questions = new Map<number, RelayedQuestion>();
-  #nextId = 1;
+  /** Questions relayed to the other workers, by the relay's own ids. */
+  readonly #questions = new AnswerCollector<PeerAnswer>(ANSWER_WAIT_MS);
 
   constructor(workers: ReadonlyMap<Worker, number>) {
     this.#workers = workers;
@@ -126,13 +111,9 @@ export class PeerRelay {
       case 'peer-ask':
         this.#relayQuestion(worker, message.id, message.question);
         break;
-      case 'peer-answer': {
-        const question = this.#questions.get(message.id);
-        if (question === undefined) break;
-        question.answers.push(message.answer);
-        if (--question.waiting === 0) this.#answer(message.id);
+      case 'peer-answer':
+        this.#questions.answer(message.id, message.answer);
         break;
-      }
       case 'peer-monitors':
         this.#monitors.set(this.#workers.get(worker) ?? -1, message.count);
         this.#tellMonitorCounts();
@@ -157,26 +138,18 @@ export class PeerRelay {
   }
 
   close(): void {
-    for (const id of [...this.#questions.keys()]) this.#answer(id);
+    this.#questions.finishAll();
   }
 
   #relayQuestion(asker: Worker, askerId: number, question: PeerQuestion): void {
-    const id = this.#nextId++;
-    const relayed: RelayedQuestion = { asker, askerId, answers: [], waiting: 0, timer: setTimeout(() => this.#answer(id), ANSWER_WAIT_MS) };
-    this.#questions.set(id, relayed);
-    for (const worker of this.#workers.keys()) {
-      if (worker === asker || !worker.isConnected()) continue;
-      if (deliver(worker, { type: 'peer-question', id, question })) relayed.waiting++;
-    }
-    if (relayed.waiting === 0) this.#answer(id);
-  }
-
-  #answer(id: number): void {
-    const question = this.#questions.get(id);
-    if (question === undefined) return;
-    this.#questions.delete(id);
-    clearTimeout(question.timer);
-    deliver(question.asker, { type: 'peer-answers', id: question.askerId, answers: question.answers });
+    const send = (id: number): number => {
+      let sent = 0;
+      for (const worker of this.#workers.keys()) {
+        if (worker !== asker && deliver(worker, { type: 'peer-question', id, question })) sent++;
+      }
+      return sent;
+    };
+    this.#questions.ask(send, (answers) => deliver(asker, { type: 'peer-answers', id: askerId, answers }));
   }
 
   #remoteMonitors(index: number): number {

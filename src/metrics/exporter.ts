@@ -1,5 +1,6 @@
 import cluster from 'node:cluster';
 import { AggregatorRegistry, type Metric, type Registry } from 'prom-client';
+import { AnswerCollector } from '../runtime/answer-collector';
 import { COMMAND_CLASSES, LATENCY_BUCKETS, type DataPathStats, type LatencyHistogram, type NodeStats } from './data-path-stats';
 import {
   enableProcessMetrics,
@@ -397,60 +398,41 @@ export function answerScrapes(target: Registry = registry): void {
   });
 }
 
-interface PendingScrape {
-  readonly replies: (readonly object[])[];
-  waiting: number;
-  readonly resolve: (replies: (readonly object[])[]) => void;
-  readonly timer: NodeJS.Timeout;
-}
-
 /**
  * In the primary: sends a scrape request to every connected worker and gathers their replies.
  * A worker that does not answer within the timeout (starting, stuck, gone) is left out of
  * that scrape rather than failing it.
  */
 export class WorkerScraper {
-  #nextId = 1;
-  readonly #pending = new Map<number, PendingScrape>();
-  readonly #timeoutMs: number;
+  readonly #scrapes: AnswerCollector<readonly object[]>;
   readonly #onMessage = (_worker: unknown, message: unknown): void => {
     if (!isMessage<ScrapeReply>(message, SCRAPE_REPLY)) return;
-    const pending = this.#pending.get(message.id);
-    if (pending === undefined) return;
-    if (message.error === undefined) pending.replies.push(message.metrics);
-    if (--pending.waiting === 0) this.#finish(message.id);
+    this.#scrapes.answer(message.id, message.error === undefined ? message.metrics : undefined);
   };
 
   constructor(timeoutMs = 2_000) {
-    this.#timeoutMs = timeoutMs;
+    this.#scrapes = new AnswerCollector(timeoutMs);
     cluster.on('message', this.#onMessage);
   }
 
   scrape(): Promise<(readonly object[])[]> {
-    const id = this.#nextId++;
     return new Promise((resolve) => {
-      const pending: PendingScrape = { replies: [], waiting: 0, resolve, timer: setTimeout(() => this.#finish(id), this.#timeoutMs) };
-      this.#pending.set(id, pending);
-      for (const worker of Object.values(cluster.workers ?? {})) {
-        if (worker === undefined || !worker.isConnected()) continue;
-        worker.send({ type: SCRAPE_REQUEST, id } satisfies ScrapeRequest);
-        pending.waiting++;
-      }
-      if (pending.waiting === 0) this.#finish(id);
+      const send = (id: number): number => {
+        let sent = 0;
+        for (const worker of Object.values(cluster.workers ?? {})) {
+          if (worker === undefined || !worker.isConnected()) continue;
+          worker.send({ type: SCRAPE_REQUEST, id } satisfies ScrapeRequest);
+          sent++;
+        }
+        return sent;
+      };
+      this.#scrapes.ask(send, resolve);
     });
   }
 
   close(): void {
     cluster.off('message', this.#onMessage);
-    for (const id of [...this.#pending.keys()]) this.#finish(id);
-  }
-
-  #finish(id: number): void {
-    const pending = this.#pending.get(id);
-    if (pending === undefined) return;
-    this.#pending.delete(id);
-    clearTimeout(pending.timer);
-    pending.resolve(pending.replies);
+    this.#scrapes.finishAll();
   }
 }
 

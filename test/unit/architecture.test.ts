@@ -11,7 +11,7 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   io: [],
   log: [],
   runtime: [],
-  metrics: [],
+  metrics: ['runtime'],
   routing: ['commands', 'topology', 'resp', 'io'],
   reply: ['resp', 'io', 'backend', 'commands', 'metrics'],
   backend: ['resp', 'topology', 'io', 'metrics', 'log'],
