@@ -5,15 +5,21 @@ afterEach(() => {
   vi.useRealTimers();
 });
 
+/** Puts a question that reached `reached` processes; its id, and the spy its answers go to. */
+function ask<T>(collector: AnswerCollector<T>, reached: number): { id: number; done: ReturnType<typeof vi.fn> } {
+  let asked = -1;
+  const done = vi.fn();
+  collector.ask((id) => {
+    asked = id;
+    return reached;
+  }, done);
+  return { id: asked, done };
+}
+
 describe('AnswerCollector', () => {
   it('is done once every process reached has answered, with their answers in arrival order', () => {
     const collector = new AnswerCollector<string>(1_000);
-    const done = vi.fn();
-    let asked = -1;
-    collector.ask((id) => {
-      asked = id;
-      return 3;
-    }, done);
+    const { id: asked, done } = ask(collector, 3);
     collector.answer(asked, 'b');
     collector.answer(asked, undefined);
     expect(done).not.toHaveBeenCalled();
@@ -27,12 +33,7 @@ describe('AnswerCollector', () => {
   it('ends a question with the answers it has when its wait runs out', () => {
     vi.useFakeTimers();
     const collector = new AnswerCollector<number>(500);
-    const done = vi.fn();
-    let asked = -1;
-    collector.ask((id) => {
-      asked = id;
-      return 2;
-    }, done);
+    const { id: asked, done } = ask(collector, 2);
     collector.answer(asked, 7);
     vi.advanceTimersByTime(499);
     expect(done).not.toHaveBeenCalled();
@@ -42,20 +43,15 @@ describe('AnswerCollector', () => {
 
   it('answers at once when the question reached no process, and keeps questions apart by id', () => {
     const collector = new AnswerCollector<string>(1_000);
-    const none = vi.fn();
-    collector.ask(() => 0, none);
-    expect(none).toHaveBeenCalledWith([]);
+    expect(ask(collector, 0).done).toHaveBeenCalledWith([]);
 
-    const ids: number[] = [];
-    const first = vi.fn();
-    const second = vi.fn();
-    collector.ask((id) => (ids.push(id), 1), first);
-    collector.ask((id) => (ids.push(id), 1), second);
-    expect(new Set(ids).size).toBe(2);
-    collector.answer(ids[1]!, 'second');
-    expect(second).toHaveBeenCalledWith(['second']);
-    expect(first).not.toHaveBeenCalled();
+    const first = ask(collector, 1);
+    const second = ask(collector, 1);
+    expect(second.id).not.toBe(first.id);
+    collector.answer(second.id, 'second');
+    expect(second.done).toHaveBeenCalledWith(['second']);
+    expect(first.done).not.toHaveBeenCalled();
     collector.finishAll();
-    expect(first).toHaveBeenCalledWith([]);
+    expect(first.done).toHaveBeenCalledWith([]);
   });
 });
