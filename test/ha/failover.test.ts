@@ -3,11 +3,11 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { readStateFile } from '../../src/control/state-file';
 import { startShards, type Shards } from '../helpers/redis-harness';
 import {
-  connect,
   keysOf,
   latencySummary,
   logEvents,
   missingKeys,
+  monitorNode,
   RECOVERY_BOUND_MS,
   roleOf,
   sleep,
@@ -15,6 +15,7 @@ import {
   waitFor,
   Writers,
   type HaProxy,
+  type NodeMonitor,
 } from './ha-harness';
 
 /**
@@ -33,12 +34,14 @@ let shards: Shards | undefined;
 let ha: HaProxy | undefined;
 let writers: Writers | undefined;
 const clients: Redis[] = [];
+const monitors: NodeMonitor[] = [];
 
 afterEach(async () => {
   await writers?.stop();
   writers?.close();
   writers = undefined;
   for (const client of clients.splice(0)) client.disconnect();
+  for (const monitor of monitors.splice(0)) monitor.close();
   // SIGCONT first, so a test that failed mid-stop leaves nothing frozen.
   for (const node of [...(shards?.primaries ?? []), ...(shards?.replicas.flat() ?? [])]) if (node.isRunning) node.kill('SIGCONT');
   await ha?.stop();
@@ -120,15 +123,12 @@ describe('failover of a shard primary (3 shards x 1 replica, 9 writers)', () => 
     const primary = shards.primaries[FAULTY]!;
     const replica = shards.replicas[FAULTY]![0]!;
     // Every command the stopped primary runs after it resumes, with the client that sent it.
-    const monitor = connect(primary);
-    clients.push(monitor);
     const ranAfterResume: { key: string; source: string }[] = [];
     let resumedAt = Infinity;
-    const monitorStream = await monitor.monitor();
-    clients.push(monitorStream);
-    monitorStream.on('monitor', (_time: string, args: string[], source: string) => {
+    const monitor = await monitorNode(primary, (args, source) => {
       if (Date.now() >= resumedAt && args[0]?.toLowerCase() === 'set') ranAfterResume.push({ key: args[1]!, source });
     });
+    monitors.push(monitor);
 
     const w = new Writers(ha.proxy.port, WRITERS, 3);
     writers = w;

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import calculateSlot from 'cluster-key-slot';
@@ -230,6 +231,49 @@ export function connect(node: { readonly host: string; readonly port: number }):
   const client = new Redis({ host: node.host, port: node.port, protocol: 2, maxRetriesPerRequest: 1, retryStrategy: () => null });
   client.on('error', () => undefined);
   return client;
+}
+
+/** A MONITOR of one node on a socket of its own: each command it runs, with its arguments and the client's address. */
+export interface NodeMonitor {
+  close(): void;
+}
+
+/**
+ * MONITOR over a plain socket. ioredis's `monitor()` cannot be used on a node that is busy
+ * (here the proxy's health checks): a line that arrives with MONITOR's +OK is taken for a reply
+ * to no command ("Command queue state error", thrown from its socket handler).
+ * Resolves once the node has answered +OK.
+ */
+export function monitorNode(node: { readonly host: string; readonly port: number }, onCommand: (args: string[], source: string) => void): Promise<NodeMonitor> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(node.port, node.host);
+    const monitor: NodeMonitor = { close: () => socket.destroy() };
+    let pending = '';
+    let isStarted = false;
+    socket.setEncoding('latin1');
+    socket.once('error', reject);
+    socket.on('error', () => undefined);
+    socket.on('connect', () => socket.write('MONITOR\r\n'));
+    socket.on('data', (chunk: string) => {
+      pending += chunk;
+      let end: number;
+      while ((end = pending.indexOf('\r\n')) !== -1) {
+        const line = pending.slice(0, end);
+        pending = pending.slice(end + 2);
+        if (!isStarted) {
+          isStarted = true;
+          if (line === '+OK') resolve(monitor);
+          else reject(new Error(`MONITOR answered ${line}`));
+          continue;
+        }
+        // +1712098529.327989 [0 127.0.0.1:62763] "set" "key" "value"
+        const header = /^\+\d+\.\d+ \[\d+ ([^\]]+)\] /.exec(line);
+        if (header === null) continue;
+        const args = [...line.slice(header[0].length).matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]!.replace(/\\(.)/g, '$1'));
+        onCommand(args, header[1]!);
+      }
+    });
+  });
 }
 
 /** ROLE of a node: 'master', or 'slave' with the primary it follows and its link state. */
