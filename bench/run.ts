@@ -432,6 +432,15 @@ async function main(): Promise<void> {
       RATIO_PAIRS.map(([of, to]) => [ratioName(of, to), ratio(figuresOf(cell, of), figuresOf(cell, to))]),
     );
   }
+  // The same ratio round by round (each round's runs of the two targets are minutes apart at
+  // most): how far one run's medians can be from another's on a shared machine.
+  const roundRatios: Record<string, (number | null)[]> = {};
+  for (const cell of cells) {
+    roundRatios[cell.id] = Array.from({ length: ROUNDS }, (_, i) => {
+      const [of, to] = [ROUND_RATIO_PAIR[0], ROUND_RATIO_PAIR[1]].map((id) => runs.find((run) => run.cell === cell.id && run.target === id && run.round === i + 1)?.figures ?? null);
+      return ratio(of ?? null, to ?? null)?.throughput ?? null;
+    });
+  }
   const cpuByTarget: Record<string, { runs: number; requests: number; processes: Record<string, number> }> = {};
   for (const target of targets) {
     const mine = runs.filter((run) => run.target === target.id && run.ok);
@@ -509,6 +518,14 @@ async function main(): Promise<void> {
       ),
     );
   }
+  const [roundOf, roundTo] = ROUND_RATIO_PAIR.map((id) => shownTargets.find((t) => t.id === id)!.label);
+  console.log(`${roundOf}/${roundTo} ops/s round by round (the medians above are of these rounds' figures):`);
+  console.log(
+    formatTable(
+      ['test', ...Array.from({ length: ROUNDS }, (_, i) => `round ${i + 1}`)],
+      cells.map((cell) => [`${cell.test.label} -P ${cell.pipeline}`, ...roundRatios[cell.id]!.map((r) => formatRatio(r))]),
+    ),
+  );
   for (const target of shownTargets) {
     if (target.unavailableReason !== null) console.log(`${target.label}: not measured - ${target.unavailableReason}`);
   }
@@ -627,6 +644,7 @@ async function main(): Promise<void> {
     runs,
     medians,
     ratios,
+    roundRatios: { of: ROUND_RATIO_PAIR[0], to: ROUND_RATIO_PAIR[1], throughput: roundRatios },
     cpuByTarget,
     memory,
     timings: { throughputSeconds: round3(throughputSeconds), memorySeconds: round3(memorySeconds), totalSeconds: round3(totalSeconds) },
@@ -669,6 +687,8 @@ function runCell(registry: ProcessRegistry, target: Target, cell: Cell, requests
  * The ratios of every cell, as [first, second]: each slotproxy against both Twemproxys and direct,
  * then each Twemproxy against direct. Named `label/label` in latest.json and the tables.
  */
+/** The pair whose throughput ratio is also shown round by round: issue 4's targets are read on it. */
+const ROUND_RATIO_PAIR: readonly [TargetId, TargetId] = ['slotproxy-w1', 'twemproxy'];
 const RATIO_PAIRS: readonly (readonly [TargetId, TargetId])[] = [
   ['slotproxy-w1', 'twemproxy'],
   ['slotproxy-w1', 'twemproxy-v4'],
