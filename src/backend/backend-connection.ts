@@ -50,6 +50,13 @@ export interface PushSink {
 
 const MIN_BACKOFF_MS = 100;
 const MAX_BACKOFF_MS = 5000;
+/**
+ * A turn's requests to one node below this many bytes (a dozen GETs) wait one more turn before
+ * they are written: at `-P 1` the clients whose replies were just written send their next
+ * requests meanwhile, and one write then carries both. Larger batches (pipelines) go at once.
+ * Measured in docs/performance.md ("Small backend batches wait one turn").
+ */
+const HOLD_BELOW_BYTES = 512;
 
 /** Swallows the reply to the proxy's own AUTH; a refused AUTH closes the connection. */
 class AuthSink implements ReplySink {
@@ -173,6 +180,8 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   isFlushScheduled = false;
   isFlushDeferred = false;
   readonly flushesFirst = true;
+  /** This turn's output was held one turn already (HOLD_BELOW_BYTES): it goes at the next flush. */
+  #isHeld = false;
 
   constructor(options: BackendConnectionOptions) {
     this.#options = options;
@@ -251,6 +260,17 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     else for (const part of request) this.#out.push(part);
     scheduleFlush(this);
     return true;
+  }
+
+  holdsOneMoreTurn(): boolean {
+    if (this.#isHeld) {
+      this.#isHeld = false;
+      return false;
+    }
+    // Durable writes' WAIT is not held back: it times replicas, not the shard.
+    const length = this.#out.length;
+    this.#isHeld = length > 0 && length < HOLD_BELOW_BYTES && this.#durableWrites.length === 0 && this.#state === 'ready';
+    return this.#isHeld;
   }
 
   flush(): void {

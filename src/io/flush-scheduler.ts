@@ -6,6 +6,12 @@ export interface Flushable {
   isFlushDeferred: boolean;
   /** Flushed before the others of its turn (backend connections). */
   readonly flushesFirst: boolean;
+  /**
+   * Asked of an item that flushes first, before its flush: true keeps its output (still
+   * scheduled) for the next turn's flush, so that requests arriving meanwhile go in the same
+   * write. Asked again then, it answers false: a batch waits one turn at most.
+   */
+  holdsOneMoreTurn(): boolean;
   flush(): void;
 }
 
@@ -20,9 +26,18 @@ function runFlushes(): void {
   const deferred = nextTurn;
   nextTurn = [];
   // Requests to the shards go out before the replies to the clients, so the shards work on
-  // them while the proxy makes its (many, one per client) reply writes.
-  flushAll(due, true);
-  flushAll(due, false);
+  // them while the proxy makes its (many, one per client) reply writes. A small batch may wait
+  // one turn instead: the next poll does not block (this flush is armed), and takes in the
+  // requests the clients sent while their replies were being written.
+  for (const item of due) {
+    if (!item.isFlushScheduled || !item.flushesFirst) continue;
+    if (item.holdsOneMoreTurn()) queue.push(item);
+    else flushItem(item);
+  }
+  for (const item of due) {
+    // Flushed above already, or (the second time it is listed) brought forward.
+    if (item.isFlushScheduled && !item.flushesFirst) flushItem(item);
+  }
   // Deferred during this turn: due in the next one (unless brought forward and flushed above).
   for (const item of deferred) {
     if (!item.isFlushScheduled) continue;
@@ -32,14 +47,10 @@ function runFlushes(): void {
   if (queue.length > 0) arm();
 }
 
-function flushAll(due: readonly Flushable[], isFirstPass: boolean): void {
-  for (const item of due) {
-    // Flushed in the first pass already, or (the second time it is listed) brought forward.
-    if (!item.isFlushScheduled || (isFirstPass && !item.flushesFirst)) continue;
-    item.isFlushScheduled = false;
-    item.isFlushDeferred = false;
-    item.flush();
-  }
+function flushItem(item: Flushable): void {
+  item.isFlushScheduled = false;
+  item.isFlushDeferred = false;
+  item.flush();
 }
 
 function arm(): void {

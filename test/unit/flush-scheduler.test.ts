@@ -6,11 +6,27 @@ import { scheduleFlush, scheduleFlushNextTurn, type Flushable } from '../../src/
 class Recorder implements Flushable {
   isFlushScheduled = false;
   isFlushDeferred = false;
-  readonly flushesFirst = false;
+  readonly flushesFirst: boolean;
   readonly flushedAt: number[] = [];
+  /** Turns in which the scheduler asked whether to hold it. */
+  readonly askedAt: number[] = [];
   onFlush: (() => void) | null = null;
+  /** Whether to hold the next time it is asked. */
+  wantsHold = false;
 
-  constructor(private readonly turn: () => number) {}
+  constructor(
+    private readonly turn: () => number,
+    flushesFirst = false,
+  ) {
+    this.flushesFirst = flushesFirst;
+  }
+
+  holdsOneMoreTurn(): boolean {
+    this.askedAt.push(this.turn());
+    const holds = this.wantsHold;
+    this.wantsHold = false;
+    return holds;
+  }
 
   flush(): void {
     this.flushedAt.push(this.turn());
@@ -101,6 +117,7 @@ describe('flush scheduler', () => {
       isFlushScheduled: false,
       isFlushDeferred: false,
       flushesFirst,
+      holdsOneMoreTurn: () => false,
       flush: () => order.push(name),
     });
     const client1 = item('client 1', false);
@@ -114,5 +131,31 @@ describe('flush scheduler', () => {
       },
     ]);
     expect(order).toEqual(['backend', 'client 1', 'client 2']);
+  });
+
+  it('keeps a first-flushing item that holds for the next turn, flushes the clients now, and asks only first-flushing items', async () => {
+    let turn = 0;
+    const backend = new Recorder(() => turn, true);
+    const client = new Recorder(() => turn);
+    backend.wantsHold = true;
+    client.wantsHold = true;
+    // Queued during this turn's flush phase, before the held item's flush: runs first next turn.
+    client.onFlush = () =>
+      setImmediate(() => {
+        turn = 1;
+        // More output for the held item: it joins the held flush, no second one.
+        scheduleFlush(backend);
+      });
+    await inTurns([
+      () => {
+        scheduleFlush(backend);
+        scheduleFlush(client);
+      },
+    ]);
+    expect(client.flushedAt).toEqual([0]);
+    expect(client.askedAt).toEqual([]);
+    expect(backend.askedAt).toEqual([0, 1]);
+    expect(backend.flushedAt).toEqual([1]);
+    expect(backend.isFlushScheduled).toBe(false);
   });
 });
