@@ -180,8 +180,6 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   isFlushScheduled = false;
   isFlushDeferred = false;
   readonly flushesFirst = true;
-  /** This turn's output was held one turn already (HOLD_BELOW_BYTES): it goes at the next flush. */
-  #isHeld = false;
 
   constructor(options: BackendConnectionOptions) {
     this.#options = options;
@@ -262,15 +260,10 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     return true;
   }
 
-  holdsOneMoreTurn(): boolean {
-    if (this.#isHeld) {
-      this.#isHeld = false;
-      return false;
-    }
+  isWorthHolding(): boolean {
     // Durable writes' WAIT is not held back: it times replicas, not the shard.
     const length = this.#out.length;
-    this.#isHeld = length > 0 && length < HOLD_BELOW_BYTES && this.#durableWrites.length === 0 && this.#state === 'ready';
-    return this.#isHeld;
+    return length > 0 && length < HOLD_BELOW_BYTES && this.#durableWrites.length === 0 && this.#state === 'ready';
   }
 
   flush(): void {

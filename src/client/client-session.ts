@@ -174,11 +174,6 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     this.#parser.pause();
   }
 
-  /** Never asked (clients flush after the backends); a client's partial replies wait through scheduleFlushNextTurn instead. */
-  holdsOneMoreTurn(): boolean {
-    return false;
-  }
-
   flush(): void {
     if (this.#state === 'closed') return;
     this.#replies.drainInto(this.#out, this.#stats.commands, tick());

@@ -7,16 +7,19 @@ export interface Flushable {
   /** Flushed before the others of its turn (backend connections). */
   readonly flushesFirst: boolean;
   /**
-   * Asked of an item that flushes first, before its flush: true keeps its output (still
-   * scheduled) for the next turn's flush, so that requests arriving meanwhile go in the same
-   * write. Asked again then, it answers false: a batch waits one turn at most.
+   * Asked of an item that flushes first, before its flush: true when its output is a batch
+   * small enough that one more turn may grow it (requests arriving meanwhile go in the same
+   * write). The scheduler then flushes it in the next turn without asking again, so a batch
+   * waits one turn at most. Not asked of the others.
    */
-  holdsOneMoreTurn(): boolean;
+  isWorthHolding?(): boolean;
   flush(): void;
 }
 
 let queue: Flushable[] = [];
 let nextTurn: Flushable[] = [];
+/** Held by this turn's flush (isWorthHolding): flushed by the next one, unasked. */
+let held: Flushable[] = [];
 let isArmed = false;
 
 function runFlushes(): void {
@@ -25,13 +28,18 @@ function runFlushes(): void {
   queue = [];
   const deferred = nextTurn;
   nextTurn = [];
+  const heldLastTurn = held;
+  held = [];
   // Requests to the shards go out before the replies to the clients, so the shards work on
   // them while the proxy makes its (many, one per client) reply writes. A small batch may wait
   // one turn instead: the next poll does not block (this flush is armed), and takes in the
   // requests the clients sent while their replies were being written.
+  for (const item of heldLastTurn) {
+    if (item.isFlushScheduled) flushItem(item);
+  }
   for (const item of due) {
     if (!item.isFlushScheduled || !item.flushesFirst) continue;
-    if (item.holdsOneMoreTurn()) queue.push(item);
+    if (item.isWorthHolding?.() === true) held.push(item);
     else flushItem(item);
   }
   for (const item of due) {
@@ -44,7 +52,7 @@ function runFlushes(): void {
     item.isFlushDeferred = false;
     queue.push(item);
   }
-  if (queue.length > 0) arm();
+  if (queue.length > 0 || held.length > 0) arm();
 }
 
 function flushItem(item: Flushable): void {

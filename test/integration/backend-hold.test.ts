@@ -6,9 +6,10 @@ import { encodeCommand } from '../../src/resp/resp-writer';
 import { startShards, type Shards } from '../helpers/redis-harness';
 
 /**
- * Which batches a backend connection holds one turn (`holdsOneMoreTurn`, asked by the flush
- * scheduler before it flushes the connection): a small one, once; never a large one or durable
- * writes. Against a real redis-server, so the held requests are seen to be answered.
+ * Which batches a backend connection finds worth holding one turn (`isWorthHolding`, asked by
+ * the flush scheduler before it flushes the connection, which then holds it once: see
+ * flush-scheduler.test.ts): a small one; never a large one or durable writes. Against a real
+ * redis-server, so the held requests are seen to be answered.
  */
 
 let shards: Shards;
@@ -53,17 +54,15 @@ async function ready(backend: BackendConnection): Promise<void> {
 }
 
 describe('backend connection: small batches wait one turn', () => {
-  it('holds a small batch once, and its requests are answered', async () => {
+  it('finds a small batch worth holding, and its requests are answered (held once by the scheduler)', async () => {
     const backend = connection();
     await ready(backend);
     const set = reply();
     backend.send(encodeCommand(['SET', 'held', 'v']), set.sink);
-    // Asked now, before this turn's flush: held; asked again (by the flush): written.
-    expect(backend.holdsOneMoreTurn()).toBe(true);
-    expect(backend.holdsOneMoreTurn()).toBe(false);
+    expect(backend.isWorthHolding()).toBe(true);
     expect(await set.text).toBe('+OK\r\n');
     // Nothing queued: nothing to hold.
-    expect(backend.holdsOneMoreTurn()).toBe(false);
+    expect(backend.isWorthHolding()).toBe(false);
   });
 
   it('never holds a batch of 512 bytes or more', async () => {
@@ -71,7 +70,7 @@ describe('backend connection: small batches wait one turn', () => {
     await ready(backend);
     const set = reply();
     backend.send(encodeCommand(['SET', 'large', 'x'.repeat(600)]), set.sink);
-    expect(backend.holdsOneMoreTurn()).toBe(false);
+    expect(backend.isWorthHolding()).toBe(false);
     expect(await set.text).toBe('+OK\r\n');
   });
 
@@ -80,7 +79,7 @@ describe('backend connection: small batches wait one turn', () => {
     await ready(backend);
     const set = reply();
     backend.sendDurable(encodeCommand(['SET', 'durable', 'v']), set.sink);
-    expect(backend.holdsOneMoreTurn()).toBe(false);
+    expect(backend.isWorthHolding()).toBe(false);
     // No replica: the write is refused confirmation once WAIT times out, as without the hold.
     expect(await set.text).toMatch(/^-NOREPLICAS /);
   });
@@ -88,6 +87,6 @@ describe('backend connection: small batches wait one turn', () => {
   it('holds nothing on a connection that is not up yet', () => {
     const backend = connection();
     backend.send(encodeCommand(['PING']), reply().sink);
-    expect(backend.holdsOneMoreTurn()).toBe(false);
+    expect(backend.isWorthHolding()).toBe(false);
   });
 });
