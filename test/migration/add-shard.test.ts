@@ -23,8 +23,14 @@ import {
 const KEYS = 200_000;
 const CLIENTS = 20;
 const OPS_PER_SECOND = 5_000;
-/** The load's first seconds are not its steady state (clients connecting, code warming up in every process): not measured. */
-const WARMUP_MS = 3_000;
+/**
+ * The load's first seconds are not its steady state, and not measured: clients connect, code warms
+ * up, and V8's memory reducer runs a mark-compact in each Node process ~8 s after its last one
+ * (the proxy's start-up, the test's collection after loading the keys, the load process's start):
+ * 3-8 ms pauses, or both cores marking, that fell right at the end of a 3 s warm-up's baseline
+ * and raised it from ~0.5 ms to 1.3-2.3 ms, which made the move look cheaper than it is.
+ */
+const WARMUP_MS = 9_000;
 const BASELINE_MS = 4_000;
 
 describe('add a shard and rebalance under load', () => {
@@ -74,6 +80,8 @@ describe('add a shard and rebalance under load', () => {
     // proxy (an operator's CLI runs on another machine).
     const before = report.p99(cliStart - BASELINE_MS, cliStart);
     const during = report.p99(moveStart, moveEnd);
+    const duringBySecond: number[] = [];
+    for (let t = moveStart; t < moveEnd; t += 1_000) duringBySecond.push(Number(report.p99(t, Math.min(t + 1_000, moveEnd)).toFixed(2)));
     console.log(
       'add-shard figures',
       JSON.stringify({
@@ -84,6 +92,7 @@ describe('add a shard and rebalance under load', () => {
         cliSeconds: (cliEnd - cliStart) / 1000,
         p99BeforeMs: Number(before.toFixed(2)),
         p99DuringMs: Number(during.toFixed(2)),
+        p99DuringBySecondMs: duringBySecond,
         p99AfterMs: Number(report.p99(cliEnd, cliEnd + 1_000).toFixed(2)),
         commandsDuring: report.count(moveStart, moveEnd),
         commands: report.ops,
@@ -93,10 +102,10 @@ describe('add a shard and rebalance under load', () => {
     );
     expect(p.keysMoved).toBeGreaterThan(KEYS / 4 - 5_000);
     expect(p.keysPerSecond).toBeGreaterThanOrEqual(8_200);
-    // Issue 8's target is p99 during <= 2x before. It is not met on this 2-core machine: 2.6-4.4x,
-    // median 3.5x (0.39-0.62 ms before, 1.4-2.1 ms during; docs/resharding.md, "Limits"). The
-    // suite holds 4 ms (or 3x a baseline that was itself slow) to catch a regression without
-    // failing on noise.
+    // Issue 8's target is p99 during <= 2x before. It is not met on this 2-core machine: 3.1-4.4x
+    // (0.55-0.66 ms before, 1.98-2.61 ms during, 5 runs; the first 1.7 s, while the sources are
+    // indexed, 2.2-7 ms, the rest 0.8-1.8 ms: docs/resharding.md, "Limits"). The suite holds 4 ms
+    // (or 3x a baseline that was itself slow) to catch a regression without failing on noise.
     expect(during).toBeLessThanOrEqual(Math.max(3 * before, 4));
   }, 240_000);
 
