@@ -1,12 +1,14 @@
 import * as net from 'node:net';
+import { ReplyScanner } from '../resp/reply-scanner';
 import type { NodeAddress } from '../topology/topology';
 
 /**
  * A lean pipelined RESP2 connection for the slot mover's hot loop (DUMP, RESTORE and release
  * scripts, SCAN): one Buffer written per command, replies decoded by a small parser into
- * Buffers, numbers and arrays. ioredis does the same work with several objects and promises per
- * argument; the mover runs on the proxy's event loop, next to the clients' commands, so what
- * it costs per key is what their latency pays.
+ * Buffers, numbers and arrays, or handed over as the reply's own bytes for a caller that walks
+ * them in place (sendForBytes). ioredis does the same work with several objects and promises per
+ * argument; the mover shares the machine's cores with the proxy and the shards, so what it costs
+ * per key is CPU the clients' commands wait for.
  *
  * Errors come back as RawReplyError (rejecting that command only); a closed socket rejects
  * every command in flight and the next send reconnects.
@@ -22,6 +24,8 @@ export class RawReplyError extends Error {
 interface Pending {
   resolve(reply: RawReply): void;
   reject(err: Error): void;
+  /** Resolve with the reply's bytes, not parsed (sendForBytes). */
+  readonly asBytes?: boolean;
 }
 
 export interface RawConnectionOptions {
@@ -37,8 +41,8 @@ export class RawConnection {
   readonly #options: RawConnectionOptions;
   #socket: net.Socket | null = null;
   #pending: Pending[] = [];
-  /** Bytes received and not yet parsed. */
-  #buffer: Buffer = Buffer.alloc(0);
+  /** Finds each reply's bytes, across reads (views of the chunks, which are never reused). */
+  readonly #replies = new ReplyScanner({ onReplyFrame: (buf, start, end) => this.#onReply(buf, start, end) });
   #timer: NodeJS.Timeout | null = null;
   #lastReplyAt = 0;
   #isClosed = false;
@@ -49,10 +53,23 @@ export class RawConnection {
 
   /** Sends one command; resolves with its reply. */
   send(args: readonly (Buffer | string)[]): Promise<RawReply> {
+    return this.#send(args, false);
+  }
+
+  /**
+   * Sends one command; resolves with its reply's bytes as they came (a view, never written to),
+   * for a reply the caller walks in place, such as SCAN's thousands of keys of which the mover
+   * keeps a few: parsed, each would be two Buffers and a record. An error reply still rejects.
+   */
+  sendForBytes(args: readonly (Buffer | string)[]): Promise<Buffer> {
+    return this.#send(args, true) as Promise<Buffer>;
+  }
+
+  #send(args: readonly (Buffer | string)[], asBytes: boolean): Promise<RawReply> {
     if (this.#isClosed) return Promise.reject(new Error('connection closed'));
     const socket = this.#connect();
     return new Promise((resolve, reject) => {
-      this.#pending.push({ resolve, reject });
+      this.#pending.push({ resolve, reject, asBytes });
       if (this.#pending.length === 1) this.#lastReplyAt = Date.now();
       socket.write(encode(args));
     });
@@ -68,7 +85,7 @@ export class RawConnection {
     const socket = net.connect({ host: this.#options.address.host, port: this.#options.address.port });
     socket.setNoDelay(true);
     this.#socket = socket;
-    this.#buffer = Buffer.alloc(0);
+    this.#replies.reset();
     if (this.#options.password !== null) {
       // Queued first: its reply comes first, and an error fails the commands behind it too.
       this.#pending.push({ resolve: () => undefined, reject: () => undefined });
@@ -96,24 +113,37 @@ export class RawConnection {
   }
 
   #onData(chunk: Buffer): void {
-    this.#buffer = this.#buffer.length === 0 ? chunk : Buffer.concat([this.#buffer, chunk]);
-    let offset = 0;
-    for (;;) {
-      const parsed = parse(this.#buffer, offset);
-      if (parsed === null) break;
-      offset = parsed.end;
-      this.#lastReplyAt = Date.now();
-      // Shift before calling back: the callback may send (and so push) more.
-      const pending = this.#pending.shift();
-      if (pending === undefined) {
-        this.#socket?.destroy();
-        return;
-      }
-      if (parsed.value instanceof RawReplyError) pending.reject(parsed.value);
-      else pending.resolve(parsed.value);
+    try {
+      this.#replies.feed(chunk);
+    } catch (err) {
+      // Not RESP: nothing after this can be matched to its command.
+      this.#socket?.destroy(err as Error);
     }
-    // Keep only the unparsed tail; copy it so the chunk it came from can be freed.
-    this.#buffer = offset === this.#buffer.length ? Buffer.alloc(0) : Buffer.from(this.#buffer.subarray(offset));
+  }
+
+  #onReply(buf: Buffer, start: number, end: number): void {
+    this.#lastReplyAt = Date.now();
+    const pending = this.#pending.shift();
+    if (pending === undefined) {
+      this.#socket?.destroy();
+      return;
+    }
+    if (pending.asBytes === true) {
+      if (buf[start] === 45) pending.reject(new RawReplyError(buf.toString('utf8', start + 1, end - 2)));
+      else pending.resolve(buf.subarray(start, end));
+      return;
+    }
+    let value: RawReply | RawReplyError;
+    try {
+      // Never null: the scanner hands over whole replies only.
+      value = parse(buf, start)!.value;
+    } catch (err) {
+      // A reply type this parser does not know (RESP3): the command fails, the rest go on.
+      pending.reject(err as Error);
+      return;
+    }
+    if (value instanceof RawReplyError) pending.reject(value);
+    else pending.resolve(value);
   }
 }
 

@@ -88,10 +88,13 @@ export class SlotKeyIndex {
       let cursor = '0';
       do {
         if (!this.#isValid) throw new Error('the key index was closed while it was built');
-        const [next, keys] = (await scanner.send(['SCAN', cursor, 'COUNT', String(SCAN_COUNT)])) as [Buffer, Buffer[]];
-        cursor = next.toString();
-        for (const key of keys) this.#add(key);
-        await pacer.take(keys.length);
+        const reply = await scanner.sendForBytes(['SCAN', cursor, 'COUNT', String(SCAN_COUNT)]);
+        let scanned = 0;
+        cursor = walkScanReply(reply, (bytes, start, end) => {
+          scanned++;
+          this.#addBytes(bytes, start, end);
+        });
+        await pacer.take(scanned);
       } while (cursor !== '0');
     } catch (err) {
       await this.close(control);
@@ -151,8 +154,13 @@ export class SlotKeyIndex {
   }
 
   #add(key: Buffer): void {
-    const entry = this.#keys.get(keySlot(key, 0, key.length));
-    if (entry !== undefined) entry.add(key.toString('latin1'));
+    this.#addBytes(key, 0, key.length);
+  }
+
+  /** Indexes the key in `bytes[start, end)` when its slot is wanted (only then is it copied out). */
+  #addBytes(bytes: Buffer, start: number, end: number): void {
+    const entry = this.#keys.get(keySlot(bytes, start, end));
+    if (entry !== undefined) entry.add(bytes.toString('latin1', start, end));
   }
 
   async #enableNotifications(control: RawConnection): Promise<void> {
@@ -172,4 +180,44 @@ export class SlotKeyIndex {
       throw new KeyIndexUnavailableError(`new-key notifications cannot be turned on: ${(err as Error).message}`);
     }
   }
+}
+
+/**
+ * Walks a SCAN reply's bytes (`*2`, the cursor, then `*N` and N keys) in place: calls `onKey` with
+ * each key's bounds and returns the next cursor. Three quarters or more of a source's keys are in
+ * slots it keeps, so most keys are looked at (their slot) and never copied.
+ */
+export function walkScanReply(reply: Buffer, onKey: (bytes: Buffer, start: number, end: number) => void): string {
+  let at = 0;
+  const header = (type: number): number => {
+    const lineEnd = reply.indexOf(13, at);
+    if (reply[at] !== type || lineEnd < 0) throw new Error(`not a SCAN reply: ${reply.toString('latin1', at, at + 20)}`);
+    const value = readInteger(reply, at + 1, lineEnd);
+    at = lineEnd + 2;
+    return value;
+  };
+  if (header(42) !== 2) throw new Error('not a SCAN reply: not a pair');
+  const cursorLength = header(36);
+  const cursor = reply.toString('latin1', at, at + cursorLength);
+  at += cursorLength + 2;
+  const count = header(42);
+  for (let i = 0; i < count; i++) {
+    const length = header(36);
+    if (at + length + 2 > reply.length) throw new Error('not a SCAN reply: a key runs past its end');
+    onKey(reply, at, at + length);
+    at += length + 2;
+  }
+  return cursor;
+}
+
+/** The decimal integer in `bytes[from, to)`. */
+function readInteger(bytes: Buffer, from: number, to: number): number {
+  const isNegative = bytes[from] === 45;
+  let value = 0;
+  for (let i = isNegative ? from + 1 : from; i < to; i++) {
+    const digit = bytes[i]! - 48;
+    if (digit < 0 || digit > 9) throw new Error(`not a SCAN reply: ${bytes.toString('latin1', from, to)} is not a number`);
+    value = value * 10 + digit;
+  }
+  return isNegative ? -value : value;
 }

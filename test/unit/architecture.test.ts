@@ -17,8 +17,9 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   backend: ['resp', 'topology', 'io', 'metrics', 'log'],
   dispatch: ['routing', 'backend', 'reply', 'commands', 'resp', 'topology', 'metrics', 'io', 'log'],
   client: ['dispatch', 'reply', 'resp', 'io', 'metrics', 'log', 'commands'],
-  // routing/ for its pure key -> slot function (the slot mover scans keys), never the data path's sockets.
-  control: ['topology', 'config', 'metrics', 'log', 'routing', 'runtime'],
+  // routing/ for its pure key -> slot function (the slot mover scans keys) and resp/ for reply
+  // framing (the mover's lean connections), never the data path's sockets.
+  control: ['topology', 'config', 'metrics', 'log', 'routing', 'resp', 'runtime'],
   cli: ['*'],
 };
 
