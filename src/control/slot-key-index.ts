@@ -1,4 +1,5 @@
 import Redis from 'ioredis';
+import { readLength } from '../resp/reply-scanner';
 import { keySlot } from '../routing/key-slot';
 import type { NodeAddress } from '../topology/topology';
 import { RawReplyError, type RawConnection } from './raw-connection';
@@ -192,7 +193,13 @@ export function walkScanReply(reply: Buffer, onKey: (bytes: Buffer, start: numbe
   const header = (type: number): number => {
     const lineEnd = reply.indexOf(13, at);
     if (reply[at] !== type || lineEnd < 0) throw new Error(`not a SCAN reply: ${reply.toString('latin1', at, at + 20)}`);
-    const value = readInteger(reply, at + 1, lineEnd);
+    let value: number;
+    try {
+      value = readLength(reply, at + 1, lineEnd);
+    } catch {
+      value = -1;
+    }
+    if (value < 0) throw new Error(`not a SCAN reply: ${reply.toString('latin1', at + 1, lineEnd)} is not a number`);
     at = lineEnd + 2;
     return value;
   };
@@ -210,14 +217,3 @@ export function walkScanReply(reply: Buffer, onKey: (bytes: Buffer, start: numbe
   return cursor;
 }
 
-/** The decimal integer in `bytes[from, to)`. */
-function readInteger(bytes: Buffer, from: number, to: number): number {
-  const isNegative = bytes[from] === 45;
-  let value = 0;
-  for (let i = isNegative ? from + 1 : from; i < to; i++) {
-    const digit = bytes[i]! - 48;
-    if (digit < 0 || digit > 9) throw new Error(`not a SCAN reply: ${bytes.toString('latin1', from, to)} is not a number`);
-    value = value * 10 + digit;
-  }
-  return isNegative ? -value : value;
-}

@@ -12,7 +12,7 @@ import {
 import { nodeKey, writeConfirmation, type NodeAddress, type Topology, type WriteConfirmation } from '../topology/topology';
 import { moveBigKey, UnchunkableKeyError } from './big-key-copier';
 import { RawConnection } from './raw-connection';
-import { KeyIndexUnavailableError, SlotKeyIndex } from './slot-key-index';
+import { KeyIndexUnavailableError, SlotKeyIndex, walkScanReply } from './slot-key-index';
 import type { SlotMove } from './rebalance-planner';
 
 /**
@@ -473,11 +473,14 @@ export class SlotMover {
       let cursor = '0';
       do {
         this.#checkAborted();
-        const [next, keys] = (await this.#raw('scan', address).send(['SCAN', cursor, 'COUNT', String(this.#options.scanCount)])) as [Buffer, Buffer[]];
-        cursor = next.toString();
-        for (const key of keys) {
-          const to = targetOf.get(keySlot(key, 0, key.length));
-          if (to === undefined) continue;
+        const reply = await this.#raw('scan', address).sendForBytes(['SCAN', cursor, 'COUNT', String(this.#options.scanCount)]);
+        // The keys of this group's slots, copied out (they outlive the reply); the rest only looked at.
+        const found: [key: Buffer, to: string][] = [];
+        cursor = walkScanReply(reply, (bytes, start, end) => {
+          const to = targetOf.get(keySlot(bytes, start, end));
+          if (to !== undefined) found.push([Buffer.from(bytes.subarray(start, end)), to]);
+        });
+        for (const [key, to] of found) {
           const batch = batches.get(to) ?? batches.set(to, []).get(to)!;
           batch.push(key);
           if (batch.length >= this.#options.batchKeys) {

@@ -235,7 +235,7 @@ function scanFrame(buf: Buffer, start: number): number {
 }
 
 /** Parses the decimal between `from` and `to`; -1 for RESP's null lengths. */
-function readLength(buf: Buffer, from: number, to: number): number {
+export function readLength(buf: Buffer, from: number, to: number): number {
   let p = from;
   if (buf[p] === 45) return -1;
   let n = 0;
