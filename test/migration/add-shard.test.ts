@@ -102,10 +102,11 @@ describe('add a shard and rebalance under load', () => {
     );
     expect(p.keysMoved).toBeGreaterThan(KEYS / 4 - 5_000);
     expect(p.keysPerSecond).toBeGreaterThanOrEqual(8_200);
-    // Issue 8's target is p99 during <= 2x before. It is not met on this 2-core machine: 2.8-5.7x
-    // (0.38-0.64 ms before, 1.59-2.29 ms during, 5 runs; the first two seconds, while the sources
-    // are indexed, 1.6-3.8 ms, the rest 0.8-2.3 ms: docs/resharding.md, "Limits"). The suite holds
-    // 4 ms (or 3x a baseline that was itself slow) to catch a regression without failing on noise.
+    // Issue 8's target is p99 during <= 2x before. It is not met on this 2-core machine: 2.2-6.2x,
+    // median 3.8x (0.38-0.97 ms before, 1.43-2.66 ms during, 14 runs; the slow commands come in
+    // bursts on every shard at once, the proxy's event loop late: docs/resharding.md, "Limits").
+    // The suite holds 4 ms (or 3x a baseline that was itself slow) to catch a regression without
+    // failing on noise.
     expect(during).toBeLessThanOrEqual(Math.max(3 * before, 4));
   }, 240_000);
 
