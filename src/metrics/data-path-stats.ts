@@ -14,15 +14,29 @@ export const LATENCY_BUCKETS: readonly number[] = [
 export class LatencyHistogram {
   /** counts[i] = observations in (LATENCY_BUCKETS[i-1], LATENCY_BUCKETS[i]]; last = above all. */
   readonly counts = new Float64Array(LATENCY_BUCKETS.length + 1);
-  sum = 0;
-  count = 0;
+  /**
+   * [sum of the observations in seconds, their count]. Not plain fields: one that starts at 0
+   * holds a small integer, and at its first fraction V8 changes the class's field layout; a
+   * histogram made after that (a new node's, at the first failover or slot move) then no longer
+   * fits what the data path's compiled code expects, and that code is thrown away in the middle
+   * of the move (`--trace-deopt`: `onReplyFrame`; docs/resharding.md, "Limits").
+   */
+  readonly #totals = new Float64Array(2);
+
+  get sum(): number {
+    return this.#totals[0]!;
+  }
+
+  get count(): number {
+    return this.#totals[1]!;
+  }
 
   observe(seconds: number): void {
     let i = 0;
     while (i < LATENCY_BUCKETS.length && seconds > LATENCY_BUCKETS[i]!) i++;
     this.counts[i]!++;
-    this.sum += seconds;
-    this.count++;
+    this.#totals[0]! += seconds;
+    this.#totals[1]!++;
   }
 }
 
