@@ -146,8 +146,8 @@ export const reshardPlansTotal = new Counter({
  * prom-client keeps each labelled series as a `{ value, labels }` object. V8 treats a field no
  * code has yet changed as a constant, and the first `+=` on one (the second increment of any
  * series) throws away all compiled code that relied on it: that was the data path's `dispatch`,
- * `lookupCommandBytes` and `runFlushes`, at the first slot move or failover, while clients
- * waited (`--trace-deopt`, `--trace-generalization`; docs/resharding.md, "Limits"). Changing one
+ * `lookupCommandBytes` and `runFlushes`, at the first slot move or failover, under client
+ * traffic (`--trace-deopt`, `--trace-generalization`; docs/resharding.md, "Limits"). Changing one
  * such field here, before anything is compiled, makes that happen at load instead.
  */
 function settleSeriesShape(): void {
