@@ -129,7 +129,8 @@ export class RawConnection {
       return;
     }
     if (pending.asBytes === true) {
-      if (buf[start] === 45) pending.reject(new RawReplyError(buf.toString('utf8', start + 1, end - 2)));
+      // An error reply is decoded as send()'s are, by parse.
+      if (buf[start] === 45) pending.reject(parse(buf, start)!.value as RawReplyError);
       else pending.resolve(buf.subarray(start, end));
       return;
     }

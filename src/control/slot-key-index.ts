@@ -216,4 +216,3 @@ export function walkScanReply(reply: Buffer, onKey: (bytes: Buffer, start: numbe
   }
   return cursor;
 }
-
