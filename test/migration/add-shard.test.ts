@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import {
   checkPlacement,
+  collectGarbage,
   expectPlacementClean,
   childProcesses,
   loadKeys,
@@ -32,6 +33,8 @@ const OPS_PER_SECOND = 5_000;
  */
 const WARMUP_MS = 9_000;
 const BASELINE_MS = 4_000;
+/** Between the baseline and the CLI: the test's own collection and its concurrent sweeping. */
+const QUIET_MS = 300;
 
 describe('add a shard and rebalance under load', () => {
   const deployment = useMigrationDeployment({
@@ -47,6 +50,13 @@ describe('add a shard and rebalance under load', () => {
     const load = await startLoad(proxy.port, { clients: CLIENTS, opsPerSecond: OPS_PER_SECOND, keys: KEYS });
     const loadStart = Date.now();
     await sleep(WARMUP_MS + BASELINE_MS);
+    const baselineEnd = Date.now();
+    // This process (the test's) is not what is measured, but it shares the two cores: V8's
+    // memory reducer ran two full collections in it (marking on both cores, 10-25 ms each)
+    // 1.0-2.1 s into every plan, 8 s after its previous one, and the clients' slowest quarter
+    // seconds fell on them. One now, outside both windows, puts the next past the plan.
+    collectGarbage();
+    await sleep(QUIET_MS);
 
     const cliStart = Date.now();
     const cli = await runCli(['add-shard', 's4', `${specs[3]!.node.host}:${specs[3]!.node.port}`, '--config', proxy.configPath, '--yes']);
@@ -75,10 +85,10 @@ describe('add a shard and rebalance under load', () => {
     // The move is the plan's run (the CLI's own start-up and the plan preview are not part of it).
     const p = status.progress!;
     const { start: moveStart, end: moveEnd } = planWindow(proxy.logs());
-    // The baseline is the load's steady state, after its warm-up, and ends where the CLI starts:
-    // starting a Node process takes these two cores for ~0.3 s, which says nothing about the
-    // proxy (an operator's CLI runs on another machine).
-    const before = report.p99(cliStart - BASELINE_MS, cliStart);
+    // The baseline is the load's steady state, after its warm-up, and ends before the test's
+    // collection and the CLI's start: starting a Node process takes these two cores for ~0.3 s,
+    // which says nothing about the proxy (an operator's CLI runs on another machine).
+    const before = report.p99(baselineEnd - BASELINE_MS, baselineEnd);
     const during = report.p99(moveStart, moveEnd);
     const duringBySecond: number[] = [];
     for (let t = moveStart; t < moveEnd; t += 1_000) duringBySecond.push(Number(report.p99(t, Math.min(t + 1_000, moveEnd)).toFixed(2)));
@@ -102,9 +112,9 @@ describe('add a shard and rebalance under load', () => {
     );
     expect(p.keysMoved).toBeGreaterThan(KEYS / 4 - 5_000);
     expect(p.keysPerSecond).toBeGreaterThanOrEqual(8_200);
-    // Issue 8's target is p99 during <= 2x before. It is not met on this 2-core machine: 2.2-6.2x,
-    // median 3.8x (0.38-0.97 ms before, 1.43-2.66 ms during, 14 runs; the slow commands come in
-    // bursts on every shard at once, the proxy's event loop late: docs/resharding.md, "Limits").
+    // Issue 8's target is p99 during <= 2x before. It is not met on this 2-core machine: 2.1-3.8x,
+    // median 3.3x (0.44-0.76 ms before, 1.47-1.92 ms during, 8 runs; the plan's first two seconds
+    // read 2-3 ms, the rest about twice the baseline: docs/resharding.md, "Limits").
     // The suite holds 4 ms (or 3x a baseline that was itself slow) to catch a regression without
     // failing on noise.
     expect(during).toBeLessThanOrEqual(Math.max(3 * before, 4));

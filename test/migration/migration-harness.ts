@@ -335,9 +335,10 @@ export async function loadKeys(nodes: readonly LocalRedis[], count: number): Pro
  * A full collection of this (the test's) process, now. Loading 200,000 keys leaves a collection
  * due; started later, its marking threads ran beside the measured move and held both cores for
  * 4-6 ms at a time (perf sched: the proxy's event loop waiting for a core meanwhile), which
- * says nothing about the proxy.
+ * says nothing about the proxy. It also puts V8's memory reducer, which otherwise runs two more
+ * full collections ~8 s after the last one, that far away.
  */
-function collectGarbage(): void {
+export function collectGarbage(): void {
   setFlagsFromString('--expose-gc');
   (runInNewContext('gc') as () => void)();
 }
