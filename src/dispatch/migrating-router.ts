@@ -83,6 +83,8 @@ type MovePhase = 'move' | 'confirm' | 'delete';
  */
 class KeyMove implements ReplySink {
   readonly router: MigratingRouter;
+  /** Its place in the order commands reached the router: commands on a key go in this order. */
+  readonly arrival: number;
   /** The command's keys (views of the request); at least one. */
   readonly keys: readonly Buffer[];
   /** The keys as latin1 strings, for lock and park lookups; made when first needed. */
@@ -108,8 +110,9 @@ class KeyMove implements ReplySink {
   /** The node its last script moved or copied the keys to. */
   sentTo: NodeAddress | null = null;
 
-  constructor(router: MigratingRouter, keys: readonly Buffer[], slot: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean) {
+  constructor(router: MigratingRouter, arrival: number, keys: readonly Buffer[], slot: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean) {
     this.router = router;
+    this.arrival = arrival;
     this.keys = keys;
     this.slot = slot;
     this.request = request;
@@ -224,6 +227,10 @@ interface EncodedArgs {
   readonly bytes: Buffer;
 }
 
+function sharesKey(a: KeyMove, b: KeyMove): boolean {
+  return a.names.some((name) => b.names.includes(name));
+}
+
 function encodeArgs(args: readonly string[]): EncodedArgs {
   return { count: args.length, bytes: Buffer.concat(args.map((arg) => encodeBulk(arg))) };
 }
@@ -267,6 +274,8 @@ export class MigratingRouter {
   /** Keys of moves waiting for a target's place -> how many hold each: later commands on them park behind. */
   readonly #waitingKeys = new Map<string, number>();
   #isReleaseQueued = false;
+  /** The next command's arrival number. */
+  #arrivals = 0;
   /** A replicated no-op, then WAIT: confirms a copy on the target (confirmCopy). */
   readonly #confirmRequest: readonly Buffer[];
 
@@ -297,7 +306,7 @@ export class MigratingRouter {
       return;
     }
     const first = keys[0]!;
-    this.#route(new KeyMove(this, keys, keySlot(first, 0, first.length), request, sink, clientId, isWrite));
+    this.#route(new KeyMove(this, this.#arrivals++, keys, keySlot(first, 0, first.length), request, sink, clientId, isWrite));
   }
 
   /** A new snapshot: parked commands whose keys are no longer locked go again. */
@@ -432,24 +441,34 @@ export class MigratingRouter {
   afterMove(move: KeyMove): void {
     if (this.#parked.length > 0 && this.#holdsParkedKey(move)) {
       // An earlier command on one of these keys is waiting: keep their order.
-      this.park(move, 0);
+      this.park(move, 0, RETRY_DELAY_MS);
       return;
     }
     const topology = this.#shards.topology;
     const migration = topology.migrations.get(move.slot);
     // Reads go to the primary too: a replica of the target may not have the key yet.
     this.#shards.sendToPrimary(migration === undefined ? topology.slotOwner[move.slot]! : migration.to, move.request, move.sink, move.clientId, move.isWrite);
+    // Commands parked behind this one on its keys may go now, not at their retry time.
+    if (this.#parked.length > 0 && move.names.some((name) => this.#parkedKeys.has(name))) this.#releaseAt(0);
   }
 
-  park(move: KeyMove, delayMs: number): void {
+  /**
+   * Parks `move` until `delayMs` from now; it is looked at again by `lookAfterMs` at the latest
+   * (a command behind an earlier one on its keys may go at once, but is released by that one's
+   * going: no timer every millisecond meanwhile).
+   */
+  park(move: KeyMove, delayMs: number, lookAfterMs = delayMs): void {
     if (Date.now() >= move.deadline) {
       move.sink.onFailure(encodeError(`TRYAGAIN slotproxy could not move the key to its new shard in time${move.lastError === '' ? '' : `: ${move.lastError}`}`));
       return;
     }
     move.retryAt = Date.now() + delayMs;
-    this.#parked.push(move);
+    // In arrival order: a move parked again after its script (afterMove) goes before later ones.
+    let at = this.#parked.length;
+    while (at > 0 && this.#parked[at - 1]!.arrival > move.arrival) at--;
+    this.#parked.splice(at, 0, move);
     for (const name of move.names) this.#parkedKeys.set(name, (this.#parkedKeys.get(name) ?? 0) + 1);
-    this.#wakeAt(move.retryAt);
+    this.#wakeAt(Date.now() + lookAfterMs);
   }
 
   /** Makes sure the parked commands are looked at by `at` (one timer, for the earliest). */
@@ -472,8 +491,14 @@ export class MigratingRouter {
       this.#shards.sendToPrimary(topology.slotOwner[move.slot]!, move.request, move.sink, move.clientId, move.isWrite);
       return;
     }
-    if ((this.#parked.length > 0 && this.#holdsParkedKey(move)) || (this.#waitingKeys.size > 0 && this.#holdsWaitingKey(move)) || isLocked(migration, move)) {
+    if (isLocked(migration, move)) {
       this.park(move, RETRY_DELAY_MS);
+      return;
+    }
+    if ((this.#parked.length > 0 && this.#holdsParkedKey(move)) || (this.#waitingKeys.size > 0 && this.#holdsWaitingKey(move))) {
+      // Behind an earlier command on its keys: released when that one goes (afterMove), or at
+      // the next look at the parked commands.
+      this.park(move, 0, RETRY_DELAY_MS);
       return;
     }
     const target = this.#targetFor(this.#shards.primaryAddress(migration.to));
@@ -529,13 +554,23 @@ export class MigratingRouter {
     return target;
   }
 
+  /**
+   * Whether a parked command that came before `move` holds one of its keys. Only earlier ones:
+   * a command whose move has just settled must not wait for a later one on its key, which waits
+   * for it in turn (five or more commands on one key in flight to a target waited out
+   * keyMoveWaitMs that way, each parking behind the others, and failed with TRYAGAIN).
+   */
   #holdsParkedKey(move: KeyMove): boolean {
-    for (const name of move.names) if (this.#parkedKeys.has(name)) return true;
-    return false;
+    if (!move.names.some((name) => this.#parkedKeys.has(name))) return false;
+    return this.#parked.some((other) => other.arrival < move.arrival && sharesKey(other, move));
   }
 
+  /** Whether a command that came before `move` and waits for a target's place holds one of its keys. */
   #holdsWaitingKey(move: KeyMove): boolean {
-    for (const name of move.names) if (this.#waitingKeys.has(name)) return true;
+    if (!move.names.some((name) => this.#waitingKeys.has(name))) return false;
+    for (const target of this.#targets.values()) {
+      if (target.waiting.some((other) => other.arrival < move.arrival && sharesKey(other, move))) return true;
+    }
     return false;
   }
 
