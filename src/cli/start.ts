@@ -8,6 +8,7 @@ import { Dispatcher } from '../dispatch/dispatcher';
 import type { ProxyIdentity } from '../dispatch/local-commands';
 import type { WorkerPeers } from '../dispatch/worker-peers';
 import { log } from '../log/logger';
+import { rehearseMigratingPath } from './migrating-path-rehearsal';
 import { COMMAND_NAMES } from '../commands/command-table';
 import { DataPathStats } from '../metrics/data-path-stats';
 import { exportDataPath } from '../metrics/exporter';
@@ -50,6 +51,8 @@ export async function startDataPath(
     replicaAckTimeoutMs: config.replicaAckTimeoutMs,
     commandTimeoutMs: config.commandTimeoutMs,
   });
+  // Before the endpoint opens: its connections to the shards are gone before any client's come.
+  await rehearseMigratingPath(config, store.current, identity);
   const dispatcher = new Dispatcher(store, pools, identity, config, stats, peers);
   const listener = new Listener(dispatcher, { host: config.listen.host, port: config.listen.port, firstClientId }, stats);
   const address = await listener.listen();
