@@ -1,17 +1,16 @@
 import { randomBytes } from 'node:crypto';
 import { connect } from 'node:net';
-import { BackendPools } from '../backend/shard-pool';
-import { Listener } from '../client/listener';
 import type { ProxyConfig } from '../config/config-types';
-import { Dispatcher } from '../dispatch/dispatcher';
 import type { ProxyIdentity } from '../dispatch/local-commands';
 import { log } from '../log/logger';
 import { COMMAND_NAMES } from '../commands/command-table';
 import { DataPathStats } from '../metrics/data-path-stats';
+import { ReplyScanner } from '../resp/reply-scanner';
 import { encodeCommand } from '../resp/resp-writer';
 import { calculateSlot } from '../routing/key-slot';
 import { Topology } from '../topology/topology';
 import { TopologyStore } from '../topology/topology-store';
+import { assembleDataPath } from './data-path';
 
 /**
  * Runs a few commands through the data path's migrating branches once, at start, so that V8
@@ -53,19 +52,9 @@ export async function rehearseMigratingPath(config: ProxyConfig, topology: Topol
   const from = topology.slotOwner[slot]!;
   const to = (from + 1) % topology.shards.length;
   const store = new TopologyStore(new Topology(topology.epoch, topology.shards, topology.slotOwner, new Map([[slot, { from, to }]])));
-  const stats = new DataPathStats(COMMAND_NAMES);
-  const pools = new BackendPools({
-    stats,
-    connectionsPerNode: 1,
-    connectTimeoutMs: config.connectTimeoutMs,
-    password: config.backendPassword,
-    // Nothing is written: no replica has anything to confirm.
-    minReplicaAcks: 0,
-    replicaAckTimeoutMs: config.replicaAckTimeoutMs,
-    commandTimeoutMs: config.commandTimeoutMs,
-  });
-  const dispatcher = new Dispatcher(store, pools, identity, { ...config, minReplicaAcks: 0, keyMoveWaitMs: TIMEOUT_MS / 2 }, stats);
-  const listener = new Listener(dispatcher, { host: '127.0.0.1', port: 0, maxClients: 1 }, stats);
+  // Nothing is written, so no replica has anything to confirm.
+  const rehearsal = { ...config, listen: { host: '127.0.0.1', port: 0 }, connectionsPerNode: 1, minReplicaAcks: 0, keyMoveWaitMs: TIMEOUT_MS / 2 };
+  const { dispatcher, listener } = assembleDataPath(rehearsal, store, identity, new DataPathStats(COMMAND_NAMES));
   const startedAt = Date.now();
   try {
     const address = await listener.listen();
@@ -96,42 +85,34 @@ export async function rehearseMigratingPath(config: ProxyConfig, topology: Topol
 function exchange(port: number, request: Buffer, count: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const socket = connect({ host: '127.0.0.1', port });
-    let received = '';
-    const timer = setTimeout(() => {
+    let replies = 0;
+    let errors = 0;
+    const scanner = new ReplyScanner({
+      onReplyFrame(buf, start) {
+        replies++;
+        if (buf[start] === 45) errors++;
+      },
+    });
+    const fail = (err: Error): void => {
+      clearTimeout(timer);
       socket.destroy();
-      reject(new Error(`no answer within ${TIMEOUT_MS} ms`));
-    }, TIMEOUT_MS);
+      reject(err);
+    };
+    const timer = setTimeout(() => fail(new Error(`no answer within ${TIMEOUT_MS} ms`)), TIMEOUT_MS);
     socket.on('connect', () => socket.write(request));
     socket.on('data', (chunk: Buffer) => {
-      received += chunk.toString('latin1');
-      // Every reply here is a nil, an integer or an array of two nils: count the top-level ones.
-      const { replies, errors } = countTopLevel(received);
+      try {
+        scanner.feed(chunk);
+      } catch (err) {
+        fail(err as Error);
+        return;
+      }
       if (replies >= count) {
         clearTimeout(timer);
         socket.destroy();
         resolve(replies - errors);
       }
     });
-    socket.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
+    socket.on('error', fail);
   });
-}
-
-/** Top-level replies in `text`, and how many are errors, for replies of one line each or arrays of one-line items (no bulk with a body). */
-function countTopLevel(text: string): { replies: number; errors: number } {
-  let replies = 0;
-  let errors = 0;
-  let pendingItems = 0;
-  for (const line of text.split('\r\n').slice(0, -1)) {
-    if (pendingItems > 0) {
-      pendingItems--;
-      continue;
-    }
-    replies++;
-    if (line.startsWith('-')) errors++;
-    if (line.startsWith('*')) pendingItems = Math.max(0, Number(line.slice(1)));
-  }
-  return { replies, errors };
 }

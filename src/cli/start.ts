@@ -1,19 +1,17 @@
 import { randomBytes } from 'node:crypto';
-import { BackendPools } from '../backend/shard-pool';
-import { Listener } from '../client/listener';
 import { formatAddress } from '../config/address';
 import type { ProxyConfig } from '../config/config-types';
 import { ControlPlane } from '../control/control-plane';
-import { Dispatcher } from '../dispatch/dispatcher';
 import type { ProxyIdentity } from '../dispatch/local-commands';
 import type { WorkerPeers } from '../dispatch/worker-peers';
 import { log } from '../log/logger';
-import { rehearseMigratingPath } from './migrating-path-rehearsal';
 import { COMMAND_NAMES } from '../commands/command-table';
 import { DataPathStats } from '../metrics/data-path-stats';
 import { exportDataPath } from '../metrics/exporter';
 import { MetricsServer } from '../metrics/metrics-server';
 import type { TopologyStore } from '../topology/topology-store';
+import { assembleDataPath } from './data-path';
+import { rehearseMigratingPath } from './migrating-path-rehearsal';
 import { VERSION } from './version';
 
 export interface RunningProxy {
@@ -42,19 +40,9 @@ export async function startDataPath(
 ): Promise<RunningProxy> {
   const stats = new DataPathStats(COMMAND_NAMES);
   if (config.metrics !== null) exportDataPath(stats);
-  const pools = new BackendPools({
-    stats,
-    connectionsPerNode: config.connectionsPerNode,
-    connectTimeoutMs: config.connectTimeoutMs,
-    password: config.backendPassword,
-    minReplicaAcks: config.minReplicaAcks,
-    replicaAckTimeoutMs: config.replicaAckTimeoutMs,
-    commandTimeoutMs: config.commandTimeoutMs,
-  });
   // Before the endpoint opens: its connections to the shards are gone before any client's come.
   await rehearseMigratingPath(config, store.current, identity);
-  const dispatcher = new Dispatcher(store, pools, identity, config, stats, peers);
-  const listener = new Listener(dispatcher, { host: config.listen.host, port: config.listen.port, firstClientId }, stats);
+  const { dispatcher, listener } = assembleDataPath(config, store, identity, stats, firstClientId, peers);
   const address = await listener.listen();
   return {
     host: address.host,

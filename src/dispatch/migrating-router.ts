@@ -228,7 +228,14 @@ interface EncodedArgs {
 }
 
 function sharesKey(a: KeyMove, b: KeyMove): boolean {
-  return a.names.some((name) => b.names.includes(name));
+  for (const name of a.names) if (b.names.includes(name)) return true;
+  return false;
+}
+
+/** Whether one of the move's keys is in `keys` (the parked or waiting moves' keys). */
+function hasAnyKey(move: KeyMove, keys: ReadonlyMap<string, number>): boolean {
+  for (const name of move.names) if (keys.has(name)) return true;
+  return false;
 }
 
 function encodeArgs(args: readonly string[]): EncodedArgs {
@@ -449,7 +456,7 @@ export class MigratingRouter {
     // Reads go to the primary too: a replica of the target may not have the key yet.
     this.#shards.sendToPrimary(migration === undefined ? topology.slotOwner[move.slot]! : migration.to, move.request, move.sink, move.clientId, move.isWrite);
     // Commands parked behind this one on its keys may go now, not at their retry time.
-    if (this.#parked.length > 0 && move.names.some((name) => this.#parkedKeys.has(name))) this.#releaseAt(0);
+    if (this.#parked.length > 0 && hasAnyKey(move, this.#parkedKeys)) this.#releaseAt(0);
   }
 
   /**
@@ -561,15 +568,20 @@ export class MigratingRouter {
    * keyMoveWaitMs that way, each parking behind the others, and failed with TRYAGAIN).
    */
   #holdsParkedKey(move: KeyMove): boolean {
-    if (!move.names.some((name) => this.#parkedKeys.has(name))) return false;
-    return this.#parked.some((other) => other.arrival < move.arrival && sharesKey(other, move));
+    if (!hasAnyKey(move, this.#parkedKeys)) return false;
+    for (const other of this.#parked) {
+      // #parked is in arrival order.
+      if (other.arrival >= move.arrival) return false;
+      if (sharesKey(other, move)) return true;
+    }
+    return false;
   }
 
   /** Whether a command that came before `move` and waits for a target's place holds one of its keys. */
   #holdsWaitingKey(move: KeyMove): boolean {
-    if (!move.names.some((name) => this.#waitingKeys.has(name))) return false;
+    if (!hasAnyKey(move, this.#waitingKeys)) return false;
     for (const target of this.#targets.values()) {
-      if (target.waiting.some((other) => other.arrival < move.arrival && sharesKey(other, move))) return true;
+      for (const other of target.waiting) if (other.arrival < move.arrival && sharesKey(other, move)) return true;
     }
     return false;
   }
