@@ -20,7 +20,7 @@ import { assembleDataPath } from './data-path';
  * (the dispatcher's `#single` and `#queue`, `runFlushes`, the backend connection's
  * `onReplyFrame` and its FIFO's `#push`: branches never taken and reply sinks of a class never
  * seen before), and every command ran slower until V8 had optimized them again, in the
- * plan's first seconds, when clients' p99 was at its worst (docs/resharding.md, "Limits").
+ * plan's first seconds, when clients' p99 was at its worst (docs/resharding-latency.md).
  * Type feedback belongs to the functions, not to one dispatcher, so a private data path
  * trains the real one: its own listener on a loopback port of its own, its own backend
  * connections, and its own snapshot in which the slot of a key no one has is migrating. The

@@ -45,7 +45,7 @@ export interface ProxyConfig {
   /**
    * Background moves per second over all shards, at most (0 = no limit): the mover shares the
    * shards and the proxy with client traffic, and the CPU it adds is what their p99 pays during
-   * a move (docs/resharding.md, "Limits"). @default 12000
+   * a move (docs/resharding-latency.md). @default 12000
    */
   readonly migrateKeysPerSecond: number;
   /** A node that fails to answer for this long is failed, like cluster-node-timeout. @default 5000 */

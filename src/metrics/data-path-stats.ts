@@ -19,7 +19,7 @@ export class LatencyHistogram {
    * holds a small integer, and at its first fraction V8 changes the class's field layout; a
    * histogram made after that (a new node's, at the first failover or slot move) then no longer
    * fits what the data path's compiled code expects, and that code is thrown away in the middle
-   * of the move (`--trace-deopt`: `onReplyFrame`; docs/resharding.md, "Limits").
+   * of the move (`--trace-deopt`: `onReplyFrame`; docs/resharding-latency.md).
    */
   readonly #totals = new Float64Array(2);
 

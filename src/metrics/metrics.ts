@@ -147,7 +147,7 @@ export const reshardPlansTotal = new Counter({
  * code has yet changed as a constant, and the first `+=` on one (the second increment of any
  * series) throws away all compiled code that relied on it: that was the data path's `dispatch`,
  * `lookupCommandBytes` and `runFlushes`, at the first slot move or failover, under client
- * traffic (`--trace-deopt`, `--trace-generalization`; docs/resharding.md, "Limits"). Changing one
+ * traffic (`--trace-deopt`, `--trace-generalization`; docs/resharding-latency.md). Changing one
  * such field here, before anything is compiled, makes that happen at load instead.
  */
 function settleSeriesShape(): void {

@@ -9,10 +9,10 @@ import { findExecutable } from './find-executable';
  *
  * Why SCHED_IDLE: on a machine of a few cores shared with the shards, a normal thread's bursts
  * of CPU, whatever its nice value, make threads that wake meanwhile wait for a time slice (up to
- * a 4 ms tick here). Measured with the slot mover beside a paced client load (docs/resharding.md,
- * "Limits"): client p99 during a move 1.8-1.9 ms in SCHED_IDLE, 2.0-2.3 in SCHED_BATCH or at nice
- * 19, 2.5-3.0 at nice 0. Idle-class bursts still cost a little (a thread woken onto that core
- * waits for the burst to end), so the work should come in short ones.
+ * a 4 ms tick here). Measured with the slot mover beside a paced client load
+ * (docs/resharding-latency.md): client p99 during a move 1.8-1.9 ms in SCHED_IDLE, 2.0-2.3 in
+ * SCHED_BATCH or at nice 19, 2.5-3.0 at nice 0. Idle-class bursts still cost a little (a thread
+ * woken onto that core waits for the burst to end), so the work should come in short ones.
  *
  * Why a process, not a worker thread: a worker shares V8's helper threads (compiler, GC) with
  * the data path. The mover's code keeps them busy (~165 optimizing compilations in a plan), and
