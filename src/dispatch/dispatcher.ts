@@ -326,9 +326,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       client.reply(CROSSSLOT, spec);
       return;
     }
-    const migration = slot === NO_KEYS ? undefined : this.#topology.migrations.get(slot);
-    if (migration !== undefined) {
-      this.#migrating.send(commandKeys(frame, spec), migration, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite);
+    if (slot !== NO_KEYS && this.#viaMigratingRouter(slot)) {
+      this.#migrating.send(commandKeys(frame, spec), this.#topology.migrations.get(slot) ?? null, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite);
       return;
     }
     const shard = slot === NO_KEYS ? this.#anyShard() : this.#topology.slotOwner[slot]!;
@@ -454,6 +453,15 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     return lines.join('\r\n');
   }
 
+  /**
+   * Whether a command on `slot` goes through the migrating router: the slot migrates, or the
+   * router still holds earlier commands on it (their slot settled while they waited), which
+   * this one must not overtake.
+   */
+  #viaMigratingRouter(slot: number): boolean {
+    return this.#topology.migrations.has(slot) || (this.#migrating.isHolding && this.#migrating.holdsSlot(slot));
+  }
+
   /** Every key in one slot: the original bytes go to the owner's primary untouched. */
   #single(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
     if (spec.hasMovableKeys) {
@@ -469,12 +477,9 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       return;
     }
     const topology = this.#topology;
-    if (slot !== NO_KEYS && topology.migrations.size > 0) {
-      const migration = topology.migrations.get(slot);
-      if (migration !== undefined) {
-        this.#migrating.send(commandKeys(frame, spec), migration, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite);
-        return;
-      }
+    if (slot !== NO_KEYS && (topology.migrations.size > 0 || this.#migrating.isHolding) && this.#viaMigratingRouter(slot)) {
+      this.#migrating.send(commandKeys(frame, spec), topology.migrations.get(slot) ?? null, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite);
+      return;
     }
     const shard = slot === NO_KEYS ? this.#anyShard() : topology.slotOwner[slot]!;
     this.#send(shard, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
@@ -487,8 +492,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       client.reply(wrongArity(spec.name), spec);
       return;
     }
-    const { fragments, keyFragment } = fragment(frame, spec, this.#topology.slotOwner, this.#topology.migrations);
-    if (fragments.length === 1 && fragments[0]!.migration === null) {
+    const { fragments, keyFragment } = fragment(frame, spec, this.#topology.slotOwner, this.#topology.migrations, this.#migrating.isHolding ? this.#migrating : null);
+    if (fragments.length === 1 && !fragments[0]!.viaMigratingRouter) {
       // All keys on one shard: no merge needed, forward the request as it came.
       this.#send(fragments[0]!.shard, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
       return;
@@ -497,7 +502,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     const gather = new Gather(client.awaitReply(spec), spec.merge!, fragments.length, keyFragment);
     for (let f = 0; f < fragments.length; f++) {
       const piece = fragments[f]!;
-      if (piece.migration !== null) this.#migrating.send(piece.keys, piece.migration, piece.request, gather.piece(f), client.id, spec.isWrite);
+      if (piece.viaMigratingRouter) this.#migrating.send(piece.keys, piece.migration, piece.request, gather.piece(f), client.id, spec.isWrite);
       else this.#send(piece.shard, piece.request, gather.piece(f), client.id, spec.isWrite, spec.isReadonly);
     }
   }

@@ -109,6 +109,8 @@ class KeyMove implements ReplySink {
   phase: MovePhase = 'move';
   /** The node its last script moved or copied the keys to. */
   sentTo: NodeAddress | null = null;
+  /** In the router's queues of its keys: until handed over or failed. */
+  isHeld = false;
 
   constructor(router: MigratingRouter, arrival: number, keys: readonly Buffer[], slot: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean) {
     this.router = router;
@@ -254,13 +256,15 @@ function encodeArgs(args: readonly string[]): EncodedArgs {
  * under way), keys the script answered BIG or MOVING for, and moves that failed (retried with
  * backoff). Moves also wait for a place at their target (MoveTarget: a stalled target must not
  * hold its sources for long).
- * A command on a key that has a parked command waits behind it, so one client's commands on a
- * key keep their order. Parked commands go again when a snapshot arrives or their retry time
- * comes, and fail with TRYAGAIN only after keyMoveWaitMs.
+ * Parked commands go again when a snapshot arrives or their retry time comes, and fail with
+ * TRYAGAIN only after keyMoveWaitMs.
  *
- * A client's commands to one slot keep their order otherwise too: every script queues on the
- * source's first connection, and each command leaves for the target when its script answers,
- * in order.
+ * Commands on a key leave in the order they came: a command whose key has an earlier command
+ * parked or waiting parks behind it, and none is handed to a shard before every earlier one
+ * held on its keys (#queues). Scripts of commands on one key may be in flight together (they
+ * queue on the source's first connection and answer in order). A slot can stop migrating while
+ * commands on it are held: the dispatcher then sends later commands on that slot here too
+ * (holdsSlot), so they go to the new owner behind the held ones, not past them.
  *
  * With minReplicaAcks, a key leaves the source only once the target's replicas have it (see
  * confirmCopy): otherwise the target's primary failing right after the move would take the
@@ -285,6 +289,15 @@ export class MigratingRouter {
   #arrivals = 0;
   /** A replicated no-op, then WAIT: confirms a copy on the target (confirmCopy). */
   readonly #confirmRequest: readonly Buffer[];
+  /**
+   * Per key, the commands on it held here (not handed to a shard yet, whatever they wait for),
+   * in arrival order. A command is handed over only when it is the first on each of its keys,
+   * so a later command on a key never overtakes an earlier one: not when an earlier one's
+   * script answers after its own, and not when their slot stops migrating while they wait.
+   */
+  readonly #queues = new Map<string, KeyMove[]>();
+  /** Slot -> commands held on it: the dispatcher sends later commands on those slots here too (holdsSlot). */
+  readonly #heldSlots = new Map<number, number>();
 
   constructor(shards: ShardConnections, options: MigratingRouterOptions) {
     this.#shards = shards;
@@ -304,21 +317,85 @@ export class MigratingRouter {
   }
 
   /**
-   * A command (or a split command's piece) whose keys are all in one migrating slot.
-   * Keyless (a malformed command whose keys could not be found) goes straight to the target.
+   * A command (or a split command's piece) whose keys are all in one slot: a migrating one
+   * (`migration`), or one this router still holds commands on (`holdsSlot`; migration null),
+   * which it then hands to the slot's owner after them. Keyless (a malformed command whose keys
+   * could not be found) goes straight to the target.
    */
-  send(keys: readonly Buffer[], migration: SlotMigration, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean): void {
-    if (keys.length === 0) {
+  send(keys: readonly Buffer[], migration: SlotMigration | null, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean): void {
+    if (keys.length === 0 && migration !== null) {
       this.#shards.sendToPrimary(migration.to, request, sink, clientId, isWrite);
       return;
     }
     const first = keys[0]!;
-    this.#route(new KeyMove(this, this.#arrivals++, keys, keySlot(first, 0, first.length), request, sink, clientId, isWrite));
+    const move = new KeyMove(this, this.#arrivals++, keys, keySlot(first, 0, first.length), request, sink, clientId, isWrite);
+    this.#hold(move);
+    this.#route(move);
   }
 
-  /** A new snapshot: parked commands whose keys are no longer locked go again. */
+  /** Whether commands on `slot` are held here: a later one on the slot must come here too, to go after them. */
+  holdsSlot(slot: number): boolean {
+    return this.#heldSlots.has(slot);
+  }
+
+  /** Whether any command is held here (a cheap check before holdsSlot). */
+  get isHolding(): boolean {
+    return this.#heldSlots.size > 0;
+  }
+
+  /** A new snapshot: parked commands whose keys are no longer locked go again, and waiting ones whose slot settled. */
   onTopology(): void {
-    if (this.#parked.length > 0) this.#release(true);
+    if (this.#parked.length > 0 || this.#waitingKeys.size > 0) this.#release(true);
+  }
+
+  #hold(move: KeyMove): void {
+    move.isHeld = true;
+    for (const name of move.names) {
+      const queue = this.#queues.get(name);
+      if (queue === undefined) this.#queues.set(name, [move]);
+      else queue.push(move);
+    }
+    this.#heldSlots.set(move.slot, (this.#heldSlots.get(move.slot) ?? 0) + 1);
+  }
+
+  /** Whether no earlier command held here has one of the move's keys. */
+  #isFirst(move: KeyMove): boolean {
+    for (const name of move.names) {
+      // No queue: the router was closed while the move's script was in flight.
+      const first = this.#queues.get(name)?.[0];
+      if (first !== undefined && first !== move) return false;
+    }
+    return true;
+  }
+
+  /** The move leaves (handed over, or failed): commands parked behind it on its keys may go now, not at their retry time. */
+  #unhold(move: KeyMove): void {
+    // Not held: the router was closed meanwhile.
+    if (!move.isHeld) return;
+    move.isHeld = false;
+    let isAnyBehind = false;
+    for (const name of move.names) {
+      const queue = this.#queues.get(name)!;
+      queue.splice(queue.indexOf(move), 1);
+      if (queue.length === 0) this.#queues.delete(name);
+      else isAnyBehind = true;
+    }
+    const n = this.#heldSlots.get(move.slot)!;
+    if (n === 1) this.#heldSlots.delete(move.slot);
+    else this.#heldSlots.set(move.slot, n - 1);
+    if (isAnyBehind && this.#parked.length > 0) this.#releaseAt(0);
+  }
+
+  /** Hands the command to a shard's primary: reads too, since a replica of the target may not have the key yet. */
+  #handOver(move: KeyMove, shard: number): void {
+    this.#unhold(move);
+    this.#shards.sendToPrimary(shard, move.request, move.sink, move.clientId, move.isWrite);
+  }
+
+  /** Answers the command with TRYAGAIN: its keys could not move within keyMoveWaitMs. */
+  #expire(move: KeyMove): void {
+    this.#unhold(move);
+    move.sink.onFailure(encodeError(`TRYAGAIN slotproxy could not move the key to its new shard in time${move.lastError === '' ? '' : `: ${move.lastError}`}`));
   }
 
   /** Fails every parked command. */
@@ -331,6 +408,9 @@ export class MigratingRouter {
       target.waiting = [];
     }
     this.#waitingKeys.clear();
+    for (const queue of this.#queues.values()) for (const move of queue) move.isHeld = false;
+    this.#queues.clear();
+    this.#heldSlots.clear();
     this.#stopTimer();
     for (const move of parked) move.sink.onFailure(SHUTTING_DOWN);
   }
@@ -446,17 +526,15 @@ export class MigratingRouter {
 
   /** The keys are on the target now (the script answered +OK or +NOKEY, or a confirmed copy's source was deleted). */
   afterMove(move: KeyMove): void {
-    if (this.#parked.length > 0 && this.#holdsParkedKey(move)) {
-      // An earlier command on one of these keys is waiting: keep their order.
+    if (!this.#isFirst(move)) {
+      // An earlier command on one of these keys has not gone yet (parked, waiting for a place
+      // at the target, or its move answered after this one's): it goes first, and releases this one.
       this.park(move, 0, RETRY_DELAY_MS);
       return;
     }
     const topology = this.#shards.topology;
     const migration = topology.migrations.get(move.slot);
-    // Reads go to the primary too: a replica of the target may not have the key yet.
-    this.#shards.sendToPrimary(migration === undefined ? topology.slotOwner[move.slot]! : migration.to, move.request, move.sink, move.clientId, move.isWrite);
-    // Commands parked behind this one on its keys may go now, not at their retry time.
-    if (this.#parked.length > 0 && hasAnyKey(move, this.#parkedKeys)) this.#releaseAt(0);
+    this.#handOver(move, migration === undefined ? topology.slotOwner[move.slot]! : migration.to);
   }
 
   /**
@@ -466,7 +544,7 @@ export class MigratingRouter {
    */
   park(move: KeyMove, delayMs: number, lookAfterMs = delayMs): void {
     if (Date.now() >= move.deadline) {
-      move.sink.onFailure(encodeError(`TRYAGAIN slotproxy could not move the key to its new shard in time${move.lastError === '' ? '' : `: ${move.lastError}`}`));
+      this.#expire(move);
       return;
     }
     move.retryAt = Date.now() + delayMs;
@@ -494,8 +572,10 @@ export class MigratingRouter {
     const topology = this.#shards.topology;
     const migration = topology.migrations.get(move.slot);
     if (migration === undefined) {
-      // The slot finished migrating while the command waited.
-      this.#shards.sendToPrimary(topology.slotOwner[move.slot]!, move.request, move.sink, move.clientId, move.isWrite);
+      // The slot finished migrating while the command waited (or it came behind commands
+      // held on its slot): to the owner, after the earlier commands on its keys.
+      if (this.#isFirst(move)) this.#handOver(move, topology.slotOwner[move.slot]!);
+      else this.park(move, 0, RETRY_DELAY_MS);
       return;
     }
     if (isLocked(migration, move)) {
@@ -588,8 +668,10 @@ export class MigratingRouter {
 
   /**
    * Sends the waiting moves whose target has places again, in arrival order; those whose slot
-   * settled or whose target is no longer where their slot goes are routed afresh. Returns the
-   * earliest time a held target opens (Infinity when none waits on a hold).
+   * settled or whose target is no longer where their slot goes are routed afresh, and expired
+   * ones fail, from anywhere in the queue (not only from its head: one still waiting for a
+   * place must not hold them). Returns the earliest time a held target opens (Infinity when
+   * none waits on a hold).
    */
   #drainTargets(now: number, expired: KeyMove[]): number {
     let nextAt = Infinity;
@@ -597,12 +679,15 @@ export class MigratingRouter {
     for (const target of this.#targets.values()) {
       if (target.waiting.length === 0) continue;
       const rerouted: KeyMove[] = [];
-      while (target.waiting.length > 0) {
-        const move = target.waiting[0]!;
+      const queue = target.waiting;
+      target.waiting = [];
+      for (const move of queue) {
         const migration = topology.migrations.get(move.slot);
         const isStillHere = migration !== undefined && sameNode(this.#shards.primaryAddress(migration.to), target.address);
-        if (now < move.deadline && isStillHere && !target.canSend(now)) break;
-        target.waiting.shift();
+        if (now < move.deadline && isStillHere && (target.waiting.length > 0 || !target.canSend(now))) {
+          target.waiting.push(move);
+          continue;
+        }
         for (const name of move.names) {
           const n = this.#waitingKeys.get(name)! - 1;
           if (n === 0) this.#waitingKeys.delete(name);
@@ -661,9 +746,7 @@ export class MigratingRouter {
       for (const move of kept) if (move.retryAt > now && move.retryAt < next) next = move.retryAt;
       this.#wakeAt(next);
     }
-    for (const move of expired) {
-      move.sink.onFailure(encodeError(`TRYAGAIN slotproxy could not move the key to its new shard in time${move.lastError === '' ? '' : `: ${move.lastError}`}`));
-    }
+    for (const move of expired) this.#expire(move);
     for (const move of going) this.#route(move);
   }
 

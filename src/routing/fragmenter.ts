@@ -19,9 +19,19 @@ export class Fragment {
     readonly shard: number,
     /** Set when the fragment's keys are in a migrating slot: they move to `migration.to` first. */
     readonly migration: SlotMigration | null,
-    /** The fragment's keys, kept only for a migrating fragment (empty and frozen otherwise). */
+    /**
+     * The fragment is one slot's keys for the migrating router: a migrating slot's, or a slot
+     * the router holds earlier commands on (`HeldSlots`).
+     */
+    readonly viaMigratingRouter: boolean,
+    /** The fragment's keys, kept only for the migrating router (empty and frozen otherwise). */
     readonly keys: Buffer[],
   ) {}
+}
+
+/** Slots with commands still held by the migrating router (their slot settled while they waited): later ones on them go there too. */
+export interface HeldSlots {
+  holdsSlot(slot: number): boolean;
 }
 
 /** A split command: the fragments, and for each key (in request order) which fragment holds it. */
@@ -70,13 +80,14 @@ export function fragment(
   spec: CommandSpec,
   slotOwner: Uint16Array,
   migrations: ReadonlyMap<number, SlotMigration> = NO_MIGRATIONS,
+  held: HeldSlots | null = null,
 ): Fragmentation {
   const step = spec.keyStep > 0 ? spec.keyStep : 1;
   const keyCount = Math.floor((frame.argc - 1) / step);
   const keyFragment = new Int32Array(keyCount);
   const fragments: Fragment[] = [];
-  /** Migrating slot -> index in fragments: a migrating slot is a piece of its own. */
-  let byMigratingSlot: Map<number, number> | null = null;
+  /** Slot -> index in fragments, for the migrating router's slots: each is a piece of its own. */
+  let byRouterSlot: Map<number, number> | null = null;
   const hasMigrations = migrations.size > 0;
   try {
     for (let k = 0; k < keyCount; k++) {
@@ -84,29 +95,30 @@ export function fragment(
       const slot = argSlot(frame, keyArg);
       const migration = hasMigrations ? (migrations.get(slot) ?? null) : null;
       const shard = migration === null ? slotOwner[slot]! : migration.to;
+      const isRouters = migration !== null || (held !== null && held.holdsSlot(slot));
       let f: number | undefined;
-      if (migration === null) {
+      if (!isRouters) {
         if (shard >= fragmentOfShard.length) growShardTable(shard);
         const known = fragmentOfShard[shard]!;
         if (known > 0) f = known - 1;
       } else {
-        f = (byMigratingSlot ??= new Map()).get(slot);
+        f = (byRouterSlot ??= new Map()).get(slot);
       }
       if (f === undefined) {
         f = fragments.length;
-        fragments.push(new Fragment(shard, migration, migration === null ? NO_KEYS : []));
-        if (migration === null) fragmentOfShard[shard] = f + 1;
-        else byMigratingSlot!.set(slot, f);
+        fragments.push(new Fragment(shard, migration, isRouters, isRouters ? [] : NO_KEYS));
+        if (!isRouters) fragmentOfShard[shard] = f + 1;
+        else byRouterSlot!.set(slot, f);
       }
       const piece = fragments[f]!;
       piece.keyCount++;
       piece.byteLength += frame.argEnd[keyArg + step - 1]! + 2 - bulkStart(frame, keyArg);
       keyFragment[k] = f;
-      if (migration !== null) piece.keys.push(frame.arg(keyArg));
+      if (isRouters) piece.keys.push(frame.arg(keyArg));
     }
   } finally {
     // Only the shards this call touched: the table is clean for the next one, whatever happened.
-    for (const piece of fragments) if (piece.migration === null) fragmentOfShard[piece.shard] = 0;
+    for (const piece of fragments) if (!piece.viaMigratingRouter) fragmentOfShard[piece.shard] = 0;
   }
 
   const nameFrom = frame.argStart[0]! - headerLength(frame.argEnd[0]! - frame.argStart[0]!);
