@@ -115,6 +115,8 @@ export class Resharding {
         minReplicaAcks: config.minReplicaAcks,
         replicaAckTimeoutMs: config.replicaAckTimeoutMs,
         noReplicaWrites: config.noReplicaWrites,
+        // Commands can reach a source on connections other than the key moves' then.
+        onDemandSettle: config.connectionsPerNode > 1 || config.workers > 1,
       },
       config.logLevel,
     );

@@ -13,6 +13,7 @@ import { movesOf, workOutPlan, type PlanJob, type PlannedWork } from './plan-vie
 import { RawConnection } from './raw-connection';
 import { PlanError, type MoveGroup } from './rebalance-planner';
 import {
+  DEFAULT_SETTLE_MS,
   MigrationAbortedError,
   MigrationProgress,
   SlotMover,
@@ -383,6 +384,8 @@ export class SlotMigrator {
         const base = this.#store.current;
         const owner = changes.some((c) => c.done.length > 0) ? Uint16Array.from(base.slotOwner) : base.slotOwner;
         const migrations = new Map(base.migrations);
+        /** Slots this snapshot begins. */
+        const begins: number[] = [];
         for (const change of changes) {
           for (const q of change.done) {
             const migration = migrations.get(q.slot);
@@ -392,14 +395,17 @@ export class SlotMigrator {
           }
           const from = base.indexOfShard(change.source);
           for (const q of change.begun) {
-            if (!migrations.has(q.slot) && owner[q.slot] === from) migrations.set(q.slot, { from, to: base.indexOfShard(q.to) });
+            if (!migrations.has(q.slot) && owner[q.slot] === from) {
+              migrations.set(q.slot, { from, to: base.indexOfShard(q.to) });
+              begins.push(q.slot);
+            }
           }
         }
         const next = new Topology(base.epoch + 1, base.shards, owner, migrations);
         if (changes.some((c) => c.begun.length > 0)) await this.#persist(next);
         // A snapshot published meanwhile (a failover) is not to be lost: apply the changes to it.
         if (this.#store.current === base) {
-          this.#store.publish(next);
+          this.#store.publish(this.#options.onDemandSettle === true && begins.length > 0 ? settling(next, begins, Date.now() + (this.#options.settleMs ?? DEFAULT_SETTLE_MS)) : next);
           break;
         }
       }
@@ -417,7 +423,12 @@ export class SlotMigrator {
     const locked = new Set(migration.lockedKeys ?? []);
     if (isLocked) locked.add(key);
     else locked.delete(key);
-    const next: SlotMigration = locked.size > 0 ? { from: migration.from, to: migration.to, lockedKeys: locked } : { from: migration.from, to: migration.to };
+    const next: SlotMigration = {
+      from: migration.from,
+      to: migration.to,
+      ...(locked.size > 0 ? { lockedKeys: locked } : {}),
+      ...(migration.movesFrom === undefined ? {} : { movesFrom: migration.movesFrom }),
+    };
     const migrations = new Map(base.migrations);
     migrations.set(slot, next);
     this.#store.publish(new Topology(base.epoch + 1, base.shards, base.slotOwner, migrations));
@@ -511,3 +522,9 @@ function shardsKey(topology: Topology): string {
   return topology.shards.map((s) => `${s.name} ${nodeKey(s.primary)} ${s.readReplicas.map(nodeKey).join(',')}`).join('\n');
 }
 
+/** `topology` with the migrations of `slots` moving no key before `movesFrom` (SlotMigration.movesFrom). */
+function settling(topology: Topology, slots: readonly number[], movesFrom: number): Topology {
+  const migrations = new Map(topology.migrations);
+  for (const slot of slots) migrations.set(slot, { ...migrations.get(slot)!, movesFrom });
+  return new Topology(topology.epoch, topology.shards, topology.slotOwner, migrations);
+}

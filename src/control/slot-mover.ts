@@ -59,6 +59,13 @@ export interface SlotMigratorOptions {
   readonly slotsInFlight?: number;
   /** Wait after publishing slots as migrating before a pass may finish them. @default 100 */
   readonly settleMs?: number;
+  /**
+   * Commands routed before a slot began migrating may reach its source on other connections
+   * than the data path's key moves (connectionsPerNode > 1, or workers: N): the data path then
+   * waits `settleMs` too before moving a key of the slot (SlotMigration.movesFrom). With one
+   * connection per node in one process, every key move queues behind those commands anyway.
+   */
+  readonly onDemandSettle?: boolean;
   /** SCAN's COUNT. @default 1000 */
   readonly scanCount?: number;
   /**
@@ -83,10 +90,14 @@ export interface SlotMigratorOptions {
   readonly noReplicaWrites?: 'refuse' | 'accept';
 }
 
+/** Commands routed by a snapshot reach their shard within this long (the settle time). */
+export const DEFAULT_SETTLE_MS = 100;
+
 const DEFAULTS = {
   batchKeys: 50,
   slotsInFlight: 192,
-  settleMs: 100,
+  settleMs: DEFAULT_SETTLE_MS,
+  onDemandSettle: false,
   scanCount: 1000,
   keysPerSecond: 0,
   minReplicaAcks: 0,

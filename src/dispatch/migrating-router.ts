@@ -582,6 +582,14 @@ export class MigratingRouter {
       this.park(move, RETRY_DELAY_MS);
       return;
     }
+    if (migration.movesFrom !== undefined) {
+      // Commands routed to the source before the slot began migrating may still be on their way.
+      const wait = migration.movesFrom - Date.now();
+      if (wait > 0) {
+        this.park(move, wait);
+        return;
+      }
+    }
     if ((this.#parked.length > 0 && this.#holdsParkedKey(move)) || (this.#waitingKeys.size > 0 && this.#holdsWaitingKey(move))) {
       // Behind an earlier command on its keys: released when that one goes (afterMove), or at
       // the next look at the parked commands.

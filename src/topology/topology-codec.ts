@@ -15,6 +15,7 @@ export interface MigrationJson {
   readonly from: number;
   readonly to: number;
   readonly lockedKeys?: readonly string[];
+  readonly movesFrom?: number;
 }
 
 export function topologyToJson(topology: Topology): TopologyJson {
@@ -42,11 +43,20 @@ export function topologyFromJson(json: TopologyJson): Topology {
 }
 
 function migrationToJson(slot: number, m: SlotMigration): MigrationJson {
-  if (m.lockedKeys === undefined || m.lockedKeys.size === 0) return { slot, from: m.from, to: m.to };
-  return { slot, from: m.from, to: m.to, lockedKeys: [...m.lockedKeys].map((key) => Buffer.from(key, 'latin1').toString('base64')) };
+  return {
+    slot,
+    from: m.from,
+    to: m.to,
+    ...(m.lockedKeys === undefined || m.lockedKeys.size === 0 ? {} : { lockedKeys: [...m.lockedKeys].map((key) => Buffer.from(key, 'latin1').toString('base64')) }),
+    ...(m.movesFrom === undefined ? {} : { movesFrom: m.movesFrom }),
+  };
 }
 
 function migrationFromJson(m: MigrationJson): SlotMigration {
-  if (m.lockedKeys === undefined || m.lockedKeys.length === 0) return { from: m.from, to: m.to };
-  return { from: m.from, to: m.to, lockedKeys: new Set(m.lockedKeys.map((key) => Buffer.from(key, 'base64').toString('latin1'))) };
+  return {
+    from: m.from,
+    to: m.to,
+    ...(m.lockedKeys === undefined || m.lockedKeys.length === 0 ? {} : { lockedKeys: new Set(m.lockedKeys.map((key) => Buffer.from(key, 'base64').toString('latin1'))) }),
+    ...(m.movesFrom === undefined ? {} : { movesFrom: m.movesFrom }),
+  };
 }

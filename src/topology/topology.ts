@@ -59,6 +59,15 @@ export interface SlotMigration {
    * lock. Absent when none.
    */
   readonly lockedKeys?: ReadonlySet<string>;
+  /**
+   * No key of the slot moves before this time (ms since the epoch): commands routed to `from`
+   * by the snapshots before this one may still be on their way there, on other connections than
+   * the data path's key moves (with several connections per node, or several workers), and a
+   * key moved before one of them lands would be written on both shards. Commands on the slot
+   * wait until then. Absent when the control plane sees no such risk, or for a migration
+   * resumed at start.
+   */
+  readonly movesFrom?: number;
 }
 
 export const SLOT_COUNT = 16384;
