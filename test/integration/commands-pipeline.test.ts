@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SHARD_COUNT, startDeployment, type Deployment } from '../helpers/deployment';
 import { decodeReplies, rawCommands, type DecodedReply, type ProxyProcess } from '../helpers/proxy-harness';
 import type { SingleRedis } from '../helpers/redis-harness';
+import { seededRandom } from '../helpers/seeded-random';
 
 /**
  * Issue 6's acceptance at scale: a pipeline of 10,000 mixed commands covering every
@@ -25,18 +26,6 @@ type Command = (string | number)[];
 
 const flushEverything = (): Promise<void> => deployment.flushEverything();
 
-/** A small seeded PRNG (mulberry32), so a failure can be replayed with the same pipeline. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const SCRIPT = "redis.call('INCR', KEYS[1]); return {KEYS[1], redis.call('GET', KEYS[1]), ARGV[1]}";
 const SCRIPT_SHA = createHash('sha1').update(SCRIPT).digest('hex');
 const LIBRARY = "#!lua name=pipelib\nredis.register_function('pipe_get', function(keys) return redis.call('GET', keys[1]) end)";
@@ -48,7 +37,7 @@ const LIBRARY = "#!lua name=pipelib\nredis.register_function('pipe_get', functio
  * HELLO, CLUSTER, refused commands and cross-slot multi-key commands.
  */
 function mixedPipeline(total: number, seed: number): { commands: Command[]; kinds: Set<string> } {
-  const next = random(seed);
+  const next = seededRandom(seed);
   const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)]!;
   const key = (type: string): string => `pl:${type}:${Math.floor(next() * 300)}`;
   const tag = (): string => `{pl${Math.floor(next() * 100)}}`;

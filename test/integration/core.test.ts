@@ -25,6 +25,7 @@ import {
   type ProxyProcess,
 } from '../helpers/proxy-harness';
 import type { Shards, SingleRedis } from '../helpers/redis-harness';
+import { seededRandom } from '../helpers/seeded-random';
 
 /**
  * Issue 3's core acceptance, end to end: `dist/cli.js start` over 3 shards (1 replica each) of
@@ -696,23 +697,11 @@ function protocolErrorCases(): { readonly name: string; readonly bytes: string |
 // ---------------------------------------------------------------------------------------------
 // The mixed pipeline
 
-/** mulberry32: a small seeded generator, so the 10,000 commands are the same on every run. */
-function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const EXPIRE_SECONDS = 1000;
 
 /** Deterministic commands over 6 key families (25 keys each, spread over all shards). */
 function mixedCommands(count: number, seed: number): string[][] {
-  const random = seeded(seed);
+  const random = seededRandom(seed);
   const int = (n: number): number => Math.floor(random() * n);
   const family = (name: string) => Array.from({ length: 25 }, (_, i) => `pl:${name}:${i}`);
   const pools = {

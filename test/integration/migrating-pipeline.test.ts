@@ -1,17 +1,10 @@
-import * as fs from 'node:fs';
 import { connect } from 'node:net';
-import * as os from 'node:os';
 import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { findFreePort } from '../../src/cli/local-redis';
-import { newIdentity, startDataPath, type RunningProxy } from '../../src/cli/start';
-import { loadConfig } from '../../src/config/load-config';
-import { topologyFromConfig } from '../../src/control/topology-builder';
 import { encodeCommand } from '../../src/resp/resp-writer';
 import { calculateSlot } from '../../src/routing/key-slot';
 import { Topology } from '../../src/topology/topology';
-import { TopologyStore } from '../../src/topology/topology-store';
-import { startShards, type Shards } from '../helpers/redis-harness';
+import { startInProcessDataPath, type InProcessDataPath } from '../helpers/in-process-data-path';
 
 /**
  * Many commands on one key of a migrating slot at once (one client's pipeline): the first
@@ -20,38 +13,24 @@ import { startShards, type Shards } from '../helpers/redis-harness';
  * until keyMoveWaitMs, then all failed with TRYAGAIN.
  */
 
-let shards: Shards;
-let dir: string;
-let proxy: RunningProxy;
+let deployment: InProcessDataPath;
 /** The shard index the key's slot migrates from. */
 let from = 0;
 const KEY = 'pipelined:counter';
 
 beforeAll(async () => {
-  shards = await startShards(2);
-  dir = fs.mkdtempSync(`${os.tmpdir()}/slotproxy-migrating-pipeline-`);
-  const port = await findFreePort();
-  const yaml = [
-    `listen: 127.0.0.1:${port}`,
-    'keyMoveWaitMs: 5000',
-    'shards:',
-    ...shards.primaries.flatMap((p, i) => [`  - name: s${i + 1}`, `    primary: ${p.host}:${p.port}`]),
-  ].join('\n');
-  const config = loadConfig(yaml, 'pipeline.yaml', dir);
-  const base = topologyFromConfig(config);
   const slot = calculateSlot(KEY);
-  from = base.slotOwner[slot]!;
-  const store = new TopologyStore(new Topology(base.epoch, base.shards, base.slotOwner, new Map([[slot, { from, to: 1 - from }]])));
-  const source = new Redis({ host: '127.0.0.1', port: shards.primaries[from]!.port });
+  deployment = await startInProcessDataPath(['keyMoveWaitMs: 5000'], (base) => {
+    from = base.slotOwner[slot]!;
+    return new Topology(base.epoch, base.shards, base.slotOwner, new Map([[slot, { from, to: 1 - from }]]));
+  });
+  const source = new Redis({ host: '127.0.0.1', port: deployment.shards.primaries[from]!.port });
   await source.set(KEY, '0');
   source.disconnect();
-  proxy = await startDataPath(config, store, newIdentity());
 });
 
 afterAll(async () => {
-  await proxy?.close();
-  await shards.stopAll();
-  fs.rmSync(dir, { recursive: true, force: true });
+  await deployment?.close();
 });
 
 /** Sends `commands` in one write and resolves with the replies' text once `count` lines came. */
@@ -80,10 +59,10 @@ function pipeline(port: number, commands: readonly string[][], lines: number): P
 describe('a pipeline on one key of a migrating slot', () => {
   it('gets 50 INCRs answered 1..50 in order, promptly, and the key ends on the target only', async () => {
     const startedAt = Date.now();
-    const replies = await pipeline(proxy.port, Array.from({ length: 50 }, () => ['INCR', KEY]), 50);
+    const replies = await pipeline(deployment.proxy.port, Array.from({ length: 50 }, () => ['INCR', KEY]), 50);
     expect(replies).toEqual(Array.from({ length: 50 }, (_, i) => `:${i + 1}`));
     expect(Date.now() - startedAt).toBeLessThan(1_000);
-    const [source, target] = [shards.primaries[from]!, shards.primaries[1 - from]!].map((node) => new Redis({ host: node.host, port: node.port }));
+    const [source, target] = [deployment.shards.primaries[from]!, deployment.shards.primaries[1 - from]!].map((node) => new Redis({ host: node.host, port: node.port }));
     try {
       expect(await source!.exists(KEY)).toBe(0);
       expect(await target!.get(KEY)).toBe('50');

@@ -1,15 +1,8 @@
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { findFreePort } from '../../src/cli/local-redis';
-import { newIdentity, startDataPath, type RunningProxy } from '../../src/cli/start';
-import { loadConfig } from '../../src/config/load-config';
-import { topologyFromConfig } from '../../src/control/topology-builder';
 import { calculateSlot } from '../../src/routing/key-slot';
 import { Topology } from '../../src/topology/topology';
-import { TopologyStore } from '../../src/topology/topology-store';
-import { startShards, type Shards } from '../helpers/redis-harness';
+import { startInProcessDataPath, type InProcessDataPath } from '../helpers/in-process-data-path';
 
 /**
  * A slot that has just begun migrating, with several connections per node: a command routed to
@@ -23,41 +16,24 @@ const SETTLE_MS = 400;
 const KEY = 'settling:counter';
 const OTHER = 'settling:elsewhere';
 
-let shards: Shards;
-let dir: string;
-let proxy: RunningProxy;
-let store: TopologyStore;
-let base: Topology;
+let deployment: InProcessDataPath;
 let from = 0;
 
 beforeAll(async () => {
-  shards = await startShards(2);
-  dir = fs.mkdtempSync(`${os.tmpdir()}/slotproxy-migrating-settle-`);
-  const port = await findFreePort();
-  const yaml = [
-    `listen: 127.0.0.1:${port}`,
-    'connectionsPerNode: 2',
-    'shards:',
-    ...shards.primaries.flatMap((p, i) => [`  - name: s${i + 1}`, `    primary: ${p.host}:${p.port}`]),
-  ].join('\n');
-  const config = loadConfig(yaml, 'settle.yaml', dir);
-  base = topologyFromConfig(config);
-  from = base.slotOwner[calculateSlot(KEY)]!;
-  store = new TopologyStore(base);
-  const source = new Redis({ host: '127.0.0.1', port: shards.primaries[from]!.port });
+  deployment = await startInProcessDataPath(['connectionsPerNode: 2']);
+  from = deployment.base.slotOwner[calculateSlot(KEY)]!;
+  const source = new Redis({ host: '127.0.0.1', port: deployment.shards.primaries[from]!.port });
   await source.set(KEY, '10');
   source.disconnect();
-  proxy = await startDataPath(config, store, newIdentity());
 });
 
 afterAll(async () => {
-  await proxy?.close();
-  await shards.stopAll();
-  fs.rmSync(dir, { recursive: true, force: true });
+  await deployment?.close();
 });
 
 describe('a slot that has just begun migrating, with movesFrom', () => {
   it('moves no key of it before movesFrom, then runs its commands on the target; other slots do not wait', async () => {
+    const { shards, proxy, store, base } = deployment;
     const [source, target] = [shards.primaries[from]!, shards.primaries[1 - from]!].map((node) => new Redis({ host: node.host, port: node.port }));
     const client = new Redis({ host: '127.0.0.1', port: proxy.port });
     // Replies come in order per client: the command on another slot goes on a connection of its own.

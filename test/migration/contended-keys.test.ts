@@ -12,6 +12,7 @@ import {
   type MigrationProxy,
   type ShardSpec,
 } from './migration-harness';
+import { seededRandom } from '../helpers/seeded-random';
 
 /**
  * Contended keys on slots that migrate back and forth: many clients, each with several
@@ -119,18 +120,6 @@ const WEIGHTS: readonly (readonly [Kind, number])[] = [
 ];
 const WEIGHT_TOTAL = WEIGHTS.reduce((sum, [, w]) => sum + w, 0);
 
-/** mulberry32: a seeded generator, so a failing run can be repeated (CONTENDED_SEED). */
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** A hash tag (`t<n>`) for each of `slots`. */
 function tagsFor(slots: readonly number[]): string[] {
   const wanted = new Set(slots);
@@ -181,7 +170,7 @@ class ContendingClient {
     // No retries, no offline queue: a command is sent once, or fails visibly.
     this.redis = new Redis({ host: HOST, port, lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false, retryStrategy: () => null });
     this.redis.on('error', () => undefined);
-    this.#random = generator(seed);
+    this.#random = seededRandom(seed);
     this.#tags = tags;
     this.#hot = hot;
   }
