@@ -177,6 +177,12 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   #backoffMs = MIN_BACKOFF_MS;
   /** While down, sends before this time fail at once instead of reconnecting. */
   #retryAt = 0;
+  /**
+   * SHA1s of the scripts this connection sent SCRIPT LOAD for since it (re)connected: the node
+   * has them (unless flushed behind the proxy's back), so an EVALSHA goes without a SCRIPT LOAD
+   * in front. Emptied on every connect: the node may be another process by then.
+   */
+  readonly #scriptsLoaded = new Set<string>();
   isFlushScheduled = false;
   isFlushDeferred = false;
   readonly flushesFirst = true;
@@ -216,6 +222,21 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     if (!this.#queue(parts, sink)) return;
     for (let i = 0; i < ignored; i++) this.#push(IGNORE_REPLY);
     this.#push(sink);
+  }
+
+  /** Whether this connection loaded the script `sha` on its node (SCRIPT LOAD) since it connected. */
+  hasScript(sha: string): boolean {
+    return this.#scriptsLoaded.has(sha);
+  }
+
+  /** A SCRIPT LOAD of `sha` was queued on this connection. */
+  addScript(sha: string): void {
+    this.#scriptsLoaded.add(sha);
+  }
+
+  /** SCRIPT FLUSH went through the proxy: no script is known to be loaded any more. */
+  forgetScripts(): void {
+    this.#scriptsLoaded.clear();
   }
 
   /** A write goes without the confirmation minReplicaAcks asks for (noReplicaWrites: accept): counted. */
@@ -332,6 +353,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   #connect(): void {
     const { address, connectTimeoutMs, password } = this.#options;
     this.#setState('connecting');
+    this.#scriptsLoaded.clear();
     const socket = connect({
       host: address.host,
       port: address.port,

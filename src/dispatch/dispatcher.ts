@@ -11,7 +11,7 @@ import { includesSection, InfoSink, requestedSections } from './info-command';
 import type { ProxyFacts } from '../reply/info-merge';
 import { SessionCommands } from './session-commands';
 import type { ShardAccess } from './shard-access';
-import { decodeScanCursor, EveryNodeSink, FirstNonEmptySink, KillScriptSink, NoScriptSink, ScanSink, type ShardSender } from './special-sinks';
+import { decodeScanCursor, EveryNodeSink, FirstNonEmptySink, KillScriptSink, NoScriptSink, ScanSink, type KnownScript, type ShardSender } from './special-sinks';
 import { Gather } from '../reply/gather';
 import { slowlogLimit } from '../reply/reducers';
 import type { RequestFrame } from '../resp/request-parser';
@@ -140,7 +140,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       this.#shards = pools.update(next);
       if (this.#parked.length > 0) {
         for (const r of this.#parked.release((shard) => !this.#shards[shard]!.info.isFailingOver)) {
-          this.#send(r.shard, r.request, r.sink, r.clientId, r.isWrite, r.isReadonly);
+          if (r.script === undefined) this.#send(r.shard, r.request, r.sink, r.clientId, r.isWrite, r.isReadonly);
+          else this.#sendScript(r.shard, r.request, r.sink, r.clientId, r.isWrite, r.isReadonly, r.script);
         }
       }
       this.#migrating.onTopology();
@@ -326,23 +327,47 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       client.reply(CROSSSLOT, spec);
       return;
     }
+    const body = isSha ? this.#scripts.get(frame.argString(1).toLowerCase()) : undefined;
+    const script = body === undefined ? null : { sha: frame.argString(1).toLowerCase(), body };
     if (slot !== NO_KEYS && this.#viaMigratingRouter(slot)) {
-      this.#migrating.send(commandKeys(frame, spec), this.#topology.migrations.get(slot) ?? null, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite);
+      this.#migrating.send(commandKeys(frame, spec), this.#topology.migrations.get(slot) ?? null, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, script);
       return;
     }
     const shard = slot === NO_KEYS ? this.#anyShard() : this.#topology.slotOwner[slot]!;
-    const body = isSha ? this.#scripts.get(frame.argString(1).toLowerCase()) : undefined;
-    const request = frame.bytes();
-    if (body === undefined || this.#shards[shard]!.info.isFailingOver) {
-      this.#send(shard, request, client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
+    if (script === null) this.#send(shard, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly);
+    else this.#sendScript(shard, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, spec.isReadonly, script);
+  }
+
+  /**
+   * An EVALSHA of a script the proxy knows, as #send sends any command. A connection that has
+   * not loaded the script on its node since it connected sends SCRIPT LOAD just in front of it,
+   * in the client's order: a NOSCRIPT healed after the fact (still done, for a script flushed
+   * behind the proxy's back) would run the script after the commands the client pipelined
+   * behind it. Parked during a failover as a script: the promoted replica has no script cache
+   * (Redis does not replicate it), and a bare EVALSHA would answer NOSCRIPT there.
+   */
+  #sendScript(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean, script: KnownScript): void {
+    if (this.#shards[shard]!.info.isFailingOver) {
+      const deadline = Date.now() + this.#options.failoverWaitMs;
+      this.#parked.park({ shard, request, sink, clientId, isWrite, isReadonly, deadline, script });
       return;
     }
-    const sink = client.awaitReply(spec);
     // EVALSHA_RO reads where any readonly command would (readFrom); SCRIPT LOAD runs on replicas too.
-    const node = this.#nodeFor(shard, client.id, spec.isReadonly, sink);
+    const node = this.#nodeFor(shard, clientId, isReadonly, sink);
     if (node === null) return;
-    const writesTo = spec.isWrite ? this.#shards[shard]!.info : null;
-    new NoScriptSink(sink, node.connection(client.id), body, request, this.writeDurability, writesTo).send();
+    const info = this.#shards[shard]!.info;
+    const writesTo = isWrite ? info : null;
+    if (writesTo !== null) {
+      const refusal = this.writeDurability.refusal(writesTo);
+      if (refusal !== null) {
+        sink.onFailure(refusal);
+        return;
+      }
+    }
+    const connection = node.connection(clientId);
+    const load = connection.hasScript(script.sha) ? null : encodeCommand(['SCRIPT', 'LOAD', script.body]);
+    new NoScriptSink(sink, connection, script.body, Buffer.isBuffer(request) ? request : Buffer.concat(request), this.writeDurability, writesTo).send(load);
+    if (load !== null) connection.addScript(script.sha);
   }
 
   /** Keeps a script body by its sha1 (what EVALSHA names it by). */
@@ -459,7 +484,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
    * this one must not overtake.
    */
   #viaMigratingRouter(slot: number): boolean {
-    return this.#topology.migrations.has(slot) || (this.#migrating.isHolding && this.#migrating.holdsSlot(slot));
+    return this.#topology.migrations.has(slot) || this.isHeldByRouter(slot);
   }
 
   /** Every key in one slot: the original bytes go to the owner's primary untouched. */
@@ -527,7 +552,10 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     const bytes = frame.bytes();
     if (spec.name === 'script|load' && frame.argc === 3) this.rememberScript(frame.arg(2));
     // After SCRIPT FLUSH, EVALSHA must answer NOSCRIPT as Redis does: forget the bodies too.
-    if (spec.name === 'script|flush') this.#scripts.clear();
+    if (spec.name === 'script|flush') {
+      this.#scripts.clear();
+      for (const pool of this.#pools.nodes.values()) for (const connection of pool.connections) connection.forgetScripts();
+    }
     this.#stats.commands.recordFanOut(count);
     const limit = spec.merge === 'newest-first' ? slowlogLimit(frame.argc > 2 ? frame.argString(2) : null) : Number.POSITIVE_INFINITY;
     const gather = new Gather(client.awaitReply(spec), spec.merge!, count, null, limit);
@@ -589,6 +617,10 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     return this.#anyShard();
   }
 
+  isHeldByRouter(slot: number): boolean {
+    return this.#migrating.isHolding && this.#migrating.holdsSlot(slot);
+  }
+
   #failExpired(expired: ParkedRequest[]): void {
     for (const r of expired) {
       const name = this.#shards[r.shard]?.info.name ?? String(r.shard);
@@ -605,8 +637,9 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
   }
 
   /** For the migrating router: the target's primary, reads included (a replica may lag the move). */
-  sendToPrimary(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean): void {
-    this.#send(shard, request, sink, clientId, isWrite, false);
+  sendToPrimary(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, script: KnownScript | null = null): void {
+    if (script === null) this.#send(shard, request, sink, clientId, isWrite, false);
+    else this.#sendScript(shard, request, sink, clientId, isWrite, false, script);
   }
 
   /**

@@ -4,6 +4,7 @@ import { CRLF, encodeArrayHeader, encodeBulk, encodeCommand, encodeError } from 
 import { keySlot } from '../routing/key-slot';
 import { confirmsMoves, COPIED_KEYS_DELETE_SCRIPT, KEY_MOVE_SCRIPT, keyMoveArgs, REPLICATED_NOOP } from '../topology/key-move-script';
 import { nodeKey, sameNode, writeConfirmation, type NodeAddress, type SlotMigration, type Topology } from '../topology/topology';
+import type { KnownScript } from './special-sinks';
 
 /** What the router needs of the dispatcher. */
 export interface ShardConnections {
@@ -12,8 +13,11 @@ export interface ShardConnections {
   /** The client's connection to a shard's primary (where the key-move script runs). */
   primaryConnection(shard: number, clientId: number): BackendConnection;
   primaryAddress(shard: number): NodeAddress;
-  /** Sends a command to a shard's primary the normal way (failover waits, replica acks). */
-  sendToPrimary(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean): void;
+  /**
+   * Sends a command to a shard's primary the normal way (failover waits, replica acks); an
+   * EVALSHA of a script the proxy knows with the script, so the shard gets it loaded first.
+   */
+  sendToPrimary(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, script?: KnownScript | null): void;
 }
 
 export interface MigratingRouterOptions {
@@ -94,6 +98,8 @@ class KeyMove implements ReplySink {
   readonly sink: ReplySink;
   readonly clientId: number;
   readonly isWrite: boolean;
+  /** An EVALSHA's script, when the proxy knows it: the target may not have it loaded. */
+  readonly script: KnownScript | null;
   /** Fails with TRYAGAIN when still parked at this time (ms since the epoch). */
   readonly deadline: number;
   /** Failed attempts so far (errors, not BIG answers). */
@@ -112,7 +118,17 @@ class KeyMove implements ReplySink {
   /** In the router's queues of its keys: until handed over or failed. */
   isHeld = false;
 
-  constructor(router: MigratingRouter, arrival: number, keys: readonly Buffer[], slot: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean) {
+  constructor(
+    router: MigratingRouter,
+    arrival: number,
+    keys: readonly Buffer[],
+    slot: number,
+    request: Buffer | readonly Buffer[],
+    sink: ReplySink,
+    clientId: number,
+    isWrite: boolean,
+    script: KnownScript | null,
+  ) {
     this.router = router;
     this.arrival = arrival;
     this.keys = keys;
@@ -121,6 +137,7 @@ class KeyMove implements ReplySink {
     this.sink = sink;
     this.clientId = clientId;
     this.isWrite = isWrite;
+    this.script = script;
     this.deadline = Date.now() + router.keyMoveWaitMs;
   }
 
@@ -320,15 +337,23 @@ export class MigratingRouter {
    * A command (or a split command's piece) whose keys are all in one slot: a migrating one
    * (`migration`), or one this router still holds commands on (`holdsSlot`; migration null),
    * which it then hands to the slot's owner after them. Keyless (a malformed command whose keys
-   * could not be found) goes straight to the target.
+   * could not be found) goes straight to the target. `script`: an EVALSHA's, when the proxy knows it.
    */
-  send(keys: readonly Buffer[], migration: SlotMigration | null, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean): void {
+  send(
+    keys: readonly Buffer[],
+    migration: SlotMigration | null,
+    request: Buffer | readonly Buffer[],
+    sink: ReplySink,
+    clientId: number,
+    isWrite: boolean,
+    script: KnownScript | null = null,
+  ): void {
     if (keys.length === 0 && migration !== null) {
-      this.#shards.sendToPrimary(migration.to, request, sink, clientId, isWrite);
+      this.#shards.sendToPrimary(migration.to, request, sink, clientId, isWrite, script);
       return;
     }
     const first = keys[0]!;
-    const move = new KeyMove(this, this.#arrivals++, keys, keySlot(first, 0, first.length), request, sink, clientId, isWrite);
+    const move = new KeyMove(this, this.#arrivals++, keys, keySlot(first, 0, first.length), request, sink, clientId, isWrite, script);
     this.#hold(move);
     this.#route(move);
   }
@@ -389,7 +414,7 @@ export class MigratingRouter {
   /** Hands the command to a shard's primary: reads too, since a replica of the target may not have the key yet. */
   #handOver(move: KeyMove, shard: number): void {
     this.#unhold(move);
-    this.#shards.sendToPrimary(shard, move.request, move.sink, move.clientId, move.isWrite);
+    this.#shards.sendToPrimary(shard, move.request, move.sink, move.clientId, move.isWrite, move.script);
   }
 
   /** Answers the command with TRYAGAIN: its keys could not move within keyMoveWaitMs. */

@@ -1,5 +1,6 @@
 import type { ReplySink } from '../backend/reply-sink';
 import { encodeError } from '../resp/resp-writer';
+import type { KnownScript } from './special-sinks';
 
 /** A request held while its shard fails over. */
 export interface ParkedRequest {
@@ -13,6 +14,8 @@ export interface ParkedRequest {
   readonly isReadonly: boolean;
   /** Milliseconds since the epoch after which it fails instead of waiting longer. */
   readonly deadline: number;
+  /** An EVALSHA whose script the proxy knows: sent again as one, so NOSCRIPT is healed (or avoided) on the new primary. */
+  readonly script?: KnownScript;
 }
 
 /**

@@ -454,23 +454,52 @@ export class SessionCommands {
       // been written on the target (those the source never had), and the transaction would run
       // on a shard that no longer owns them. Redis answers null for a modified key; so does this.
       // A failover since WATCH is the same: writes the old primary acknowledged may be gone.
-      if (!this.#isWatchedHome(watch)) {
-        // The old primary may be frozen: its connection is closed, not asked to UNWATCH.
-        if (this.#isOnPrimaryOf(watch.connection, watch.shardName)) watch.connection.send(UNWATCH_REQUEST, IGNORE_REPLY);
-        else watch.connection.close();
-        reply.onReply(NULL_ARRAY);
-        return;
-      }
-      this.#sendTransaction(this.#shards.topology.slotOwner[watch.slot]!, watch.connection, transaction, reply, true);
+      const sendWatched = (): void => {
+        if (!this.#isWatchedHome(watch)) {
+          // The old primary may be frozen: its connection is closed, not asked to UNWATCH.
+          if (this.#isOnPrimaryOf(watch.connection, watch.shardName)) watch.connection.send(UNWATCH_REQUEST, IGNORE_REPLY);
+          else watch.connection.close();
+          reply.onReply(NULL_ARRAY);
+          return;
+        }
+        this.#sendTransaction(this.#shards.topology.slotOwner[watch.slot]!, watch.connection, transaction, reply, true);
+      };
+      this.#afterOwnHeld(watch.slot, client, reply, sendWatched);
       return;
     }
     const slot = transaction.slot;
-    if (!this.#isSettled(slot)) client.holdUntilReplied();
-    this.#whenSettled(slot, reply, () => {
-      const shards = this.#shards;
-      const shard = slot === NO_KEYS ? shards.anyShard() : shards.topology.slotOwner[slot]!;
-      this.#sendTransaction(shard, shards.primaryConnection(shard, client.id), transaction, reply, false);
-    });
+    const send = (): void =>
+      this.#whenSettled(slot, reply, () => {
+        const shards = this.#shards;
+        const shard = slot === NO_KEYS ? shards.anyShard() : shards.topology.slotOwner[slot]!;
+        this.#sendTransaction(shard, shards.primaryConnection(shard, client.id), transaction, reply, false);
+      });
+    if (this.#isSettled(slot) && !this.#isHeldByRouter(slot)) {
+      send();
+      return;
+    }
+    // The client's earlier commands on the slot may be held by the migrating router (now, or
+    // when the slot settles): the transaction goes once they have run, not past them.
+    client.holdUntilReplied();
+    client.sendWhenFirst(reply, send);
+  }
+
+  /** The migrating router holds commands on `slot` (its slot settled while they waited). */
+  #isHeldByRouter(slot: number): boolean {
+    return slot !== NO_KEYS && this.#shards.isHeldByRouter(slot);
+  }
+
+  /**
+   * Runs `send` now, unless the router holds commands on `slot`: then once the client's earlier
+   * replies are in (its own held commands have run), reading held until then.
+   */
+  #afterOwnHeld(slot: number, client: ClientContext, reply: ReplySlot, send: () => void): void {
+    if (!this.#isHeldByRouter(slot)) {
+      send();
+      return;
+    }
+    client.holdUntilReplied();
+    client.sendWhenFirst(reply, send);
   }
 
   /**
@@ -561,13 +590,15 @@ export class SessionCommands {
       pins.watch = { slot, shardName: pins.watch?.shardName ?? topology.shards[shard]!.name, connection };
       connection.send(request, reply);
     };
-    if (this.#isSettled(slot)) {
+    if (this.#isSettled(slot) && !this.#isHeldByRouter(slot)) {
       send();
       return;
     }
-    // The MULTI that follows must find the watch in place: read nothing more until it is.
+    // The MULTI that follows must find the watch in place: read nothing more until it is. The
+    // client's earlier commands on the slot (held by the migrating router now, or when the slot
+    // settles) run before the WATCH is taken, as on one Redis.
     client.holdUntilReplied();
-    this.#whenSettled(slot, reply, send);
+    client.sendWhenFirst(reply, () => this.#whenSettled(slot, reply, send));
   }
 
   #unwatch(pins: ClientPins, sink: ReplySink | null): void {

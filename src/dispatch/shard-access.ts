@@ -23,4 +23,9 @@ export interface ShardAccess {
   sendSingle(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void;
   /** A shard for a keyless command, rotating. */
   anyShard(): number;
+  /**
+   * Whether the migrating router holds commands on `slot` (its slot settled while they waited):
+   * a command sent past the router (EXEC, WATCH) must not overtake the client's own held ones.
+   */
+  isHeldByRouter(slot: number): boolean;
 }

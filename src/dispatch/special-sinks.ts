@@ -98,6 +98,12 @@ export class FirstNonEmptySink implements ReplySink {
 /** SCRIPT LOAD's reply before the EVALSHA's, swallowed; the EVALSHA's is the write's own. */
 const LOADED_THEN_RUN: DurableReplies = { ignored: 1, isNullUnwritten: false };
 
+/** A script the proxy has seen (EVAL or SCRIPT LOAD), by the sha1 EVALSHA names it by. */
+export interface KnownScript {
+  readonly sha: string;
+  readonly body: Buffer;
+}
+
 /**
  * EVALSHA of a script the proxy has seen (EVAL or SCRIPT LOAD) answered NOSCRIPT by a shard
  * that never ran it: load it there and run the EVALSHA again, so the client never sees it.
@@ -122,9 +128,14 @@ export class NoScriptSink implements ReplySink {
     this.#writesTo = writesTo;
   }
 
-  /** Sends the EVALSHA. */
-  send(): void {
-    this.#send(this.#request, SINGLE_WRITE);
+  /**
+   * Sends the EVALSHA; with `load` (a SCRIPT LOAD of its body) in front of it, in the same place
+   * on the connection, when the connection has not loaded the script on its node yet: a NOSCRIPT
+   * healed after the fact would run the script after commands the client sent behind it.
+   */
+  send(load: Buffer | null = null): void {
+    if (load === null) this.#send(this.#request, SINGLE_WRITE);
+    else this.#send([load, this.#request], LOADED_THEN_RUN);
   }
 
   onReply(frame: Buffer): void {
