@@ -440,7 +440,9 @@ export class Failover {
     } catch (err) {
       this.#sentReplicaOf.delete(key);
       this.#graceUntil.delete(key);
-      this.#log.error(`${event} failed`, { ...fields, error: (err as Error).message, action: 'retry on the next probe' });
+      // Usually a node just back (SIGCONT, restart) whose control connection is still coming
+      // up: the next probe, a few milliseconds on, sends it again.
+      this.#log.warn(`${event} failed`, { ...fields, error: (err as Error).message, action: 'retry on the next probe' });
       return;
     }
     if (event === 'node demoted') demotionsTotal.inc({ shard: shard.name });
