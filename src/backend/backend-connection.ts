@@ -49,6 +49,11 @@ export interface PushSink {
 }
 
 const MIN_BACKOFF_MS = 100;
+/**
+ * A connection whose oldest expired request (commandTimeoutMs) has waited this long is given up
+ * on and closed: the node is gone, not paused. Until then it is kept (see #expireOverdue).
+ */
+const GIVE_UP_AFTER_MS = 30_000;
 const MAX_BACKOFF_MS = 5000;
 /**
  * A turn's requests to one node below this many bytes (a dozen GETs) wait one more turn before
@@ -167,6 +172,11 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   readonly #queuedAt = new NumberFifo(64);
   readonly #stats: NodeStats;
   #timeoutTimer: NodeJS.Timeout | null = null;
+  /**
+   * In-flight requests at the head of #inFlight already answered with the commandTimeoutMs
+   * error: IGNORE_REPLY placeholders whose late replies are swallowed, in step.
+   */
+  #expired = 0;
   /** Durable writes queued this turn, confirmed by one WAIT appended at flush. */
   #durableWrites: DurableWrite[] = [];
   #socket: Socket | null = null;
@@ -271,7 +281,8 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
    * cannot be reached. The caller then pushes the sinks that await its replies.
    */
   #queue(request: Buffer | readonly Buffer[], sink: ReplySink): boolean {
-    if (!this.#isUsable()) {
+    // While the node owes replies past commandTimeoutMs, nothing new queues behind them.
+    if (this.#expired > 0 || !this.#isUsable()) {
       sink.onFailure(this.#unavailableReply());
       return false;
     }
@@ -312,6 +323,8 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
       this.destroy('reply with no request waiting for it');
       return;
     }
+    // The expired placeholders are the head of the queue: this reply is one of them.
+    if (this.#expired > 0) this.#expired--;
     const stats = this.#stats;
     stats.inFlight--;
     stats.latency.observe(turnTime() - this.#queuedAt.shift());
@@ -391,6 +404,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
       this.#scanner.reset();
       this.#out.clear();
       this.#durableWrites = [];
+      this.#expired = 0;
       if (this.#state !== 'closed') {
         this.#setState('down');
         this.#retryAt = Date.now() + this.#backoffMs;
@@ -402,8 +416,10 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
         }
         this.#backoffMs = Math.min(this.#backoffMs * 2, MAX_BACKOFF_MS);
       }
-      this.#failAll(this.#lastError || 'connection lost');
-      this.#options.pushSink?.onPushClosed(this.#lastError || 'connection lost');
+      // A node that closed the connection cleanly gave no error: later requests name it too.
+      if (this.#lastError === '') this.#lastError = 'connection lost';
+      this.#failAll(this.#lastError);
+      this.#options.pushSink?.onPushClosed(this.#lastError);
     });
     if (password !== null) {
       this.#out.push(encodeCommand(['AUTH', password]));
@@ -422,14 +438,40 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   /** Checks the oldest request a few times per timeout; one timer per connection, not per request. */
   #startTimeoutTimer(): NodeJS.Timeout {
     const limit = this.#options.commandTimeoutMs;
-    const timer = setInterval(() => {
-      const oldest = this.#queuedAt.peek();
-      if (this.#inFlight.length > 0 && (tick() - oldest) * 1000 > limit) {
-        this.destroy(`no reply within ${limit} ms (commandTimeoutMs)`);
-      }
-    }, Math.max(10, Math.floor(limit / 4)));
+    const timer = setInterval(() => this.#expireOverdue(limit), Math.max(10, Math.floor(limit / 4)));
     timer.unref();
     return timer;
+  }
+
+  /**
+   * Answers the requests waiting longer than `limit` with the timeout error, without closing
+   * the connection. Their bytes may be with the node already (a paused process, a stalled
+   * link), which then runs them once it goes on. On a new connection, a later request of the
+   * same client could run before them, since Redis orders requests per connection only: an
+   * acknowledged write overwritten by an earlier one the client was told had failed. So the
+   * connection stays; their late replies are swallowed in turn, and new requests fail at once
+   * until the node has answered them. A node silent for GIVE_UP_AFTER_MS is closed after all.
+   */
+  #expireOverdue(limit: number): void {
+    if (this.#inFlight.length === 0) return;
+    const now = tick();
+    if (this.#expired > 0 && (now - this.#queuedAt.peek()) * 1000 > Math.max(GIVE_UP_AFTER_MS, limit)) {
+      this.destroy(`no reply within ${Math.max(GIVE_UP_AFTER_MS, limit)} ms`);
+      return;
+    }
+    if (this.#expired >= this.#inFlight.length || (now - this.#queuedAt.at(this.#expired)) * 1000 <= limit) return;
+    const reason = `no reply within ${limit} ms (commandTimeoutMs)`;
+    this.#lastError = reason;
+    const overdue: ReplySink[] = [];
+    while (this.#expired < this.#inFlight.length && (now - this.#queuedAt.at(this.#expired)) * 1000 > limit) {
+      overdue.push(this.#inFlight.at(this.#expired)!);
+      this.#inFlight.set(this.#expired, IGNORE_REPLY);
+      this.#expired++;
+    }
+    this.#stats.failures += overdue.length;
+    // Placeholders first, callbacks after: a callback may send on this connection or close it.
+    const error = encodeError(`ERR shard ${this.#options.shardName} unavailable: ${reason}`);
+    for (const sink of overdue) sink.onFailure(error);
   }
 
   #failAll(reason: string): void {

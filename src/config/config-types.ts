@@ -56,7 +56,11 @@ export interface ProxyConfig {
   readonly connectionsPerNode: number;
   /** Backend connect timeout; a shard not reachable within it answers an error. @default 1000 */
   readonly connectTimeoutMs: number;
-  /** A backend reply that takes longer fails the command and the connection. 0 = none. @default 0 */
+  /**
+   * A backend reply that takes longer fails the command, and new commands to that node until it
+   * has answered the failed ones (the connection is kept, so the node runs a client's commands
+   * in the order sent, a failed one included). 0 = none. @default 0
+   */
   readonly commandTimeoutMs: number;
   /** Commands for a shard in failover wait this long for the new primary. @default 5000 */
   readonly failoverWaitMs: number;

@@ -31,6 +31,17 @@ export class Fifo<T> {
     return this.#length === 0 ? undefined : this.#items[this.#head];
   }
 
+  /** The item `index` places behind the head (0 = the head); undefined past the end. */
+  at(index: number): T | undefined {
+    return index < this.#length ? this.#items[(this.#head + index) % this.#items.length] : undefined;
+  }
+
+  /** Replaces the item `index` places behind the head. */
+  set(index: number, item: T): void {
+    if (index >= this.#length) throw new RangeError(`no item ${index} in a queue of ${this.#length}`);
+    this.#items[(this.#head + index) % this.#items.length] = item;
+  }
+
   #grow(): void {
     const size = this.#items.length;
     const next = new Array<T | undefined>(size * 2);
@@ -77,6 +88,11 @@ export class NumberFifo {
   /** The oldest value; NaN when empty. */
   peek(): number {
     return this.#length === 0 ? NaN : this.#items[this.#head]!;
+  }
+
+  /** The value `index` places behind the oldest; NaN past the end. */
+  at(index: number): number {
+    return index < this.#length ? this.#items[(this.#head + index) % this.#items.length]! : NaN;
   }
 
   clear(): void {

@@ -59,6 +59,21 @@ describe('Fifo', () => {
     expect(drainAll(fifo)).toEqual([2, 3, 4, 5]);
   });
 
+  it('reads and replaces items behind the head by index, wrapped', () => {
+    const fifo = new Fifo<string>(4);
+    for (const item of ['a', 'b', 'c']) fifo.push(item);
+    fifo.shift();
+    fifo.shift();
+    // head is at 2: 'c', then 'd' and 'e' wrapped to positions 3 and 0.
+    fifo.push('d');
+    fifo.push('e');
+    expect([fifo.at(0), fifo.at(1), fifo.at(2), fifo.at(3)]).toEqual(['c', 'd', 'e', undefined]);
+    fifo.set(2, 'E');
+    fifo.set(0, 'C');
+    expect(() => fifo.set(3, 'x')).toThrow(RangeError);
+    expect(drainAll(fifo)).toEqual(['C', 'd', 'E']);
+  });
+
   it('grows while wrapped, keeping the order', () => {
     const fifo = new Fifo<number>(4);
     for (let i = 0; i < 4; i++) fifo.push(i);
@@ -118,6 +133,17 @@ describe('NumberFifo', () => {
     const out: number[] = [];
     while (fifo.length > 0) out.push(fifo.shift());
     expect(out).toEqual(Array.from({ length: 500 }, (_, i) => i + 0.5));
+  });
+
+  it('reads values behind the oldest by index, wrapped', () => {
+    const fifo = new NumberFifo(4);
+    for (let i = 0; i < 3; i++) fifo.push(i);
+    fifo.shift();
+    fifo.shift();
+    fifo.push(3);
+    fifo.push(4);
+    expect([fifo.at(0), fifo.at(1), fifo.at(2)]).toEqual([2, 3, 4]);
+    expect(fifo.at(3)).toBeNaN();
   });
 
   it('works with a capacity of 0', () => {
