@@ -54,17 +54,24 @@ function homeOf(topology: Topology, slot: number): string {
 
 /** What owes confirmations: a client's command, or the session's own (re)subscription. */
 interface ConfirmationWaiter {
+  /** A client's command, whose confirmation the client hears. */
+  readonly isSeen: boolean;
   shardDone(): void;
+  /** A message a shard sent before its confirmation: the client gets it before the confirmation. */
+  hold(frame: Buffer): void;
 }
 
 /** The session's own subscribe and unsubscribe commands, as subscriptions follow the topology: the client hears nothing of them. */
-const UNSEEN: ConfirmationWaiter = { shardDone: () => undefined };
+const UNSEEN: ConfirmationWaiter = { isSeen: false, shardDone: () => undefined, hold: () => undefined };
 
 /** A (un)subscribe command whose reply waits for every shard it went to. */
 class PendingConfirmation implements ConfirmationWaiter {
+  readonly isSeen = true;
   readonly #slot: ReplySink;
   readonly #reply: Buffer;
   #shardsLeft: number;
+  /** Messages the shards sent before confirming: one Redis would have written them before the confirmation. */
+  #held: Buffer[] = [];
 
   constructor(slot: ReplySink, reply: Buffer, shards: number) {
     this.#slot = slot;
@@ -73,7 +80,12 @@ class PendingConfirmation implements ConfirmationWaiter {
   }
 
   shardDone(): void {
-    if (--this.#shardsLeft === 0) this.#slot.onReply(this.#reply);
+    if (--this.#shardsLeft === 0) this.#slot.onReply(this.#held.length === 0 ? this.#reply : Buffer.concat([...this.#held, this.#reply]));
+  }
+
+  hold(frame: Buffer): void {
+    // Copied: the frame is a view of the backend connection's read chunk.
+    this.#held.push(Buffer.from(frame));
   }
 }
 
@@ -292,7 +304,14 @@ export class PubSubSession {
     if (this.#isClosed) return;
     const type = pushType(frame);
     if (type === 'message' || type === 'pmessage' || type === 'smessage') {
-      this.#client.push(frame);
+      // The shard sent it before the confirmations it still owes: written after a pending
+      // confirmation (the client's reply slot, allocated when the command came), it would reach
+      // the client after an UNSUBSCRIBE's confirmation, for a channel it has left (a client back
+      // in plain mode takes it for the reply to its next command). It goes out just before the
+      // first confirmation of the client's that this shard still owes, as one Redis orders them.
+      const owed = this.#expectations.get(shard)?.find((expectation) => expectation.pending.isSeen);
+      if (owed !== undefined) owed.pending.hold(frame);
+      else this.#client.push(frame);
       return;
     }
     // A confirmation: one per name, in the order the commands were sent to this shard.
@@ -307,10 +326,13 @@ export class PubSubSession {
 
   onPushClosed(): void {
     if (this.#isClosed) return;
-    // Subscriptions on that shard are gone: end the client, as its own Redis dying would, so it
-    // reconnects and subscribes again.
+    // Subscriptions on that shard are gone: end a subscribed client, as its own Redis dying
+    // would, so it reconnects and subscribes again. A client that has left Pub/Sub mode (every
+    // subscription ended) is a plain client: it keeps its connection, and a later SUBSCRIBE
+    // opens a new session (SessionCommands drops this one in onClosed).
+    const isSubscribed = this.isSubscribed;
     this.close();
-    this.#client.destroy();
+    if (isSubscribed) this.#client.destroy();
   }
 
   close(): void {
@@ -318,6 +340,11 @@ export class PubSubSession {
     this.#isClosed = true;
     for (const { connection } of this.#connections.values()) connection.close();
     this.#connections.clear();
+    // Confirmations still owed are answered as prepared (with the messages held for them): after
+    // a RESET that came behind a (UN)SUBSCRIBE the client waits for them, and for every reply
+    // after them, as one Redis answers the SUBSCRIBE, then +RESET.
+    for (const queue of this.#expectations.values()) for (const expectation of queue) expectation.pending.shardDone();
+    this.#expectations.clear();
     for (const slot of this.#bySlot.keys()) this.#shards.unwatch(this, slot);
     this.#bySlot.clear();
     this.#shards.onClosed(this);

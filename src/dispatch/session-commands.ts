@@ -396,7 +396,12 @@ export class SessionCommands {
           return shards.topology;
         },
         openPushConnection: (shard, sink) => shards.dedicatedConnection(shard, sink),
-        onClosed: (session) => sessions.delete(session),
+        onClosed: (session) => {
+          sessions.delete(session);
+          // Closed by itself (its shard lost while the client had left Pub/Sub mode): the client
+          // stays, and its next SUBSCRIBE opens a new session.
+          if (pins.pubsub === session) pins.pubsub = null;
+        },
         watch: (session, slot) => sessions.watch(session, slot),
         unwatch: (session, slot) => sessions.unwatch(session, slot),
       });
