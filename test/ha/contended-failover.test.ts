@@ -1,8 +1,9 @@
 import Redis from 'ioredis';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { LocalRedis } from '../../src/cli/local-redis';
 import { readStateFile } from '../../src/control/state-file';
 import { startShards, type Shards } from '../helpers/redis-harness';
+import { lockMigrationTests } from '../migration/migration-harness';
 import { connect, FAILOVER_WAIT_MS, logEvents, NODE_TIMEOUT_MS, roleOf, shardOfKey, sleep, startHaProxy, waitFor, type HaProxy } from './ha-harness';
 
 /**
@@ -729,6 +730,14 @@ async function contendedFailover(replicas: 1 | 2): Promise<void> {
 }
 
 describe('failover under contended, pipelined load (minReplicaAcks: 1, 3 shards)', () => {
+  // Saturates both cores for its whole run: not beside the tests that measure latency (they take
+  // the same lock).
+  let unlock: (() => void) | null = null;
+  beforeAll(async () => {
+    unlock = await lockMigrationTests();
+  }, 250_000);
+  afterAll(() => unlock?.());
+
   it('x 2 replicas: kill -9 + restart, SIGSTOP/SIGCONT, second kill -9 + restart: no acknowledged write lost or doubled, order kept, only documented errors', async () => {
     await contendedFailover(2);
   }, 60_000);

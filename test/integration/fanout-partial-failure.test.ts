@@ -7,6 +7,7 @@ import { connect, ownerOf, SHARD_NAMES } from '../helpers/deployment';
 import { encodeCommand, rawExchange, repliesComplete, startProxyProcess, type ProxyProcess } from '../helpers/proxy-harness';
 import { startShards, startSingleRedis, type Shards, type SingleRedis } from '../helpers/redis-harness';
 import { seededRandom } from '../helpers/seeded-random';
+import { lockMigrationTests } from '../migration/migration-harness';
 
 /**
  * Fan-out (MGET, MSET, DEL, UNLINK, EXISTS, TOUCH, DBSIZE, KEYS, SCAN, SCRIPT LOAD) and deep
@@ -491,6 +492,13 @@ function rssKb(pid: number): number {
 // ---------------------------------------------------------------------------------------------
 
 describe('fan-out and pipelines under partial failure and client misbehaviour', () => {
+  // Saturates both cores for its whole run: not beside the tests that measure latency (they take
+  // the same lock).
+  let unlock: (() => void) | null = null;
+  beforeAll(async () => {
+    unlock = await lockMigrationTests();
+  }, 250_000);
+  afterAll(() => unlock?.());
   let shards: Shards | undefined;
   let single: SingleRedis | undefined;
   let proxy: ProxyProcess | undefined;

@@ -9,9 +9,9 @@ import {
   sleep,
   slotOf,
   useMigrationDeployment,
-  type MigrationProxy,
   type ShardSpec,
 } from './migration-harness';
+import { around, firstDecrease, listOf, runReshard, tagsFor } from './contended-load';
 import { seededRandom } from '../helpers/seeded-random';
 
 /**
@@ -119,17 +119,6 @@ const WEIGHTS: readonly (readonly [Kind, number])[] = [
   ['set-own', 3],
 ];
 const WEIGHT_TOTAL = WEIGHTS.reduce((sum, [, w]) => sum + w, 0);
-
-/** A hash tag (`t<n>`) for each of `slots`. */
-function tagsFor(slots: readonly number[]): string[] {
-  const wanted = new Set(slots);
-  const found = new Map<number, string>();
-  for (let n = 0; found.size < wanted.size; n++) {
-    const slot = slotOf(`{t${n}}`);
-    if (wanted.has(slot) && !found.has(slot)) found.set(slot, `t${n}`);
-  }
-  return slots.map((slot) => found.get(slot)!);
-}
 
 const key = {
   counter: (tag: string, i: number) => `{${tag}}:c${i}`,
@@ -368,44 +357,8 @@ class ContendingClient {
   }
 }
 
-/** Runs one reshard plan and waits for it; returns the highest slotsMigrating seen and the plan's progress. */
-async function runPlan(proxy: MigrationProxy, from: string, to: string): Promise<{ maxMigrating: number; keysMoved: number; state: string; error: string | null }> {
-  const submitted = await proxy.submit({ op: 'reshard', from, to, slots: MOVING_SLOT_COUNT });
-  expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
-  let maxMigrating = 0;
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const status = await proxy.status();
-    maxMigrating = Math.max(maxMigrating, status.slotsMigrating);
-    if (status.state !== 'running') return { maxMigrating, keysMoved: status.progress?.keysMoved ?? -1, state: status.state, error: status.error };
-    if (Date.now() > deadline) throw new Error(`plan ${from} -> ${to} did not finish in 30 s: ${JSON.stringify(status)}`);
-    await sleep(25);
-  }
-}
-
 function strictlyIncreasing(values: readonly number[]): boolean {
   return firstDecrease(values) < 0;
-}
-
-/** The index of the first value not above the one before it; -1 when they all grow. */
-function firstDecrease(values: readonly number[]): number {
-  for (let i = 1; i < values.length; i++) if (!(values[i]! > values[i - 1]!)) return i;
-  return -1;
-}
-
-/** Where `values` first stop growing, with a few neighbours: `... 609 610 [607] 623 ...`. */
-function around(values: readonly number[]): string {
-  const at = firstDecrease(values);
-  const from = Math.max(0, at - 3);
-  const shown = values.slice(from, at + 3).map((v, i) => (from + i === at ? `[${v}]` : String(v)));
-  return `${from > 0 ? '... ' : ''}${shown.join(' ')}${at + 3 < values.length ? ' ...' : ''} (${values.filter((v, i) => i > 0 && !(v > values[i - 1]!)).length} decreases in ${values.length})`;
-}
-
-/** `map[k]` as a list, made when absent. */
-function listOf<K, V>(map: Map<K, V[]>, k: K): V[] {
-  let list = map.get(k);
-  if (list === undefined) map.set(k, (list = []));
-  return list;
 }
 
 /** What a key holds, read the same way from the proxy and from a shard. */
@@ -492,7 +445,7 @@ describe('contended keys on slots migrating back and forth', () => {
       const plans: string[] = [];
       for (const { from, to } of PLANS) {
         const planStart = Date.now();
-        const result = await runPlan(proxy, from, to);
+        const result = await runReshard(proxy, from, to, MOVING_SLOT_COUNT);
         plans.push(`${from}->${to}: ${result.state} in ${Date.now() - planStart} ms, up to ${result.maxMigrating} slots migrating, ${result.keysMoved} keys moved by the mover`);
         expect(result.state, `${from} -> ${to}: ${result.error}`).toBe('done');
         // Commands really met the migrating path.

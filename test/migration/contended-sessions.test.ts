@@ -12,9 +12,9 @@ import {
   sleep,
   slotOf,
   useMigrationDeployment,
-  type MigrationProxy,
   type ShardSpec,
 } from './migration-harness';
+import { around, firstDecrease, listOf, runReshard, tagsFor } from './contended-load';
 
 /**
  * Transactions, WATCH, scripts and blocking commands on contended keys of slots that migrate back
@@ -152,17 +152,6 @@ const MIXED_WEIGHTS: readonly (readonly [UnitKind, number])[] = [
   ['incr-o', 1],
 ];
 const MIXED_WEIGHT_TOTAL = MIXED_WEIGHTS.reduce((sum, [, w]) => sum + w, 0);
-
-/** A hash tag (`t<n>`) for each of `slots`. */
-function tagsFor(slots: readonly number[]): string[] {
-  const wanted = new Set(slots);
-  const found = new Map<number, string>();
-  for (let n = 0; found.size < wanted.size; n++) {
-    const slot = slotOf(`{t${n}}`);
-    if (wanted.has(slot) && !found.has(slot)) found.set(slot, `t${n}`);
-  }
-  return slots.map((slot) => found.get(slot)!);
-}
 
 function newClient(port: number): Redis {
   // No retries, no offline queue: a command is sent once, or fails visibly.
@@ -556,40 +545,6 @@ class BusyClient {
   }
 }
 
-/** Runs one reshard plan and waits for it; returns the highest slotsMigrating seen. */
-async function runPlan(proxy: MigrationProxy, from: string, to: string): Promise<{ maxMigrating: number; keysMoved: number; state: string; error: string | null }> {
-  const submitted = await proxy.submit({ op: 'reshard', from, to, slots: MOVING_SLOT_COUNT });
-  expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
-  let maxMigrating = 0;
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const status = await proxy.status();
-    maxMigrating = Math.max(maxMigrating, status.slotsMigrating);
-    if (status.state !== 'running') return { maxMigrating, keysMoved: status.progress?.keysMoved ?? -1, state: status.state, error: status.error };
-    if (Date.now() > deadline) throw new Error(`plan ${from} -> ${to} did not finish in 30 s: ${JSON.stringify(status)}`);
-    await sleep(25);
-  }
-}
-
-function firstDecrease(values: readonly number[]): number {
-  for (let i = 1; i < values.length; i++) if (!(values[i]! > values[i - 1]!)) return i;
-  return -1;
-}
-
-/** Where `values` first stop growing, with a few neighbours: `... 609 610 [607] 623 ...`. */
-function around(values: readonly number[]): string {
-  const at = firstDecrease(values);
-  const from = Math.max(0, at - 3);
-  const shown = values.slice(from, at + 3).map((v, i) => (from + i === at ? `[${v}]` : String(v)));
-  return `${from > 0 ? '... ' : ''}${shown.join(' ')}${at + 3 < values.length ? ' ...' : ''} (${values.filter((v, i) => i > 0 && !(v > values[i - 1]!)).length} decreases in ${values.length})`;
-}
-
-function listOf<K, V>(map: Map<K, V[]>, k: K): V[] {
-  let list = map.get(k);
-  if (list === undefined) map.set(k, (list = []));
-  return list;
-}
-
 /** The seq of a token `<who>:<seq>`, by who. */
 function bySource(tokens: readonly string[]): Map<string, number[]> {
   const out = new Map<string, number[]>();
@@ -710,7 +665,7 @@ describe('transactions, WATCH, scripts and blocking commands on contended keys o
       const plans: string[] = [];
       for (const { from, to } of PLANS) {
         const planStart = Date.now();
-        const result = await runPlan(proxy, from, to);
+        const result = await runReshard(proxy, from, to, MOVING_SLOT_COUNT);
         plans.push(`${from}->${to}: ${result.state} in ${Date.now() - planStart} ms, up to ${result.maxMigrating} slots migrating, ${result.keysMoved} keys moved by the mover`);
         expect(result.state, `${from} -> ${to}: ${result.error}`).toBe('done');
         expect(result.maxMigrating, `${from} -> ${to}`).toBeGreaterThan(0);

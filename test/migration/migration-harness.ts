@@ -613,7 +613,8 @@ const LOCK_DIR = path.join(os.tmpdir(), 'slotproxy-migration-tests.lock');
 
 /**
  * The migration tests measure latency and throughput on a small machine: two of them moving
- * data at once would measure each other. vitest runs test files in parallel, so each takes
+ * data at once would measure each other, and so would the heaviest load tests beside them
+ * (contended failover, fan-out under partial failure). vitest runs test files in parallel, so each takes
  * this lock (a folder made atomically, holding the owner's PID; a dead owner's lock is taken
  * over) for its whole run. Returns the release function.
  */

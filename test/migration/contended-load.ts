@@ -1,0 +1,60 @@
+import { expect } from 'vitest';
+import { sleep, slotOf, type MigrationProxy } from './migration-harness';
+
+/**
+ * What the contended-load tests share (contended-keys, contended-sessions): many clients on the
+ * same keys of slots that move back and forth, whose replies per key must grow in each client's
+ * send order.
+ */
+
+/** A hash tag (`t<n>`) for each of `slots`. */
+export function tagsFor(slots: readonly number[]): string[] {
+  const wanted = new Set(slots);
+  const found = new Map<number, string>();
+  for (let n = 0; found.size < wanted.size; n++) {
+    const slot = slotOf(`{t${n}}`);
+    if (wanted.has(slot) && !found.has(slot)) found.set(slot, `t${n}`);
+  }
+  return slots.map((slot) => found.get(slot)!);
+}
+
+/** Runs one reshard of `slots` slots and waits for it; returns the highest slotsMigrating seen and the plan's progress. */
+export async function runReshard(
+  proxy: MigrationProxy,
+  from: string,
+  to: string,
+  slots: number,
+): Promise<{ maxMigrating: number; keysMoved: number; state: string; error: string | null }> {
+  const submitted = await proxy.submit({ op: 'reshard', from, to, slots });
+  expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+  let maxMigrating = 0;
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const status = await proxy.status();
+    maxMigrating = Math.max(maxMigrating, status.slotsMigrating);
+    if (status.state !== 'running') return { maxMigrating, keysMoved: status.progress?.keysMoved ?? -1, state: status.state, error: status.error };
+    if (Date.now() > deadline) throw new Error(`plan ${from} -> ${to} did not finish in 30 s: ${JSON.stringify(status)}`);
+    await sleep(25);
+  }
+}
+
+/** The index of the first value not above the one before it; -1 when they all grow. */
+export function firstDecrease(values: readonly number[]): number {
+  for (let i = 1; i < values.length; i++) if (!(values[i]! > values[i - 1]!)) return i;
+  return -1;
+}
+
+/** Where `values` first stop growing, with a few neighbours: `... 609 610 [607] 623 ...`. */
+export function around(values: readonly number[]): string {
+  const at = firstDecrease(values);
+  const from = Math.max(0, at - 3);
+  const shown = values.slice(from, at + 3).map((v, i) => (from + i === at ? `[${v}]` : String(v)));
+  return `${from > 0 ? '... ' : ''}${shown.join(' ')}${at + 3 < values.length ? ' ...' : ''} (${values.filter((v, i) => i > 0 && !(v > values[i - 1]!)).length} decreases in ${values.length})`;
+}
+
+/** `map[k]` as a list, made when absent. */
+export function listOf<K, V>(map: Map<K, V[]>, k: K): V[] {
+  let list = map.get(k);
+  if (list === undefined) map.set(k, (list = []));
+  return list;
+}
