@@ -327,8 +327,9 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       client.reply(CROSSSLOT, spec);
       return;
     }
-    const body = isSha ? this.#scripts.get(frame.argString(1).toLowerCase()) : undefined;
-    const script = body === undefined ? null : { sha: frame.argString(1).toLowerCase(), body };
+    const sha = isSha ? frame.argString(1).toLowerCase() : '';
+    const body = isSha ? this.#scripts.get(sha) : undefined;
+    const script = body === undefined ? null : { sha, body };
     if (slot !== NO_KEYS && this.#viaMigratingRouter(slot)) {
       this.#migrating.send(commandKeys(frame, spec), this.#topology.migrations.get(slot) ?? null, frame.bytes(), client.awaitReply(spec), client.id, spec.isWrite, script);
       return;

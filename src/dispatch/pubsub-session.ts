@@ -54,19 +54,14 @@ function homeOf(topology: Topology, slot: number): string {
 
 /** What owes confirmations: a client's command, or the session's own (re)subscription. */
 interface ConfirmationWaiter {
-  /** A client's command, whose confirmation the client hears. */
-  readonly isSeen: boolean;
   shardDone(): void;
-  /** A message a shard sent before its confirmation: the client gets it before the confirmation. */
-  hold(frame: Buffer): void;
 }
 
 /** The session's own subscribe and unsubscribe commands, as subscriptions follow the topology: the client hears nothing of them. */
-const UNSEEN: ConfirmationWaiter = { isSeen: false, shardDone: () => undefined, hold: () => undefined };
+const UNSEEN: ConfirmationWaiter = { shardDone: () => undefined };
 
 /** A (un)subscribe command whose reply waits for every shard it went to. */
 class PendingConfirmation implements ConfirmationWaiter {
-  readonly isSeen = true;
   readonly #slot: ReplySink;
   readonly #reply: Buffer;
   #shardsLeft: number;
@@ -83,6 +78,7 @@ class PendingConfirmation implements ConfirmationWaiter {
     if (--this.#shardsLeft === 0) this.#slot.onReply(this.#held.length === 0 ? this.#reply : Buffer.concat([...this.#held, this.#reply]));
   }
 
+  /** A message a shard sent before its confirmation: the client gets it before the confirmation. */
   hold(frame: Buffer): void {
     // Copied: the frame is a view of the backend connection's read chunk.
     this.#held.push(Buffer.from(frame));
@@ -309,8 +305,8 @@ export class PubSubSession {
       // the client after an UNSUBSCRIBE's confirmation, for a channel it has left (a client back
       // in plain mode takes it for the reply to its next command). It goes out just before the
       // first confirmation of the client's that this shard still owes, as one Redis orders them.
-      const owed = this.#expectations.get(shard)?.find((expectation) => expectation.pending.isSeen);
-      if (owed !== undefined) owed.pending.hold(frame);
+      const owed = this.#firstSeenOwed(shard);
+      if (owed !== null) owed.hold(frame);
       else this.#client.push(frame);
       return;
     }
@@ -322,6 +318,14 @@ export class PubSubSession {
       queue!.shift();
       head.pending.shardDone();
     }
+  }
+
+  /** The first confirmation of the client's (not the session's own) that `shard` still owes; null when none. */
+  #firstSeenOwed(shard: string): PendingConfirmation | null {
+    const queue = this.#expectations.get(shard);
+    if (queue === undefined) return null;
+    for (const { pending } of queue) if (pending instanceof PendingConfirmation) return pending;
+    return null;
   }
 
   onPushClosed(): void {

@@ -469,24 +469,19 @@ export class SessionCommands {
         }
         this.#sendTransaction(this.#shards.topology.slotOwner[watch.slot]!, watch.connection, transaction, reply, true);
       };
-      this.#afterOwnHeld(watch.slot, client, reply, sendWatched);
+      this.#sendAfterOwn(!this.#isHeldByRouter(watch.slot), client, reply, sendWatched);
       return;
     }
     const slot = transaction.slot;
-    const send = (): void =>
+    // The client's earlier commands on the slot may be held by the migrating router (now, or
+    // when the slot settles): the transaction goes once they have run, not past them.
+    this.#sendAfterOwn(this.#isSettled(slot) && !this.#isHeldByRouter(slot), client, reply, () =>
       this.#whenSettled(slot, reply, () => {
         const shards = this.#shards;
         const shard = slot === NO_KEYS ? shards.anyShard() : shards.topology.slotOwner[slot]!;
         this.#sendTransaction(shard, shards.primaryConnection(shard, client.id), transaction, reply, false);
-      });
-    if (this.#isSettled(slot) && !this.#isHeldByRouter(slot)) {
-      send();
-      return;
-    }
-    // The client's earlier commands on the slot may be held by the migrating router (now, or
-    // when the slot settles): the transaction goes once they have run, not past them.
-    client.holdUntilReplied();
-    client.sendWhenFirst(reply, send);
+      }),
+    );
   }
 
   /** The migrating router holds commands on `slot` (its slot settled while they waited). */
@@ -495,11 +490,11 @@ export class SessionCommands {
   }
 
   /**
-   * Runs `send` now, unless the router holds commands on `slot`: then once the client's earlier
-   * replies are in (its own held commands have run), reading held until then.
+   * Runs `send` now when `isNow`; otherwise once the client's earlier replies are in (its own
+   * commands the migrating router holds have run), reading nothing more from it until then.
    */
-  #afterOwnHeld(slot: number, client: ClientContext, reply: ReplySlot, send: () => void): void {
-    if (!this.#isHeldByRouter(slot)) {
+  #sendAfterOwn(isNow: boolean, client: ClientContext, reply: ReplySlot, send: () => void): void {
+    if (isNow) {
       send();
       return;
     }
@@ -595,15 +590,10 @@ export class SessionCommands {
       pins.watch = { slot, shardName: pins.watch?.shardName ?? topology.shards[shard]!.name, connection };
       connection.send(request, reply);
     };
-    if (this.#isSettled(slot) && !this.#isHeldByRouter(slot)) {
-      send();
-      return;
-    }
     // The MULTI that follows must find the watch in place: read nothing more until it is. The
     // client's earlier commands on the slot (held by the migrating router now, or when the slot
     // settles) run before the WATCH is taken, as on one Redis.
-    client.holdUntilReplied();
-    client.sendWhenFirst(reply, () => this.#whenSettled(slot, reply, send));
+    this.#sendAfterOwn(this.#isSettled(slot) && !this.#isHeldByRouter(slot), client, reply, () => this.#whenSettled(slot, reply, send));
   }
 
   #unwatch(pins: ClientPins, sink: ReplySink | null): void {
