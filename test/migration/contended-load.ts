@@ -1,5 +1,6 @@
+import Redis from 'ioredis';
 import { expect } from 'vitest';
-import { sleep, slotOf, type MigrationProxy } from './migration-harness';
+import { ownerFromStateFile, sleep, slotOf, type MigrationProxy, type ShardSpec } from './migration-harness';
 
 /**
  * What the contended-load tests share (contended-keys, contended-sessions): many clients on the
@@ -57,4 +58,34 @@ export function listOf<K, V>(map: Map<K, V[]>, k: K): V[] {
   let list = map.get(k);
   if (list === undefined) map.set(k, (list = []));
   return list;
+}
+
+/**
+ * What `read` finds for the keys of `tags` on the shard that owns each tag's slot, by the state
+ * file (which must show no slot migrating any more); the same read through the proxy (`client`)
+ * must find the same.
+ */
+export async function readOnOwners(
+  client: Redis,
+  proxy: MigrationProxy,
+  specs: readonly ShardSpec[],
+  tags: readonly string[],
+  read: (redis: Redis, tags: readonly string[]) => Promise<Map<string, unknown>>,
+): Promise<Map<string, unknown>> {
+  const { owner, migrations } = ownerFromStateFile(proxy.stateFile);
+  expect(migrations).toBe(0);
+  const viaProxy = await read(client, tags);
+  const direct = new Map<string, unknown>();
+  const shardClients = new Map(specs.map((spec) => [spec.name, new Redis({ host: spec.node.host, port: spec.node.port })]));
+  try {
+    for (const [name, redis] of shardClients) {
+      const mine = tags.filter((tag) => owner[slotOf(`{${tag}}`)] === name);
+      for (const [k, v] of await read(redis, mine)) direct.set(k, v);
+    }
+  } finally {
+    for (const redis of shardClients.values()) redis.disconnect();
+  }
+  const differing = [...viaProxy.keys()].filter((k) => JSON.stringify(viaProxy.get(k)) !== JSON.stringify(direct.get(k)));
+  expect.soft(differing.slice(0, 10).map((k) => `${k}: proxy ${JSON.stringify(viaProxy.get(k))}, shard ${JSON.stringify(direct.get(k))}`), 'keys read differently through the proxy').toEqual([]);
+  return direct;
 }
