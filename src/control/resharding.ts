@@ -432,6 +432,9 @@ export class Resharding {
         if (file !== null) await removeShardFromConfigFile(file, name, this.#rangesByShard());
       }
       if (file !== null) await writeSlotsToConfigFile(file, this.#rangesByShard());
+      // Finishing a slot is published first and saved after; a plan reported done has its end on
+      // disk, so the state file a caller reads next (or a restart) holds no migration of it.
+      await this.#persist(this.#store.current);
       await this.#deletePlan();
       run.state = 'done';
       log.info('resharding plan done', {
