@@ -214,6 +214,7 @@ export class PubSubSession {
     const reply = Buffer.concat(replies);
     if (perShard.size === 0) {
       this.#client.reply(reply, spec);
+      this.#closeIfLeft();
       return;
     }
     // The client hears the confirmation only once every shard involved has confirmed, so a
@@ -316,8 +317,19 @@ export class PubSubSession {
     if (head === undefined) return;
     if (--head.remaining === 0) {
       queue!.shift();
+      if (queue!.length === 0) this.#expectations.delete(shard);
       head.pending.shardDone();
+      this.#closeIfLeft();
     }
+  }
+
+  /**
+   * A client that has left Pub/Sub mode (its last subscription ended and confirmed) gives its
+   * shards' Pub/Sub connections back: otherwise every client that ever subscribed would keep
+   * one idle connection per shard until it disconnects. Its next SUBSCRIBE opens a new session.
+   */
+  #closeIfLeft(): void {
+    if (!this.isSubscribed && this.#expectations.size === 0) this.close();
   }
 
   /** The first confirmation of the client's (not the session's own) that `shard` still owes; null when none. */

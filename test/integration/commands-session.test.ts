@@ -474,6 +474,36 @@ describe('transactions, blocking commands and Pub/Sub through slotproxy (issue 6
       }
     });
 
+    it('a client that leaves Pub/Sub mode gives its connections to the shards back, and can subscribe again', async () => {
+      const channels = onePerShard('leave.');
+      /** Connections each primary has, as its CLIENT LIST counts them (the probe's own included). */
+      const connectionsPerShard = (): Promise<number[]> =>
+        Promise.all(primaries.map(async (p) => ((await p.call('CLIENT', 'LIST')) as string).trim().split('\n').length));
+      // The proxy's shared connections to every shard are open (they are opened on first use).
+      await viaProxy.dbsize();
+      const before = await connectionsPerShard();
+      const pair = await openSubscribers();
+      try {
+        await sendBoth(pair, channels.length + 1, ['SUBSCRIBE', ...channels], ['PSUBSCRIBE', 'leave.*']);
+        expect(await connectionsPerShard()).toEqual(before.map((n) => n + 1));
+        await sendBoth(pair, channels.length + 1 + channels.length + 1 + 1, ['UNSUBSCRIBE'], ['PUNSUBSCRIBE'], ['SET', 'left-pubsub', '1']);
+        // (The order UNSUBSCRIBE with no names lists the channels in is redis-server's dict order, not compared.)
+        expect(pair.proxy.text.endsWith(':0\r\n+OK\r\n')).toBe(true);
+        // Without this, every client that ever subscribed kept one idle connection per shard.
+        expect(await eventually(async () => JSON.stringify(await connectionsPerShard()) === JSON.stringify(before), 2_000), 'connections given back').toBe(true);
+        // Subscribed again: a new session, messages from every shard arrive.
+        const subscribed = pair.proxy.replyCount;
+        pair.proxy.send(['SUBSCRIBE', ...channels]);
+        await pair.proxy.waitForReplies(subscribed + channels.length);
+        for (const channel of channels) expect(await viaProxy.publish(channel, 'again')).toBe(1);
+        await pair.proxy.waitForReplies(subscribed + 2 * channels.length);
+        expect(pair.proxy.text.slice(-200)).toContain('again');
+      } finally {
+        pair.proxy.close();
+        pair.direct.close();
+      }
+    });
+
     it('in subscribed mode only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET run, with redis-server\'s error text', async () => {
       const [channel] = onePerShard('mode.');
       const pair = await openSubscribers();
