@@ -347,7 +347,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
    * behind it. Parked during a failover as a script: the promoted replica has no script cache
    * (Redis does not replicate it), and a bare EVALSHA would answer NOSCRIPT there.
    */
-  #sendScript(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean, script: KnownScript): void {
+  #sendScript(shard: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean, script: KnownScript, isRetry = false): void {
     if (this.#shards[shard]!.info.isFailingOver) {
       const deadline = Date.now() + this.#options.failoverWaitMs;
       this.#parked.park({ shard, request, sink, clientId, isWrite, isReadonly, deadline, script });
@@ -367,6 +367,9 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     }
     const connection = node.connection(clientId);
     const load = connection.hasScript(script.sha) ? null : encodeCommand(['SCRIPT', 'LOAD', script.body]);
+    if (node !== this.#shards[shard]!.primary && !isRetry) {
+      sink = new ReplicaRead(sink, (again) => this.#sendScript(shard, request, again, clientId, false, true, script, true));
+    }
     new NoScriptSink(sink, connection, script.body, Buffer.isBuffer(request) ? request : Buffer.concat(request), this.writeDurability, writesTo).send(load);
     if (load !== null) connection.addScript(script.sha);
   }
@@ -568,7 +571,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
    * shard fails over, sends readonly commands to a replica when readFrom says so, and hands
    * writes to writeDurability (WAIT or refusal, as minReplicaAcks and noReplicaWrites say).
    */
-  #send(shardIndex: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean): void {
+  #send(shardIndex: number, request: Buffer | readonly Buffer[], sink: ReplySink, clientId: number, isWrite: boolean, isReadonly: boolean, isRetry = false): void {
     const shard = this.#shards[shardIndex]!;
     if (shard.info.isFailingOver) {
       const deadline = Date.now() + this.#options.failoverWaitMs;
@@ -579,7 +582,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     if (node === null) return;
     const connection = node.connection(clientId);
     if (isWrite) this.writeDurability.send(connection, shard.info, request, sink);
-    else connection.send(request, sink);
+    else if (node === shard.primary || isRetry) connection.send(request, sink);
+    else connection.send(request, new ReplicaRead(sink, (again) => this.#send(shardIndex, request, again, clientId, false, true, true)));
   }
 
   /**
@@ -683,6 +687,32 @@ const ANY_SHARD_STALL_SECONDS = 0.5;
 
 /** ROLE through the proxy: a primary without replicas, as cluster-aware tooling expects of one node. */
 const ROLE_REPLY = Buffer.from('*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n');
+
+/**
+ * A read sent to a replica. When it gets no reply (the replica was found failed and left the
+ * topology, or its connection dropped), it is sent once more, to wherever readFrom sends reads
+ * now: it changes nothing, so running it twice is harmless, and "failed replicas are skipped"
+ * holds for the reads already on their way too.
+ */
+class ReplicaRead implements ReplySink {
+  readonly #sink: ReplySink;
+  readonly #resend: (sink: ReplySink) => void;
+
+  constructor(sink: ReplySink, resend: (sink: ReplySink) => void) {
+    this.#sink = sink;
+    this.#resend = resend;
+  }
+
+  onReply(frame: Buffer): void {
+    this.#sink.onReply(frame);
+  }
+
+  onFailure(): void {
+    // After the call that failed it returns: a pool closed by a new snapshot fails its reads
+    // while the dispatcher is still taking the snapshot's pools.
+    queueMicrotask(() => this.#resend(this.#sink));
+  }
+}
 
 /** A replica of the shard whose connection is not down, preferring the client's own. */
 function readableReplica(shard: ShardPool, clientId: number): NodePool | null {
