@@ -72,8 +72,15 @@ function listsSlots(shards: YAMLSeq): boolean {
   return items(shards).some((item) => item.has('slots'));
 }
 
-/** Every listed shard's `slots:` from the proxy's ownership, as "a-b" ranges. */
+/**
+ * Every listed shard's `slots:` from the proxy's ownership, as "a-b" ranges. Only when the YAML
+ * lists exactly the proxy's shards: otherwise it holds an operator's edit not taken up yet (a
+ * shard removed while a plan ran), and rewriting the slots of the listed shards alone would
+ * leave the slots of an unlisted one to no shard, a file that no longer loads.
+ */
 function writeSlots(doc: Document, shards: YAMLSeq, slotsByShard: ReadonlyMap<string, readonly (readonly [number, number])[]>): void {
+  const listed = items(shards).map((item) => String(item.get('name')));
+  if (listed.length !== slotsByShard.size || !listed.every((name) => slotsByShard.has(name))) return;
   for (const item of items(shards)) {
     const ranges = slotsByShard.get(String(item.get('name'))) ?? [];
     const node = doc.createNode(ranges.map(([from, to]) => (from === to ? String(from) : `${from}-${to}`)));

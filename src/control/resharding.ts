@@ -86,8 +86,12 @@ export class Resharding {
   readonly #migrator: SlotMigrator;
   #run: Run | null = null;
   #running: Promise<void> | null = null;
+  /** The id of the plan `#running` runs (or is working out). */
+  #runningId = '';
   /** A reload arrived while a plan ran: reconcile the YAML's shards once it is done. */
   #isReloadPending = false;
+  /** Reloads run one after another: each reads the topology the one before it left. */
+  #reloads: Promise<void> = Promise.resolve();
   #admin: AdminServer | null = null;
   #isClosed = false;
   readonly #onSighup = (): void => {
@@ -179,7 +183,7 @@ export class Resharding {
 
   /** Starts the plan; resolves with its view once it has begun. */
   async submit(request: PlanRequest, trigger: PlanTrigger = 'admin'): Promise<PlanView> {
-    if (this.#running !== null) throw new PlanBusyError(`plan ${this.#run?.plan.id} is still running`);
+    if (this.#running !== null) throw new PlanBusyError(`plan ${this.#runningId} is still running`);
     const job = await this.#planFor(request, trigger);
     return this.#launch(job);
   }
@@ -229,7 +233,13 @@ export class Resharding {
   }
 
   /** Re-reads the YAML: shards it adds are rebalanced onto, shards it drops are drained and removed. */
-  async reload(trigger: PlanTrigger): Promise<void> {
+  reload(trigger: PlanTrigger): Promise<void> {
+    const done = this.#reloads.then(() => this.#reloadNow(trigger));
+    this.#reloads = done.catch(() => undefined);
+    return done;
+  }
+
+  async #reloadNow(trigger: PlanTrigger): Promise<void> {
     const file = this.#config.configFile;
     if (file === null || this.#isClosed) return;
     if (this.#running !== null) {
@@ -246,6 +256,8 @@ export class Resharding {
       return;
     }
     const topology = this.#store.current;
+    const notApplied = changesNotApplied(this.#config, config, topology);
+    if (notApplied.length > 0) log.warn('config reload: these changes take effect at the next start only', { file, changed: notApplied });
     const names = new Set(topology.shards.map((s) => s.name));
     const wanted = new Set(config.shards.map((s) => s.name));
     const added = config.shards.filter((s) => !names.has(s.name)).map((s) => ({ name: s.name, primary: s.primary, replicas: s.replicas }));
@@ -257,8 +269,22 @@ export class Resharding {
     log.info('config reloaded: rebalancing', { file, added: added.map((s) => s.name), removed });
     try {
       for (const spec of added) await this.#checkNewShard(spec, topology);
-      this.#startQuietly({ ...this.#newPlan('rebalance', trigger), addShards: added, removeShards: removed });
     } catch (err) {
+      reshardPlansTotal.inc({ trigger, outcome: 'failed' });
+      log.error('config reload: plan refused', { file, error: (err as Error).message });
+      return;
+    }
+    const plan: StoredPlan = { ...this.#newPlan('rebalance', trigger), addShards: added, removeShards: removed };
+    try {
+      await this.#launch({ plan });
+    } catch (err) {
+      if (err instanceof PlanBusyError) {
+        // A plan (an admin's) began while the new shard was being checked: this one follows it.
+        log.info('config reload deferred until the running plan is done', { file, running: this.#runningId });
+        if (this.#running !== null) this.#isReloadPending = true;
+        else void this.reload(trigger);
+        return;
+      }
       reshardPlansTotal.inc({ trigger, outcome: 'failed' });
       log.error('config reload: plan refused', { file, error: (err as Error).message });
     }
@@ -384,7 +410,8 @@ export class Resharding {
    * has begun. The plan counts as running from this call on: one runs at a time.
    */
   #launch(job: PlanJob): Promise<PlanView> {
-    if (this.#running !== null) return Promise.reject(new PlanBusyError(`plan ${this.#run?.plan.id ?? job.plan.id} is still running`));
+    if (this.#running !== null) return Promise.reject(new PlanBusyError(`plan ${this.#runningId} is still running`));
+    this.#runningId = job.plan.id;
     const planned = this.#migrator.plan(job);
     this.#running = planned
       .then(
@@ -427,14 +454,11 @@ export class Resharding {
       // Let the data path run between the synchronous steps of a plan's start.
       await new Promise((resolve) => setImmediate(resolve));
       await this.#migrator.run(run.view.moves, progress);
-      for (const name of plan.removeShards) {
-        await this.#dropShard(name);
-        if (file !== null) await removeShardFromConfigFile(file, name, this.#rangesByShard());
-      }
-      if (file !== null) await writeSlotsToConfigFile(file, this.#rangesByShard());
+      for (const name of plan.removeShards) await this.#dropShard(name);
       // Finishing a slot is published first and saved after; a plan reported done has its end on
       // disk, so the state file a caller reads next (or a restart) holds no migration of it.
       await this.#persist(this.#store.current);
+      if (file !== null) await this.#updateConfigFile(file, plan);
       await this.#deletePlan();
       run.state = 'done';
       log.info('resharding plan done', {
@@ -515,6 +539,22 @@ export class Resharding {
     await this.#stateFile.save(topology);
   }
 
+  /**
+   * Keeps the YAML true after a plan: the shards an admin plan removed leave its list (a plan
+   * the YAML itself asked for leaves the list as the operator wrote it, since they may have put a
+   * shard back meanwhile: the reload that follows takes that up), and `slots:` lists follow the
+   * ownership. The data has moved by now whatever the file holds: a YAML that does not parse at
+   * this moment (an edit half done) is left alone and said so, and the plan is still done.
+   */
+  async #updateConfigFile(file: string, plan: StoredPlan): Promise<void> {
+    try {
+      if (plan.trigger === 'admin') for (const name of plan.removeShards) await removeShardFromConfigFile(file, name, this.#rangesByShard());
+      await writeSlotsToConfigFile(file, this.#rangesByShard());
+    } catch (err) {
+      log.warn('config file not updated after the plan', { id: plan.id, file, error: (err as Error).message });
+    }
+  }
+
   #rangesByShard(): Map<string, [number, number][]> {
     const topology = this.#store.current;
     const ranges = topology.slotRanges();
@@ -579,4 +619,24 @@ function parseShardSpec(name: string, primary: string, replicas: readonly string
     if (err instanceof AddressError) throw new PlanError(err.message);
     throw err;
   }
+}
+
+/**
+ * What a reload reads but does not apply: settings (a reload adds and removes shards, nothing
+ * else), and the addresses of shards both lists name (the topology follows failovers, not the
+ * YAML's addresses). Said in the log, so an edit is not taken for applied.
+ */
+function changesNotApplied(running: ProxyConfig, next: ProxyConfig, topology: Topology): string[] {
+  const changed: string[] = [];
+  for (const key of Object.keys(next) as (keyof ProxyConfig)[]) {
+    if (key === 'shards' || key === 'configFile') continue;
+    if (JSON.stringify(next[key]) !== JSON.stringify(running[key])) changed.push(key);
+  }
+  for (const shard of next.shards) {
+    const current = topology.shardNamed(shard.name);
+    if (current === undefined) continue;
+    const members = new Set([current.primary, ...current.replicas].map(addressKey));
+    if (![shard.primary, ...shard.replicas].every((node) => members.has(addressKey(node)))) changed.push(`shards.${shard.name} addresses`);
+  }
+  return changed;
 }
