@@ -52,6 +52,7 @@ const host: MoverHost = {
   change: (source, done, begun) => call({ method: 'change', source, done, begun }),
   setLock: (slot, key, isLocked) => call({ method: 'setLock', slot, key, isLocked }),
   setBigKeys: (entries) => call({ method: 'setBigKeys', entries }),
+  setNotifyFlags: (node, flags) => call({ method: 'setNotifyFlags', node, flags }),
   onError: (kind) => tell({ type: 'error', kind } satisfies FromMover),
 };
 

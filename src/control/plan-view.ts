@@ -54,6 +54,11 @@ export interface StoredPlan {
   readonly reshard: { readonly from: string; readonly to: string; readonly slots: readonly (readonly [number, number])[] } | null;
   /** Chunked copies under way: their temporary keys are removed before resuming. */
   readonly bigKeys: readonly BigKeyEntry[];
+  /**
+   * notify-keyspace-events of each node ("host:port") the plan's key indexes changed, as it was
+   * before: put back when the plan ends, also after a crash (absent in plan files of older builds).
+   */
+  readonly notifyFlags?: Readonly<Record<string, string>>;
 }
 
 /** A plan as shown before it runs and while it runs. */

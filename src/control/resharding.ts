@@ -64,7 +64,8 @@ const WATCH_INTERVAL_MS = 1_000;
 
 /** One plan being run (or the last one run). */
 interface Run {
-  readonly plan: StoredPlan;
+  /** Replaced as the journal in it grows (big keys, notification settings). */
+  plan: StoredPlan;
   readonly view: PlanView;
   readonly progress: MigrationProgress;
   state: RunState;
@@ -92,6 +93,8 @@ export class Resharding {
   #isReloadPending = false;
   /** Reloads run one after another: each reads the topology the one before it left. */
   #reloads: Promise<void> = Promise.resolve();
+  /** The plan file's last write or delete asked for. */
+  #planWrites: Promise<void> = Promise.resolve();
   #admin: AdminServer | null = null;
   #isClosed = false;
   readonly #onSighup = (): void => {
@@ -109,7 +112,7 @@ export class Resharding {
     this.#migrator = new SlotMigrator(
       store,
       (topology) => this.#persist(topology),
-      { setBigKeys: (entries) => this.#saveBigKeys(entries) },
+      { setBigKeys: (entries) => this.#saveBigKeys(entries), setNotifyFlags: (node, flags) => this.#saveNotifyFlags(node, flags) },
       {
         migrateTimeoutMs: config.migrateTimeoutMs,
         password: config.backendPassword,
@@ -459,6 +462,7 @@ export class Resharding {
       // disk, so the state file a caller reads next (or a restart) holds no migration of it.
       await this.#persist(this.#store.current);
       if (file !== null) await this.#updateConfigFile(file, plan);
+      await this.#restoreNotifyFlags(run.plan);
       await this.#deletePlan();
       run.state = 'done';
       log.info('resharding plan done', {
@@ -478,6 +482,7 @@ export class Resharding {
         run.state = 'failed';
         run.error = (err as Error).message ?? String(err);
         log.error('resharding plan failed', { id: plan.id, error: run.error });
+        await this.#restoreNotifyFlags(run.plan);
         await this.#deletePlan().catch(() => undefined);
       }
     } finally {
@@ -583,21 +588,74 @@ export class Resharding {
   }
 
   async #savePlan(plan: StoredPlan): Promise<void> {
-    if (this.#planFile === null) throw new PlanError('resharding needs stateFile');
-    await writeFileAtomic(this.#planFile, `${JSON.stringify(plan, null, 2)}\n`);
+    const file = this.#planFile;
+    if (file === null) throw new PlanError('resharding needs stateFile');
+    await this.#onPlanFile(() => writeFileAtomic(file, `${JSON.stringify(plan, null, 2)}\n`));
+  }
+
+  /** Runs plan-file writes and the delete one at a time, in the order asked: the last one asked is what the file holds. */
+  #onPlanFile(write: () => Promise<void>): Promise<void> {
+    const done = this.#planWrites.then(write);
+    this.#planWrites = done.catch(() => undefined);
+    return done;
   }
 
   async #saveBigKeys(entries: readonly BigKeyEntry[]): Promise<void> {
     const run = this.#run;
     if (run === null) return;
-    await this.#savePlan({ ...run.plan, bigKeys: entries });
+    run.plan = { ...run.plan, bigKeys: entries };
+    await this.#savePlan(run.plan);
+  }
+
+  async #saveNotifyFlags(node: string, flags: string): Promise<void> {
+    const run = this.#run;
+    if (run === null) return;
+    // A run resumed after a crash finds the flags it set itself: the first value kept is the original.
+    if (run.plan.notifyFlags?.[node] !== undefined) return;
+    run.plan = { ...run.plan, notifyFlags: { ...run.plan.notifyFlags, [node]: flags } };
+    await this.#savePlan(run.plan);
+  }
+
+  /**
+   * Puts back notify-keyspace-events on every node the plan's key indexes changed. An index
+   * closed normally has done so already; this covers the ones a crash (of the proxy or of the
+   * mover process) left changed. A node that does not answer keeps the setting, and the log says so.
+   */
+  async #restoreNotifyFlags(plan: StoredPlan): Promise<void> {
+    for (const [node, flags] of Object.entries(plan.notifyFlags ?? {})) {
+      const at = node.lastIndexOf(':');
+      const redis = new Redis({
+        host: node.slice(0, at),
+        port: Number(node.slice(at + 1)),
+        password: this.#config.backendPassword ?? undefined,
+        lazyConnect: true,
+        enableReadyCheck: false,
+        enableOfflineQueue: false,
+        maxRetriesPerRequest: 0,
+        retryStrategy: () => null,
+        connectTimeout: this.#config.connectTimeoutMs,
+        commandTimeout: 5_000,
+      });
+      redis.on('error', () => undefined);
+      try {
+        await redis.connect();
+        await redis.config('SET', 'notify-keyspace-events', flags);
+      } catch (err) {
+        log.warn('notify-keyspace-events not put back', { node, flags, error: (err as Error).message });
+      } finally {
+        redis.disconnect();
+      }
+    }
   }
 
   async #deletePlan(): Promise<void> {
-    if (this.#planFile === null) return;
-    await fs.promises.unlink(this.#planFile).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== 'ENOENT') throw err;
-    });
+    const file = this.#planFile;
+    if (file === null) return;
+    await this.#onPlanFile(() =>
+      fs.promises.unlink(file).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      }),
+    );
   }
 
   #watch(file: string): void {

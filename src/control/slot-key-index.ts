@@ -37,6 +37,11 @@ export interface KeyIndexOptions {
   /** Slots whose keys to keep. */
   readonly slots: Iterable<number>;
   readonly commandTimeoutMs: number;
+  /**
+   * Keeps the node's notify-keyspace-events value from before it is changed, durably, so a
+   * crash before close() does not leave the change for good (resolves once kept).
+   */
+  readonly keepOriginalFlags?: (flags: string) => Promise<void>;
 }
 
 export class SlotKeyIndex {
@@ -46,10 +51,12 @@ export class SlotKeyIndex {
   readonly #subscriber: Redis;
   /** The notify-keyspace-events value before we added `En`; null when we changed nothing. */
   #originalFlags: string | null = null;
+  readonly #keepOriginalFlags: ((flags: string) => Promise<void>) | undefined;
   #isValid = true;
 
   private constructor(options: KeyIndexOptions, subscriber: Redis) {
     this.address = options.address;
+    this.#keepOriginalFlags = options.keepOriginalFlags;
     this.#subscriber = subscriber;
     for (const slot of options.slots) this.#keys.set(slot, new Set());
   }
@@ -171,6 +178,7 @@ export class SlotKeyIndex {
       flags = reply[1]?.toString() ?? '';
       const wanted = `${flags}${flags.includes('E') ? '' : 'E'}${flags.includes('n') ? '' : 'n'}`;
       if (wanted !== flags) {
+        await this.#keepOriginalFlags?.(flags);
         await control.send(['CONFIG', 'SET', 'notify-keyspace-events', wanted]);
         this.#originalFlags = flags;
       }

@@ -43,6 +43,8 @@ export { MigrationAbortedError, MigrationProgress, type BigKeyEntry, type SlotMi
 export interface MigrationJournal {
   /** Persists the chunked copies under way; resolves once durable. */
   setBigKeys(entries: readonly BigKeyEntry[]): Promise<void>;
+  /** Persists a node's notify-keyspace-events from before the plan changed it; resolves once durable. */
+  setNotifyFlags(node: string, flags: string): Promise<void>;
 }
 
 /** Messages to the mover process. */
@@ -65,7 +67,8 @@ export type FromMover =
 export type HostCall =
   | { readonly method: 'change'; readonly source: string; readonly done: readonly QueuedSlot[]; readonly begun: readonly QueuedSlot[] }
   | { readonly method: 'setLock'; readonly slot: number; readonly key: string; readonly isLocked: boolean }
-  | { readonly method: 'setBigKeys'; readonly entries: readonly BigKeyEntry[] };
+  | { readonly method: 'setBigKeys'; readonly entries: readonly BigKeyEntry[] }
+  | { readonly method: 'setNotifyFlags'; readonly node: string; readonly flags: string };
 
 /** MigrationProgress's counters, as the mover process reports them. */
 export type ProgressFields = Omit<MigrationProgress, 'startedAt'>;
@@ -192,6 +195,8 @@ export class SlotMigrator {
         return this.#commit(() => this.#setLock(call.slot, call.key, call.isLocked));
       case 'setBigKeys':
         return this.#journal.setBigKeys(call.entries);
+      case 'setNotifyFlags':
+        return this.#journal.setNotifyFlags(call.node, call.flags);
     }
   }
 
@@ -205,6 +210,7 @@ export class SlotMigrator {
       change: (source, done, begun) => this.call({ method: 'change', source, done, begun }),
       setLock: (slot, key, isLocked) => this.call({ method: 'setLock', slot, key, isLocked }),
       setBigKeys: (entries) => this.call({ method: 'setBigKeys', entries }),
+      setNotifyFlags: (node, flags) => this.call({ method: 'setNotifyFlags', node, flags }),
       onError: (kind) => migrationErrorsTotal.inc({ kind }),
     };
     const mover = new SlotMover(host, this.#options);

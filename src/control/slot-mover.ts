@@ -198,6 +198,8 @@ export interface MoverHost {
   setLock(slot: number, key: string, isLocked: boolean): Promise<void>;
   /** Persists the chunked copies under way. */
   setBigKeys(entries: readonly BigKeyEntry[]): Promise<void>;
+  /** Persists a node's notify-keyspace-events from before the plan changed it (the first one kept wins). */
+  setNotifyFlags(node: string, flags: string): Promise<void>;
   /** A failed step, for the errors metric. */
   onError(kind: string): void;
 }
@@ -375,7 +377,13 @@ export class SlotMover {
       const address = this.#address(source);
       if (address === null) return null;
       const startedAt = Date.now();
-      const index = SlotKeyIndex.create({ address, password: this.#options.password, slots, commandTimeoutMs: this.#options.migrateTimeoutMs + 10_000 });
+      const index = SlotKeyIndex.create({
+        address,
+        password: this.#options.password,
+        slots,
+        commandTimeoutMs: this.#options.migrateTimeoutMs + 10_000,
+        keepOriginalFlags: (flags) => this.#host.setNotifyFlags(nodeKey(address), flags),
+      });
       // Known to onTopology while it is built: a failover meanwhile closes it.
       this.#indexes.add(index);
       try {

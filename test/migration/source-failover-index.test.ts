@@ -67,6 +67,10 @@ class TestHost implements MoverHost {
     return Promise.resolve();
   }
 
+  setNotifyFlags(): Promise<void> {
+    return Promise.resolve();
+  }
+
   onError(kind: string): void {
     this.errors.push(kind);
     const hook = this.onScanError;

@@ -24,7 +24,7 @@ function migratorOn(onDemandSettle: boolean): { migrator: SlotMigrator; store: T
     async (topology) => {
       persisted.push(topology);
     },
-    { setBigKeys: async () => undefined },
+    { setBigKeys: async () => undefined, setNotifyFlags: async () => undefined },
     { migrateTimeoutMs: 1_000, password: null, settleMs: SETTLE_MS, onDemandSettle },
   );
   return { migrator, store, persisted };
