@@ -372,19 +372,7 @@ export class Resharding {
       const owner = used.get(addressKey(node));
       if (owner !== undefined) throw new PlanError(`${nodeKey(node)} already belongs to shard ${owner}`);
     }
-    const redis = new Redis({
-      host: spec.primary.host,
-      port: spec.primary.port,
-      password: this.#config.backendPassword ?? undefined,
-      lazyConnect: true,
-      enableReadyCheck: false,
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 0,
-      retryStrategy: () => null,
-      connectTimeout: this.#config.connectTimeoutMs,
-      commandTimeout: 5_000,
-    });
-    redis.on('error', () => undefined);
+    const redis = this.#controlConnection(spec.primary);
     try {
       await redis.connect();
       const role = (await redis.call('ROLE')) as unknown[];
@@ -397,6 +385,24 @@ export class Resharding {
     } finally {
       redis.disconnect();
     }
+  }
+
+  /** A one-off connection to a node (call connect()): no retries, no queue, every failure reported at once. */
+  #controlConnection(address: { readonly host: string; readonly port: number }): Redis {
+    const redis = new Redis({
+      host: address.host,
+      port: address.port,
+      password: this.#config.backendPassword ?? undefined,
+      lazyConnect: true,
+      enableReadyCheck: false,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+      connectTimeout: this.#config.connectTimeoutMs,
+      commandTimeout: 5_000,
+    });
+    redis.on('error', () => undefined);
+    return redis;
   }
 
   // ---- running ----
@@ -624,19 +630,7 @@ export class Resharding {
   async #restoreNotifyFlags(plan: StoredPlan): Promise<void> {
     for (const [node, flags] of Object.entries(plan.notifyFlags ?? {})) {
       const at = node.lastIndexOf(':');
-      const redis = new Redis({
-        host: node.slice(0, at),
-        port: Number(node.slice(at + 1)),
-        password: this.#config.backendPassword ?? undefined,
-        lazyConnect: true,
-        enableReadyCheck: false,
-        enableOfflineQueue: false,
-        maxRetriesPerRequest: 0,
-        retryStrategy: () => null,
-        connectTimeout: this.#config.connectTimeoutMs,
-        commandTimeout: 5_000,
-      });
-      redis.on('error', () => undefined);
+      const redis = this.#controlConnection({ host: node.slice(0, at), port: Number(node.slice(at + 1)) });
       try {
         await redis.connect();
         await redis.config('SET', 'notify-keyspace-events', flags);
