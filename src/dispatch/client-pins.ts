@@ -2,6 +2,8 @@ import type { BackendConnection } from '../backend/backend-connection';
 import type { PubSubSession } from './pubsub-session';
 import type { Transaction } from './transaction';
 
+const PING_REQUEST = Buffer.from('*1\r\n$4\r\nPING\r\n');
+
 /** A WATCH in force: the keys' slot, the shard it watched them on, and the client's own connection that holds the watch. */
 export interface WatchState {
   readonly slot: number;
@@ -22,6 +24,19 @@ export class ClientPins {
   /** The client's own connections, by shard index (blocking commands and WATCH). */
   readonly connections = new Map<number, BackendConnection>();
   pubsub: PubSubSession | null = null;
+
+  /**
+   * As close(), but each own connection closes only once the requests already sent on it are
+   * answered: a PING behind them closes it when its reply comes (or at once if it cannot be sent).
+   */
+  release(): void {
+    for (const connection of this.connections.values()) {
+      const closeIt = { onReply: () => connection.close(), onFailure: () => connection.close() };
+      connection.send(PING_REQUEST, closeIt);
+    }
+    this.connections.clear();
+    this.close();
+  }
 
   close(): void {
     for (const connection of this.connections.values()) connection.close();

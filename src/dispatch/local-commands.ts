@@ -15,6 +15,7 @@ export interface ProxyIdentity {
 }
 
 const RESET = Buffer.from('+RESET\r\n');
+const WRONGPASS = encodeError('WRONGPASS invalid username-password pair or user is disabled.');
 const AUTH_WITHOUT_PASSWORD = encodeError(
   'ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?',
 );
@@ -118,7 +119,10 @@ export class LocalCommands {
       case 'asking':
         return argc === 1 ? OK : wrongArity(spec.name);
       case 'auth':
-        return argc === 2 || argc === 3 ? AUTH_WITHOUT_PASSWORD : wrongArity('auth');
+        // As a Redis with no password: the default user takes any password, no other user exists.
+        if (argc === 2) return AUTH_WITHOUT_PASSWORD;
+        if (argc === 3) return frame.argString(1) === 'default' ? OK : WRONGPASS;
+        return wrongArity('auth');
       case 'select': {
         if (argc !== 2) return wrongArity('select');
         const db = frame.argString(1);
@@ -215,7 +219,9 @@ export class LocalCommands {
       const option = frame.argString(i).toLowerCase();
       const more = frame.argc - i - 1;
       if (option === 'auth' && more >= 2) {
-        i += 2; // No password is configured on the proxy: the default user accepts any.
+        // No password is configured on the proxy: the default user accepts any, no other user exists.
+        if (frame.argString(i + 1) !== 'default') return WRONGPASS;
+        i += 2;
       } else if (option === 'setname' && more >= 1) {
         name = frame.argString(++i);
         if (!isValidClientName(name)) {

@@ -286,6 +286,8 @@ export class SessionCommands {
     const transaction = pins.transaction;
     if (transaction === null || (spec !== undefined && spec.handling === 'transaction')) return false;
     if (spec === undefined) return false; // the dispatcher answers "unknown command" and aborts the transaction
+    // Redis runs these at once inside MULTI too: RESET ends the transaction, QUIT the connection.
+    if (spec.name === 'reset' || spec.name === 'quit') return false;
     this.#queue(frame, spec, client, transaction);
     return true;
   }
@@ -410,9 +412,13 @@ export class SessionCommands {
     pins.pubsub.handle(frame, spec);
   }
 
-  /** RESET: the client's transaction, watch, blocking and Pub/Sub state go away. */
+  /**
+   * RESET: the client's transaction, watch, blocking and Pub/Sub state go away. Its own
+   * connections close once what is in flight on them is answered (an UNWATCH pipelined just
+   * before gets its reply, not an error).
+   */
   reset(client: ClientContext): void {
-    client.pins?.close();
+    client.pins?.release();
     client.pins = null;
   }
 
@@ -469,7 +475,10 @@ export class SessionCommands {
         }
         this.#sendTransaction(this.#shards.topology.slotOwner[watch.slot]!, watch.connection, transaction, reply, true);
       };
-      this.#sendAfterOwn(!this.#isHeldByRouter(watch.slot), client, reply, sendWatched);
+      // On the client's own connection, not the shared one its earlier commands took: only their
+      // replies tell that they ran (a SET before the WATCH ... EXEC run after the transaction would
+      // undo it), and its later commands wait for this reply (one sent after EXEC ran before it).
+      this.#sendAfterOwn(false, client, reply, sendWatched);
       return;
     }
     const slot = transaction.slot;
@@ -591,9 +600,10 @@ export class SessionCommands {
       connection.send(request, reply);
     };
     // The MULTI that follows must find the watch in place: read nothing more until it is. The
-    // client's earlier commands on the slot (held by the migrating router now, or when the slot
-    // settles) run before the WATCH is taken, as on one Redis.
-    this.#sendAfterOwn(this.#isSettled(slot) && !this.#isHeldByRouter(slot), client, reply, () => this.#whenSettled(slot, reply, send));
+    // client's earlier commands (on shared connections, held by the migrating router, or waiting
+    // for the slot to settle) run before the WATCH is taken, as on one Redis: the WATCH goes on a
+    // connection of the client's own, which nothing orders with theirs but their replies.
+    this.#sendAfterOwn(false, client, reply, () => this.#whenSettled(slot, reply, send));
   }
 
   #unwatch(pins: ClientPins, sink: ReplySink | null): void {
