@@ -97,7 +97,7 @@ export async function moveBigKey(source: CommandSender, target: CommandSender, k
     const expected = await copyChunks(type, source, target, key, temp, writes, pace);
     await writes.drain();
     const copied = await sizeOf(type, target, temp);
-    const [expireAt, exists] = (await transaction(source, [['PEXPIRETIME', key], ['EXISTS', key]])) as number[];
+    const [expireAt, exists] = (await source.send(['EVAL', EXPIRY_AND_EXISTENCE_SCRIPT, '1', key])) as number[];
     if (exists === 0) {
       await target.send(['UNLINK', temp]);
       return 'gone';
@@ -127,10 +127,21 @@ export async function removeTempKey(target: CommandSender, key: Buffer): Promise
   await target.send(['UNLINK', tempKeyFor(key)]);
 }
 
+/**
+ * The key's expire-at and whether it exists, read together. A script, not MULTI: a shard out of
+ * memory refuses every command queued in a transaction, and a full source is what a move must
+ * still be able to empty (a script declared without writes runs).
+ */
+const EXPIRY_AND_EXISTENCE_SCRIPT = `#!lua flags=no-writes
+return {redis.call('PEXPIRETIME', KEYS[1]), redis.call('EXISTS', KEYS[1])}`;
+
 /** MULTI, the commands, EXEC: EXEC's replies (an error in any rejects). */
 async function transaction(connection: CommandSender, commands: readonly (readonly (Buffer | string)[])[]): Promise<RawReply[]> {
   const queued = [connection.send(['MULTI']), ...commands.map((c) => connection.send(c))];
   const exec = connection.send(['EXEC']);
+  // A refused MULTI or command rejects the wait below first: EXEC's rejection is then nobody's.
+  exec.catch(() => undefined);
+  for (const q of queued) q.catch(() => undefined);
   await Promise.all(queued);
   return (await exec) as RawReply[];
 }
@@ -140,6 +151,9 @@ class ChunkWriter {
   #pending: Promise<unknown>[] = [];
 
   async add(write: Promise<unknown>): Promise<void> {
+    // Its failure is seen where it is awaited; until then (or if an older write's failure ends
+    // the copy first) it must not count as unhandled, which ends the mover's process.
+    write.catch(() => undefined);
     this.#pending.push(write);
     if (this.#pending.length >= WRITES_IN_FLIGHT) await this.#pending.shift();
   }

@@ -126,8 +126,11 @@ return redis.status_reply('OK')
  * that slot moves, the mover's SCAN and its key index (a new-key event each time a batch
  * creates the hash) hand it over with the slot's keys. Moved, it landed on the target with the
  * marks of its batch and stayed there after the plan (a key no client wrote, counted by DBSIZE).
+ *
+ * `allow-oom`: the marks are the script's only write, a few bytes a key, freed at the release;
+ * a source out of memory (the usual reason to move keys off it) must still give them away.
  */
-export const DUMP_KEYS_SCRIPT = `
+export const DUMP_KEYS_SCRIPT = `#!lua flags=allow-oom
 local reply = {0}
 local big = {}
 local marks = {}
