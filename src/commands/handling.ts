@@ -19,7 +19,7 @@ export type Handling =
   | 'blocking'
   /** SUBSCRIBE and friends: the client's own Pub/Sub connections, messages fanned in. */
   | 'pubsub'
-  /** SCAN: one shard after another, the shard carried in the cursor. */
+  /** SCAN: one shard after another, on each shard's primary; the cursor carries the shard (by position and name) and the node that answered. */
   | 'scan'
   /** Keyless reads answered by one shard, trying the next when one has nothing (RANDOMKEY). */
   | 'first-non-empty'

@@ -499,6 +499,7 @@ export class Resharding {
 
   /** Adds a shard (no slots yet) to the topology, durably, unless it is there. */
   async #ensureShard(spec: ShardSpec): Promise<void> {
+    if (this.#store.current.shardNamed(spec.name) === undefined) await this.#copyFunctions(spec);
     await this.#publishDurably((base) => {
       if (base.shardNamed(spec.name) !== undefined) return null;
       const shard: ShardInfo = {
@@ -512,6 +513,30 @@ export class Resharding {
       return new Topology(base.epoch + 1, [...base.shards, shard], base.slotOwner, base.migrations);
     });
     log.info('shard added', { shard: spec.name, primary: nodeKey(spec.primary) });
+  }
+
+  /**
+   * Gives a new shard the function libraries the others have (FUNCTION DUMP / RESTORE), before it
+   * takes any slot: FUNCTION LOAD through the proxy went to every shard there was, and an FCALL
+   * routed to the new one must find its library. (Scripts need nothing: the data path sends
+   * SCRIPT LOAD in front of an EVALSHA a node has not seen.) A failure is logged; the shard is
+   * added all the same.
+   */
+  async #copyFunctions(spec: ShardSpec): Promise<void> {
+    const from = this.#store.current.shards[0]?.primary;
+    if (from === undefined) return;
+    const source = this.#controlConnection(from);
+    const target = this.#controlConnection(spec.primary);
+    try {
+      await Promise.all([source.connect(), target.connect()]);
+      const payload = (await source.callBuffer('FUNCTION', 'DUMP')) as Buffer | null;
+      if (payload !== null) await target.call('FUNCTION', 'RESTORE', payload, 'REPLACE');
+    } catch (err) {
+      log.warn('function libraries not copied to the new shard', { shard: spec.name, from: nodeKey(from), error: (err as Error).message });
+    } finally {
+      source.disconnect();
+      target.disconnect();
+    }
   }
 
   /** Removes a drained shard from the topology, renumbering the shards after it. */

@@ -11,15 +11,16 @@ import { includesSection, InfoSink, requestedSections } from './info-command';
 import type { ProxyFacts } from '../reply/info-merge';
 import { SessionCommands } from './session-commands';
 import type { ShardAccess } from './shard-access';
-import { decodeScanCursor, EveryNodeSink, FirstNonEmptySink, KillScriptSink, NoScriptSink, ScanSink, type KnownScript, type ShardSender } from './special-sinks';
+import { decodeScanCursor, scanNameToken, scanNodeToken, EveryNodeSink, FirstNonEmptySink, KillScriptSink, NoScriptSink, ScanSink, type KnownScript, type ShardSender } from './special-sinks';
 import { Gather } from '../reply/gather';
 import { slowlogLimit } from '../reply/reducers';
 import type { RequestFrame } from '../resp/request-parser';
-import { CROSSSLOT, encodeBulk, encodeError } from '../resp/resp-writer';
+import { CROSSSLOT, encodeBulk, encodeError, encodeReply } from '../resp/resp-writer';
+import { decodeReply } from '../resp/reply-decoder';
 import { fragment } from '../routing/fragmenter';
 import { commandKeys, commandSlot, CROSS_SLOT, NO_KEYS, movableKeysRefusal } from '../routing/route-planner';
 import type { BackendConnection } from '../backend/backend-connection';
-import type { NodeAddress } from '../topology/topology';
+import { nodeKey, type NodeAddress } from '../topology/topology';
 import { MigratingRouter, type ShardConnections } from './migrating-router';
 import type { Topology } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
@@ -294,24 +295,42 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
   }
 
   /**
-   * SCAN over every shard in turn. The virtual cursor carries the shard in its low bits and that
-   * shard's own cursor above them, so a full iteration visits every shard's keyspace exactly as
-   * each shard's SCAN guarantees.
+   * SCAN over every shard in turn, on each shard's primary (a Redis cursor is its node's alone).
+   * The virtual cursor (special-sinks.ts) carries the shard's position, a token of its name and
+   * one of the node that answered, then that shard's own cursor: a full iteration visits every
+   * shard's keyspace as each shard's SCAN guarantees, across shards removed (the shard is found
+   * again by its name; one that left starts the scan over) and failovers (another node answering
+   * starts that shard over).
    */
   #scan(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
     if (frame.argc < 2) {
       client.reply(wrongArity('scan'), spec);
       return;
     }
-    const cursor = decodeScanCursor(frame.argString(1));
-    if (cursor === null || cursor.shard >= this.#shards.length) {
+    const parsed = decodeScanCursor(frame.argString(1));
+    if (parsed === null) {
       client.reply(encodeError('ERR invalid cursor'), spec);
       return;
     }
-    const args: Buffer[] = [frame.arg(0), Buffer.from(cursor.cursor.toString())];
+    const shards = this.#shards;
+    let shard = 0;
+    let cursor = 0n;
+    if (!parsed.isStart) {
+      const at = parsed.position < shards.length && scanNameToken(shards[parsed.position]!.info.name) === parsed.nameToken
+        ? parsed.position
+        : shards.findIndex((s) => scanNameToken(s.info.name) === parsed.nameToken);
+      if (at >= 0) {
+        shard = at;
+        const info = shards[at]!.info;
+        if (!info.isFailingOver && scanNodeToken(nodeKey(info.primary)) === parsed.nodeToken) cursor = parsed.cursor;
+      }
+    }
+    const args: Buffer[] = [frame.arg(0), Buffer.from(cursor.toString())];
     for (let i = 2; i < frame.argc; i++) args.push(frame.arg(i));
-    const sink = new ScanSink(client.awaitReply(spec), cursor.shard, this.#shards.length);
-    this.#send(cursor.shard, encodeCommand(args), sink, client.id, false, true);
+    const info = shards[shard]!.info;
+    const next = shard + 1 < shards.length ? { position: shard + 1, nameToken: scanNameToken(shards[shard + 1]!.info.name) } : null;
+    const sink = new ScanSink(client.awaitReply(spec), shard, scanNameToken(info.name), scanNodeToken(nodeKey(info.primary)), next);
+    this.#send(shard, encodeCommand(args), sink, client.id, false, false);
   }
 
   /** EVAL / EVALSHA routed by their keys; script bodies remembered so NOSCRIPT heals itself. */
@@ -562,7 +581,11 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     }
     this.#stats.commands.recordFanOut(count);
     const limit = spec.merge === 'newest-first' ? slowlogLimit(frame.argc > 2 ? frame.argString(2) : null) : Number.POSITIVE_INFINITY;
-    const gather = new Gather(client.awaitReply(spec), spec.merge!, count, null, limit);
+    let reply: ReplySink = client.awaitReply(spec);
+    // A script the proxy remembers runs on every shard (SCRIPT LOAD goes in front of its EVALSHA),
+    // including one added, or a promoted replica, that has not loaded it yet.
+    if (spec.name === 'script|exists') reply = new KnownScriptsSink(reply, frame.argStrings(2).map((sha) => this.#scripts.has(sha.toLowerCase())));
+    const gather = new Gather(reply, spec.merge!, count, null, limit);
     for (let s = 0; s < count; s++) this.#send(s, bytes, gather.piece(s), client.id, spec.isWrite, spec.isReadonly);
   }
 
@@ -711,6 +734,30 @@ class ReplicaRead implements ReplySink {
     // After the call that failed it returns: a pool closed by a new snapshot fails its reads
     // while the dispatcher is still taking the snapshot's pools.
     queueMicrotask(() => this.#resend(this.#sink));
+  }
+}
+
+/** SCRIPT EXISTS: the shards' answer (every shard has it), with 1 for each script the proxy remembers. */
+class KnownScriptsSink implements ReplySink {
+  readonly #sink: ReplySink;
+  readonly #isKnown: readonly boolean[];
+
+  constructor(sink: ReplySink, isKnown: readonly boolean[]) {
+    this.#sink = sink;
+    this.#isKnown = isKnown;
+  }
+
+  onReply(frame: Buffer): void {
+    const flags = decodeReply(frame);
+    if (!Array.isArray(flags) || flags.length !== this.#isKnown.length) {
+      this.#sink.onReply(frame);
+      return;
+    }
+    this.#sink.onReply(encodeReply(flags.map((flag, i) => (this.#isKnown[i] ? 1 : flag))));
+  }
+
+  onFailure(error: Buffer): void {
+    this.#sink.onFailure(error);
   }
 }
 

@@ -11,31 +11,88 @@ import type { WriteDurability } from './write-durability';
  * Each is one object per command, holding what the next step needs.
  */
 
-/** Bits of a virtual SCAN cursor that carry the shard index (up to 1024 shards). */
-export const SCAN_SHARD_BITS = 10n;
-const SCAN_SHARD_MASK = (1n << SCAN_SHARD_BITS) - 1n;
+/**
+ * A virtual SCAN cursor: the shard's position (10 bits, up to 1024 shards), a token of the
+ * shard's name (8 bits) and one of the node that issued the shard's cursor (12 bits), then that
+ * cursor (34 bits: a table of 2^34 buckets). A Redis cursor means something only on the
+ * process that issued it (each hashes with a seed of its own), and positions change when a
+ * shard is removed: the tokens let a SCAN find its shard again, and start that shard over when
+ * another node now answers for it (SCAN may return a key twice, never skip one that stayed).
+ */
+const POSITION_BITS = 10n;
+const NAME_BITS = 8n;
+const NODE_BITS = 12n;
+const CURSOR_SHIFT = POSITION_BITS + NAME_BITS + NODE_BITS;
+const SHARD_CURSOR_LIMIT = 1n << (64n - CURSOR_SHIFT);
 
-/** A virtual SCAN cursor split into the shard and that shard's own cursor; null if malformed. */
-export function decodeScanCursor(text: string): { shard: number; cursor: bigint } | null {
+export interface ScanCursor {
+  /** 0: the scan begins (shard 0, its cursor 0). */
+  readonly isStart: boolean;
+  readonly position: number;
+  readonly nameToken: number;
+  readonly nodeToken: number;
+  /** The shard's own cursor. */
+  readonly cursor: bigint;
+}
+
+/** A virtual SCAN cursor taken apart; null if it is not one (not a number, or 2^64 or more). */
+export function decodeScanCursor(text: string): ScanCursor | null {
   if (!/^\d+$/.test(text)) return null;
   const value = BigInt(text);
   if (value >= 1n << 64n) return null;
-  return { shard: Number(value & SCAN_SHARD_MASK), cursor: value >> SCAN_SHARD_BITS };
+  return {
+    isStart: value === 0n,
+    position: Number(value & ((1n << POSITION_BITS) - 1n)),
+    nameToken: Number((value >> POSITION_BITS) & ((1n << NAME_BITS) - 1n)),
+    nodeToken: Number((value >> (POSITION_BITS + NAME_BITS)) & ((1n << NODE_BITS) - 1n)),
+    cursor: value >> CURSOR_SHIFT,
+  };
+}
+
+/** The token of a shard's name, as a virtual cursor carries it. */
+export function scanNameToken(name: string): number {
+  return Number(BigInt(fnv1a(name)) & ((1n << NAME_BITS) - 1n));
+}
+
+/** The token of a node ("host:port"), as a virtual cursor carries it. */
+export function scanNodeToken(node: string): number {
+  return Number(BigInt(fnv1a(node)) & ((1n << NODE_BITS) - 1n));
+}
+
+function encodeScanCursor(position: number, nameToken: number, nodeToken: number, cursor: bigint): bigint {
+  return (cursor << CURSOR_SHIFT) | (BigInt(nodeToken) << (POSITION_BITS + NAME_BITS)) | (BigInt(nameToken) << POSITION_BITS) | BigInt(position);
+}
+
+function fnv1a(text: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  return hash;
+}
+
+/** Where a SCAN reply hands over once its shard is done: the next shard's position and name token; null after the last. */
+export interface NextScanShard {
+  readonly position: number;
+  readonly nameToken: number;
 }
 
 /**
- * Rewrites a shard's SCAN reply: its next cursor becomes a virtual one carrying the shard;
- * a finished shard hands over to the next shard, and the last one ends the scan with 0.
+ * Rewrites a shard's SCAN reply: its next cursor becomes a virtual one carrying the shard and
+ * the node that answered; a finished shard hands over to the next shard, and the last one ends
+ * the scan with 0.
  */
 export class ScanSink implements ReplySink {
   readonly #target: ReplySink;
-  readonly #shard: number;
-  readonly #shardCount: number;
+  readonly #position: number;
+  readonly #nameToken: number;
+  readonly #nodeToken: number;
+  readonly #next: NextScanShard | null;
 
-  constructor(target: ReplySink, shard: number, shardCount: number) {
+  constructor(target: ReplySink, position: number, nameToken: number, nodeToken: number, next: NextScanShard | null) {
     this.#target = target;
-    this.#shard = shard;
-    this.#shardCount = shardCount;
+    this.#position = position;
+    this.#nameToken = nameToken;
+    this.#nodeToken = nodeToken;
+    this.#next = next;
   }
 
   onReply(frame: Buffer): void {
@@ -45,9 +102,13 @@ export class ScanSink implements ReplySink {
       return;
     }
     const next = BigInt((value[0] as Buffer).toString('latin1'));
+    if (next >= SHARD_CURSOR_LIMIT) {
+      this.#target.onReply(encodeError('ERR the shard\'s SCAN cursor does not fit in a slotproxy cursor'));
+      return;
+    }
     let virtual: bigint;
-    if (next !== 0n) virtual = (next << SCAN_SHARD_BITS) | BigInt(this.#shard);
-    else virtual = this.#shard + 1 < this.#shardCount ? BigInt(this.#shard + 1) : 0n;
+    if (next !== 0n) virtual = encodeScanCursor(this.#position, this.#nameToken, this.#nodeToken, next);
+    else virtual = this.#next === null ? 0n : encodeScanCursor(this.#next.position, this.#next.nameToken, 0, 0n);
     this.#target.onReply(encodeReply([Buffer.from(virtual.toString()), value[1] as RespValue]));
   }
 
