@@ -6,6 +6,7 @@ import {
   DUMP_KEYS_SCRIPT,
   MOVING_KEYS,
   RELEASE_KEYS_SCRIPT,
+  DELETE_RESTORED_SCRIPT,
   REPLICATED_NOOP,
   RESTORE_KEYS_SCRIPT,
 } from '../topology/key-move-script';
@@ -582,23 +583,39 @@ export class SlotMover {
       this.#recordError(progress, 'migrate', source, err);
     }
     try {
+      let gone: Buffer[];
       if (restored.length > 0 && this.#isDurable(source)) {
         // Deleted, still marked: commands on these keys wait (+MOVING) until the source's replicas
         // have the delete too. Unmarked earlier, a command could find a key gone, write it on the
         // target, and a failover of the source would bring the old copy back as the authority.
-        await sourceConnection.send(['DEL', ...restored]);
+        gone = (await sourceConnection.send(['EVAL', DELETE_RESTORED_SCRIPT, String(restored.length), ...restored])) as Buffer[];
         await this.#confirmDeletes(sourceConnection, source, restored.length);
+        await this.#dropFlushed(target, gone);
         await sourceConnection.send(['EVAL', RELEASE_KEYS_SCRIPT, '0', ...restored, ...kept]);
       } else {
-        await sourceConnection.send(['EVAL', RELEASE_KEYS_SCRIPT, String(restored.length), ...restored, ...kept]);
+        gone = (await sourceConnection.send(['EVAL', RELEASE_KEYS_SCRIPT, String(restored.length), ...restored, ...kept])) as Buffer[];
+        if (gone.length > 0) {
+          await this.#dropFlushed(target, gone);
+          await sourceConnection.send(['EVAL', RELEASE_KEYS_SCRIPT, '0', ...gone]);
+        }
       }
-      progress.keysMoved += restored.length;
+      progress.keysMoved += restored.length - gone.length;
       return kept;
     } catch (err) {
       // Still marked: marked, copied and released again by the next attempt.
       this.#recordError(progress, 'migrate', source, err);
       return [...restored, ...kept];
     }
+  }
+
+  /**
+   * Deletes from the target the copies of keys that left the source while they were in flight (a
+   * flush there, or their TTL): still marked, no command has touched them on the target.
+   */
+  async #dropFlushed(target: NodeAddress, gone: readonly Buffer[]): Promise<void> {
+    if (gone.length === 0) return;
+    await this.#raw('restore', target).send(['DEL', ...gone]);
+    log.info('keys gone from the source while in flight: their copies deleted on the target', { keys: gone.length });
   }
 
   /** WAIT on the connection that deleted moved keys from the source (it covers that connection's writes). */

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import type { PushSink } from '../backend/backend-connection';
 import type { DataPathStats } from '../metrics/data-path-stats';
 import { encodeCommand } from '../resp/resp-writer';
+import { FLUSH_KEEPING_MARKS_SCRIPT } from '../topology/key-move-script';
 import { includesSection, InfoSink, requestedSections } from './info-command';
 import type { ProxyFacts } from '../reply/info-merge';
 import { SessionCommands } from './session-commands';
@@ -571,6 +572,10 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
 
   /** Keyless commands every shard must run (DBSIZE, FLUSHALL, SCRIPT LOAD, ...). */
   #broadcast(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    if (spec.name === 'flushall' || spec.name === 'flushdb') {
+      this.#flush(frame, spec, client);
+      return;
+    }
     const count = this.#shards.length;
     const bytes = frame.bytes();
     if (spec.name === 'script|load' && frame.argc === 3) this.rememberScript(frame.arg(2));
@@ -587,6 +592,37 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     if (spec.name === 'script|exists') reply = new KnownScriptsSink(reply, frame.argStrings(2).map((sha) => this.#scripts.has(sha.toLowerCase())));
     const gather = new Gather(reply, spec.merge!, count, null, limit);
     for (let s = 0; s < count; s++) this.#send(s, bytes, gather.piece(s), client.id, spec.isWrite, spec.isReadonly);
+  }
+
+  /**
+   * FLUSHALL / FLUSHDB. One Redis empties itself at once; here each shard empties in its own
+   * time while keys move between them: a key copied off a shard the flush had not reached yet,
+   * onto one it had already emptied, would outlive it. So the flush runs twice over every shard
+   * (the second, once the first is done everywhere, empties what such a move brought; a move
+   * that straddles both finds its source emptied, below), each time keeping the mover's marks
+   * (FLUSH_KEEPING_MARKS_SCRIPT): a batch in flight then finds its keys gone from the source and
+   * deletes their copies on the target. It goes once the client's earlier replies are in (its
+   * own commands on migrating keys may be moving them still), and nothing more is read from the
+   * client until it is answered.
+   */
+  #flush(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
+    const option = frame.argc === 2 ? frame.argString(1).toUpperCase() : null;
+    // Anything but the one known option goes as it is: Redis's own error, byte for byte.
+    const request =
+      frame.argc === 1 || option === 'ASYNC' || option === 'SYNC'
+        ? encodeCommand(['EVAL', FLUSH_KEEPING_MARKS_SCRIPT, '0', spec.name.toUpperCase(), ...(option === null ? [] : [option])])
+        : Buffer.from(frame.bytes());
+    const reply = client.awaitReply(spec);
+    client.holdUntilReplied();
+    client.sendWhenFirst(reply, () => this.#flushRound(request, spec, client.id, reply, 2));
+  }
+
+  #flushRound(request: Buffer, spec: CommandSpec, clientId: number, reply: ReplySink, rounds: number): void {
+    const count = this.#shards.length;
+    this.#stats.commands.recordFanOut(count);
+    const then = rounds <= 1 ? reply : new AfterSuccess(reply, () => this.#flushRound(request, spec, clientId, reply, rounds - 1));
+    const gather = new Gather(then, spec.merge!, count, null, Number.POSITIVE_INFINITY);
+    for (let s = 0; s < count; s++) this.#send(s, request, gather.piece(s), clientId, true, false);
   }
 
   /**
@@ -734,6 +770,26 @@ class ReplicaRead implements ReplySink {
     // After the call that failed it returns: a pool closed by a new snapshot fails its reads
     // while the dispatcher is still taking the snapshot's pools.
     queueMicrotask(() => this.#resend(this.#sink));
+  }
+}
+
+/** Runs `next` when the reply is not an error; an error (or a failure) goes to `sink` as it is. */
+class AfterSuccess implements ReplySink {
+  readonly #sink: ReplySink;
+  readonly #next: () => void;
+
+  constructor(sink: ReplySink, next: () => void) {
+    this.#sink = sink;
+    this.#next = next;
+  }
+
+  onReply(frame: Buffer): void {
+    if (frame[0] === 45) this.#sink.onReply(frame);
+    else this.#next();
+  }
+
+  onFailure(error: Buffer): void {
+    this.#sink.onFailure(error);
   }
 }
 

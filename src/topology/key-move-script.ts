@@ -158,19 +158,45 @@ return reply
 `;
 
 /**
- * KEYS: keys now restored on the target: deleted here and unmarked. ARGV: keys that could not
- * be restored: only unmarked (they stay whole here). Replies the number deleted.
+ * KEYS: keys now restored on the target: deleted here and unmarked. ARGV: keys to unmark only
+ * (not restored: they stay whole here). Replies the restored keys that were no longer here: a
+ * flush through the proxy, which keeps the marks, emptied the shard while they were in flight
+ * (or they expired). Those stay marked, so no command touches them, until the caller has deleted
+ * their copies on the target, which would otherwise bring flushed keys back; then it unmarks them
+ * (this script, with them in ARGV).
  */
 export const RELEASE_KEYS_SCRIPT = `
-local deleted = 0
-${forEachChunk(
-  'KEYS',
-  KEYS_PER_CALL,
-  `deleted = deleted + redis.call('DEL', unpack(KEYS, i, last))
-    redis.call('HDEL', '${MOVING_KEYS}', unpack(KEYS, i, last))`,
-)}
+local gone = {}
+for i = 1, #KEYS do
+  if redis.call('DEL', KEYS[i]) == 1 then redis.call('HDEL', '${MOVING_KEYS}', KEYS[i]) else gone[#gone + 1] = KEYS[i] end
+end
 ${forEachChunk('ARGV', KEYS_PER_CALL, `redis.call('HDEL', '${MOVING_KEYS}', unpack(ARGV, i, last))`)}
-return deleted
+return gone
+`;
+
+/**
+ * KEYS: keys now restored on the target (their deletes to be confirmed by the replicas before
+ * they are unmarked): deleted here, marks kept. Replies those that were no longer here, as
+ * RELEASE_KEYS_SCRIPT does.
+ */
+export const DELETE_RESTORED_SCRIPT = `
+local gone = {}
+for i = 1, #KEYS do
+  if redis.call('DEL', KEYS[i]) == 0 then gone[#gone + 1] = KEYS[i] end
+end
+return gone
+`;
+
+/**
+ * A flush (FLUSHALL / FLUSHDB with its option, in ARGV) that keeps MOVING_KEYS: keys in flight
+ * stay marked, so the mover learns they were flushed under it (RELEASE_KEYS_SCRIPT) and deletes
+ * their copies on the target instead of leaving them there.
+ */
+export const FLUSH_KEEPING_MARKS_SCRIPT = `
+local marks = redis.call('DUMP', '${MOVING_KEYS}')
+redis.call(unpack(ARGV))
+if marks then redis.call('RESTORE', '${MOVING_KEYS}', 0, marks) end
+return redis.status_reply('OK')
 `;
 
 /**
