@@ -653,18 +653,27 @@ export class Resharding {
    * mover process) left changed. A node that does not answer keeps the setting, and the log says so.
    */
   async #restoreNotifyFlags(plan: StoredPlan): Promise<void> {
-    for (const [node, flags] of Object.entries(plan.notifyFlags ?? {})) {
-      const at = node.lastIndexOf(':');
-      const redis = this.#controlConnection({ host: node.slice(0, at), port: Number(node.slice(at + 1)) });
-      try {
-        await redis.connect();
-        await redis.config('SET', 'notify-keyspace-events', flags);
-      } catch (err) {
-        log.warn('notify-keyspace-events not put back', { node, flags, error: (err as Error).message });
-      } finally {
-        redis.disconnect();
-      }
-    }
+    // Only on nodes known to answer (primaries, healthy replicas): a frozen old primary would hold
+    // the plan's end for the whole command timeout. The others keep the setting, and the log says so.
+    const answering = new Set(this.#store.current.shards.flatMap((s) => [s.primary, ...s.readReplicas].map(nodeKey)));
+    await Promise.all(
+      Object.entries(plan.notifyFlags ?? {}).map(async ([node, flags]) => {
+        if (!answering.has(node)) {
+          log.warn('notify-keyspace-events not put back: the node is not a healthy member', { node, flags });
+          return;
+        }
+        const at = node.lastIndexOf(':');
+        const redis = this.#controlConnection({ host: node.slice(0, at), port: Number(node.slice(at + 1)) });
+        try {
+          await redis.connect();
+          await redis.config('SET', 'notify-keyspace-events', flags);
+        } catch (err) {
+          log.warn('notify-keyspace-events not put back', { node, flags, error: (err as Error).message });
+        } finally {
+          redis.disconnect();
+        }
+      }),
+    );
   }
 
   async #deletePlan(): Promise<void> {
