@@ -54,8 +54,7 @@ const FILLER_PER_SLOT = 30;
 const PLANS = [
   { from: 's3', to: 's1' },
   { from: 's1', to: 's2' },
-  { from: 's2', to: 's1' },
-  { from: 's1', to: 's3' },
+  { from: 's2', to: 's3' },
 ] as const;
 
 const CLIENTS = 10;

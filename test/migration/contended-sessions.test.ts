@@ -66,8 +66,7 @@ const FILLER_PER_SLOT = 30;
 const PLANS = [
   { from: 's3', to: 's1' },
   { from: 's1', to: 's2' },
-  { from: 's2', to: 's1' },
-  { from: 's1', to: 's3' },
+  { from: 's2', to: 's3' },
 ] as const;
 
 /** Clients mixing transactions, scripts and plain commands; watchers; producers; consumers. */

@@ -440,7 +440,7 @@ function waitForRunning(proxy: MigrationProxy, what: string, isIt: (s: ReshardSt
 }
 
 /** Waits until no plan runs and none has started for `quietMs` (a deferred reload starts its own shortly after a plan). */
-async function waitQuiet(proxy: MigrationProxy, timeoutMs = 30_000, quietMs = 1_500): Promise<ReshardStatus> {
+async function waitQuiet(proxy: MigrationProxy, timeoutMs = 30_000, quietMs = 800): Promise<ReshardStatus> {
   const deadline = Date.now() + timeoutMs;
   let since = Date.now();
   let started = countEvent(proxy, EV.started);
@@ -731,7 +731,7 @@ describe('config reloads with the file watcher on (YAML without slots)', () => {
       expect.soft(ended.shards.map((s) => s.name)).toEqual(['s1', 's2', 's3', 's4']);
       operator.fixFile();
       operator.hup();
-      await waitQuiet(proxy, 20_000, 1_200);
+      await waitQuiet(proxy, 20_000, 800);
       expect.soft(ownerFromStateFile(proxy.stateFile).migrations, 'migrations in the state file after the plan adding s4').toBe(0);
 
       // s2 removed; while it drains, the operator changes their mind and puts it back.
@@ -764,7 +764,7 @@ describe('SIGHUP storms while idle (YAML without slots)', () => {
       operator.addShard('s4');
       await operator.storm(10, 100);
       await waitForRunning(proxy, 'adding s4', (s) => s.plan?.addShards.some((a) => a.name === 's4') === true);
-      await waitQuiet(proxy, 30_000, 1_200);
+      await waitQuiet(proxy, 30_000, 800);
 
       // Two edits, each signalled: s5 added, then s3 removed, the second while the first reload
       // still checks s5 (a node slow to answer: stopped for a moment, as one loading its data).
