@@ -89,3 +89,45 @@ export async function readOnOwners(
   expect.soft(differing.slice(0, 10).map((k) => `${k}: proxy ${JSON.stringify(viaProxy.get(k))}, shard ${JSON.stringify(direct.get(k))}`), 'keys read differently through the proxy').toEqual([]);
   return direct;
 }
+
+/** A command sent in a pipeline, as a stress client records its outcome. */
+export interface PipelinedOutcome {
+  isAnswered: boolean;
+  error?: string | null;
+  reply?: unknown;
+}
+
+/**
+ * Runs `pipeline` and records each command's outcome on `batch` (same order): its reply or error,
+ * or for all of them the pipeline's own failure (a lost connection: outcome unknown).
+ */
+export async function recordPipeline(pipeline: { exec(): Promise<[Error | null, unknown][] | null> }, batch: readonly PipelinedOutcome[]): Promise<void> {
+  let results: [Error | null, unknown][] | null;
+  try {
+    results = await pipeline.exec();
+  } catch (err) {
+    for (const s of batch) {
+      s.isAnswered = true;
+      s.error = `pipeline: ${(err as Error).message}`;
+    }
+    return;
+  }
+  batch.forEach((s, i) => {
+    const [err, reply] = results?.[i] ?? [new Error('no reply'), null];
+    s.isAnswered = true;
+    if (err !== null) s.error = err.message;
+    else s.reply = reply;
+  });
+}
+
+/** Sends batches (`inFlight` at a time, `pauseMs` apart) until `isStopped()`; resolves once all are answered. */
+export async function runPipelines(sendBatch: () => Promise<void>, isStopped: () => boolean, inFlight: number, pauseMs: number): Promise<void> {
+  const pending = new Set<Promise<void>>();
+  while (!isStopped()) {
+    const batch = sendBatch().finally(() => pending.delete(batch));
+    pending.add(batch);
+    if (pending.size >= inFlight) await Promise.race(pending);
+    await sleep(pauseMs);
+  }
+  await Promise.all(pending);
+}

@@ -14,7 +14,7 @@ import {
   useMigrationDeployment,
   type ShardSpec,
 } from './migration-harness';
-import { around, firstDecrease, listOf, readOnOwners, runReshard, tagsFor } from './contended-load';
+import { around, firstDecrease, listOf, readOnOwners, runReshard, tagsFor, runPipelines } from './contended-load';
 
 /**
  * Transactions, WATCH, scripts and blocking commands on contended keys of slots that migrate back
@@ -332,14 +332,7 @@ class MixedClient {
   }
 
   async run(isStopped: () => boolean): Promise<void> {
-    const inFlight = new Set<Promise<void>>();
-    while (!isStopped()) {
-      const batch = this.sendBatch().finally(() => inFlight.delete(batch));
-      inFlight.add(batch);
-      if (inFlight.size >= PIPELINES_IN_FLIGHT) await Promise.race(inFlight);
-      await sleep(PAUSE_MS);
-    }
-    await Promise.all(inFlight);
+    await runPipelines(() => this.sendBatch(), isStopped, PIPELINES_IN_FLIGHT, PAUSE_MS);
   }
 }
 

@@ -4,7 +4,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { findFreePort } from '../../src/cli/local-redis';
 import type { ReshardStatus } from '../../src/control/resharding';
 import { seededRandom } from '../helpers/seeded-random';
-import { around, firstDecrease, listOf, tagsFor } from './contended-load';
+import { around, firstDecrease, listOf, tagsFor, runPipelines } from './contended-load';
 import { HOST, ownerFromStateFile, sleep, slotOf, useMigrationDeployment, type MigrationProxy, type ShardSpec } from './migration-harness';
 
 /**
@@ -200,14 +200,7 @@ class Client {
   }
 
   async run(isStopped: () => boolean): Promise<void> {
-    const inFlight = new Set<Promise<void>>();
-    while (!isStopped()) {
-      const batch = this.sendBatch().finally(() => inFlight.delete(batch));
-      inFlight.add(batch);
-      if (inFlight.size >= PIPELINES_IN_FLIGHT) await Promise.race(inFlight);
-      await sleep(PAUSE_MS);
-    }
-    await Promise.all(inFlight);
+    await runPipelines(() => this.sendBatch(), isStopped, PIPELINES_IN_FLIGHT, PAUSE_MS);
   }
 }
 

@@ -18,7 +18,7 @@ import {
   type MigrationProxy,
   type ShardSpec,
 } from './migration-harness';
-import { around, firstDecrease, listOf, readOnOwners, tagsFor } from './contended-load';
+import { around, firstDecrease, listOf, readOnOwners, tagsFor, recordPipeline, runPipelines } from './contended-load';
 import { seededRandom } from '../helpers/seeded-random';
 
 /**
@@ -218,33 +218,11 @@ class Client {
         }
       }
     }
-    let results: [Error | null, unknown][] | null;
-    try {
-      results = await pipeline.exec();
-    } catch (err) {
-      for (const s of batch) {
-        s.isAnswered = true;
-        s.error = `pipeline: ${(err as Error).message}`;
-      }
-      return;
-    }
-    batch.forEach((s, i) => {
-      const [err, reply] = results?.[i] ?? [new Error('no reply'), null];
-      s.isAnswered = true;
-      if (err !== null) s.error = err.message;
-      else s.reply = reply;
-    });
+    await recordPipeline(pipeline, batch);
   }
 
   async run(isStopped: () => boolean): Promise<void> {
-    const inFlight = new Set<Promise<void>>();
-    while (!isStopped()) {
-      const batch = this.sendBatch().finally(() => inFlight.delete(batch));
-      inFlight.add(batch);
-      if (inFlight.size >= PIPELINES_IN_FLIGHT) await Promise.race(inFlight);
-      await sleep(PAUSE_MS);
-    }
-    await Promise.all(inFlight);
+    await runPipelines(() => this.sendBatch(), isStopped, PIPELINES_IN_FLIGHT, PAUSE_MS);
   }
 }
 
