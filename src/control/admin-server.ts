@@ -77,9 +77,20 @@ export class AdminServer {
       return;
     }
     if (path === '/admin/plan' && req.method === 'POST') {
+      let text: string;
+      try {
+        text = await readBody(req);
+      } catch (err) {
+        if (!(err instanceof BodyTooLargeError)) throw err;
+        // Answered before the connection closes: the rest of the body is not read.
+        res.setHeader('connection', 'close');
+        send(res, 413, { error: err.message });
+        res.on('finish', () => req.destroy());
+        return;
+      }
       let body: unknown;
       try {
-        body = JSON.parse(await readBody(req));
+        body = JSON.parse(text);
       } catch (err) {
         send(res, 400, { error: `the body is not JSON: ${(err as Error).message}` });
         return;
@@ -122,14 +133,18 @@ export function toPlanRequest(body: unknown): PlanRequest | string {
       const to = str('to');
       const slots = b['slots'];
       if (from === null || to === null) return 'reshard needs from and to (shard names)';
-      if (typeof slots !== 'number') return 'reshard needs slots (a number)';
+      if (typeof slots !== 'number' || !Number.isFinite(slots)) return 'reshard needs slots (a number)';
       return { op: 'reshard', from, to, slots };
     }
     case 'rebalance': {
       const weights = b['weights'];
       if (weights === undefined || weights === null) return { op: 'rebalance' };
       if (typeof weights !== 'object' || Array.isArray(weights)) return 'weights must be an object of shard name -> number';
-      for (const [name, w] of Object.entries(weights)) if (typeof w !== 'number') return `weight of ${name} must be a number`;
+      // Finite here: the plan is worked out in the mover's process, and JSON would carry Infinity as null.
+      for (const [name, w] of Object.entries(weights)) {
+        if (typeof w !== 'number') return `weight of ${name} must be a number`;
+        if (!Number.isFinite(w)) return `weight of ${name} must be a finite number`;
+      }
       return { op: 'rebalance', weights: weights as Record<string, number> };
     }
     case 'add-shard': {
@@ -148,18 +163,24 @@ export function toPlanRequest(body: unknown): PlanRequest | string {
   }
 }
 
+class BodyTooLargeError extends Error {
+  override readonly name = 'BodyTooLargeError';
+}
+
 function readBody(req: http.IncomingMessage): Promise<string> {
   return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
+    let chunks: Buffer[] = [];
     let size = 0;
     req.on('data', (chunk: Buffer) => {
+      const before = size;
       size += chunk.length;
-      if (size > MAX_BODY_BYTES) {
-        reject(new Error('the body is too large'));
-        req.destroy();
-        return;
+      if (size <= MAX_BODY_BYTES) {
+        chunks.push(chunk);
+      } else if (before <= MAX_BODY_BYTES) {
+        // Once: the rest is read and dropped until the refusal is written and the connection closed.
+        chunks = [];
+        reject(new BodyTooLargeError(`the body is too large (more than ${MAX_BODY_BYTES} bytes)`));
       }
-      chunks.push(chunk);
     });
     req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
     req.on('error', reject);

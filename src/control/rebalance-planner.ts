@@ -51,6 +51,9 @@ export function slotCounts(map: SlotMap): number[] {
  * so fewer slots move, then to the lower index). Equal weights give counts that differ by at most 1.
  */
 export function targetCounts(weights: readonly number[], current: readonly number[]): number[] {
+  // Scaled to the largest first: weights near Number.MAX_VALUE must not sum to Infinity.
+  const largest = Math.max(0, ...weights);
+  if (largest > 0) weights = weights.map((w) => w / largest);
   const total = weights.reduce((sum, w) => sum + w, 0);
   if (weights.length === 0 || !(total > 0)) throw new PlanError('at least one shard needs a weight above 0');
   const exact = weights.map((w) => (SLOT_COUNT * w) / total);

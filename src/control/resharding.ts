@@ -699,12 +699,21 @@ export class Resharding {
 
 function parseShardSpec(name: string, primary: string, replicas: readonly string[]): ShardSpec {
   if (typeof name !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(name)) throw new PlanError(`shard name ${JSON.stringify(name)} must be 1-64 letters, digits, _ . -`);
+  let spec: ShardSpec;
   try {
-    return { name, primary: parseAddress(primary), replicas: replicas.map((r) => parseAddress(r)) };
+    spec = { name, primary: parseAddress(primary), replicas: replicas.map((r) => parseAddress(r)) };
   } catch (err) {
     if (err instanceof AddressError) throw new PlanError(err.message);
     throw err;
   }
+  // The YAML the plan writes would not load with a node twice in one shard.
+  const seen = new Set<string>();
+  for (const node of [spec.primary, ...spec.replicas]) {
+    const key = addressKey(node);
+    if (seen.has(key)) throw new PlanError(`${nodeKey(node)} is named twice in shard ${name}`);
+    seen.add(key);
+  }
+  return spec;
 }
 
 /**
