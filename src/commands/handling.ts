@@ -30,8 +30,8 @@ export type Handling =
   /** INFO: the proxy's own section, then the shards' merged into one server's (counters added up; clients, port and ROLE the proxy's; cluster enabled); a shard silent for 1 s is named, not waited for. */
   | 'info'
   /**
-   * SCRIPT KILL, FUNCTION KILL: every shard's primary, each on a connection of its own (the
-   * shared one waits behind the running script); +OK when one of them killed it.
+   * SCRIPT KILL, FUNCTION KILL: every shard's primary and readable replica, each on a connection
+   * of its own (the shared one waits behind the running script); +OK when one of them killed it.
    */
   | 'kill-script'
   /** Refused with `-ERR command 'x' is not allowed through slotproxy`. */

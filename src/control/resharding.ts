@@ -499,7 +499,8 @@ export class Resharding {
 
   /** Adds a shard (no slots yet) to the topology, durably, unless it is there. */
   async #ensureShard(spec: ShardSpec): Promise<void> {
-    if (this.#store.current.shardNamed(spec.name) === undefined) await this.#copyFunctions(spec);
+    const isNew = this.#store.current.shardNamed(spec.name) === undefined;
+    if (isNew) await this.#copyFunctions(spec, 'REPLACE');
     await this.#publishDurably((base) => {
       if (base.shardNamed(spec.name) !== undefined) return null;
       const shard: ShardInfo = {
@@ -512,6 +513,9 @@ export class Resharding {
       };
       return new Topology(base.epoch + 1, [...base.shards, shard], base.slotOwner, base.migrations);
     });
+    // Once more, now that FUNCTION LOAD/DELETE through the proxy reach it too: what changed
+    // between the first copy and the publish reached only the other shards.
+    if (isNew) await this.#copyFunctions(spec, 'FLUSH');
     log.info('shard added', { shard: spec.name, primary: nodeKey(spec.primary) });
   }
 
@@ -522,7 +526,7 @@ export class Resharding {
    * SCRIPT LOAD in front of an EVALSHA a node has not seen.) A failure is logged; the shard is
    * added all the same.
    */
-  async #copyFunctions(spec: ShardSpec): Promise<void> {
+  async #copyFunctions(spec: ShardSpec, policy: 'REPLACE' | 'FLUSH'): Promise<void> {
     const from = this.#store.current.shards[0]?.primary;
     if (from === undefined) return;
     const source = this.#controlConnection(from);
@@ -530,7 +534,7 @@ export class Resharding {
     try {
       await Promise.all([source.connect(), target.connect()]);
       const payload = (await source.callBuffer('FUNCTION', 'DUMP')) as Buffer | null;
-      if (payload !== null) await target.call('FUNCTION', 'RESTORE', payload, 'REPLACE');
+      if (payload !== null) await target.call('FUNCTION', 'RESTORE', payload, policy);
     } catch (err) {
       log.warn('function libraries not copied to the new shard', { shard: spec.name, from: nodeKey(from), error: (err as Error).message });
     } finally {

@@ -1,4 +1,4 @@
-import type { ReplySink } from '../backend/reply-sink';
+import { IGNORE_REPLY, type ReplySink } from '../backend/reply-sink';
 import type { NodePool } from '../backend/node-pool';
 import type { ShardPool, BackendPools } from '../backend/shard-pool';
 import { lookupCommandBytes } from '../commands/command-table';
@@ -563,11 +563,16 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
    */
   #killScript(frame: RequestFrame, spec: CommandSpec, client: ClientContext): void {
     const bytes = frame.bytes();
-    const sink = new KillScriptSink(client.awaitReply(spec), this.#shards.map((shard) => shard.info.name));
-    for (let s = 0; s < this.#shards.length; s++) {
-      const connection = this.dedicatedConnection(s);
-      connection.send(bytes, sink.piece(s, connection));
-    }
+    // Replicas too: EVAL_RO, EVALSHA_RO and FCALL_RO run there when readFrom says so.
+    const nodes = this.#shards.flatMap((shard) => [
+      { address: shard.info.primary, name: shard.info.name, shard: shard.info.name },
+      ...shard.replicas.map((replica) => ({ address: replica.address, name: `${shard.info.name} replica ${replica.key}`, shard: shard.info.name })),
+    ]);
+    const sink = new KillScriptSink(client.awaitReply(spec), nodes.map((node) => node.name));
+    nodes.forEach((node, i) => {
+      const connection = this.#pools.dedicated(node.address, node.shard);
+      connection.send(bytes, sink.piece(i, connection));
+    });
   }
 
   /** Keyless commands every shard must run (DBSIZE, FLUSHALL, SCRIPT LOAD, ...). */
@@ -583,6 +588,9 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     if (spec.name === 'script|flush') {
       this.#scripts.clear();
       for (const pool of this.#pools.nodes.values()) for (const connection of pool.connections) connection.forgetScripts();
+      // Redis does not replicate it, and EVALSHA_RO may be read from a replica: flushed there too,
+      // on the client's connection, ahead of its next commands.
+      for (const shard of this.#shards) for (const replica of shard.replicas) replica.connection(client.id).send(bytes, IGNORE_REPLY);
     }
     this.#stats.commands.recordFanOut(count);
     const limit = spec.merge === 'newest-first' ? slowlogLimit(frame.argc > 2 ? frame.argString(2) : null) : Number.POSITIVE_INFINITY;
