@@ -2,7 +2,7 @@ import type { BackendConnection } from '../backend/backend-connection';
 import type { ReplySink } from '../backend/reply-sink';
 import { CRLF, encodeArrayHeader, encodeBulk, encodeCommand, encodeError } from '../resp/resp-writer';
 import { keySlot } from '../routing/key-slot';
-import { confirmsMoves, COPIED_KEYS_DELETE_SCRIPT, KEY_MOVE_SCRIPT, keyMoveArgs, REPLICATED_NOOP } from '../topology/key-move-script';
+import { confirmsMoves, COPIED_KEYS_DELETE_SCRIPT, FENCE_SKEW_MS, KEY_MOVE_SCRIPT, keyMoveArgs, REPLICATED_NOOP } from '../topology/key-move-script';
 import { nodeKey, sameNode, writeConfirmation, type NodeAddress, type SlotMigration, type Topology } from '../topology/topology';
 import type { KnownScript } from './special-sinks';
 
@@ -67,6 +67,7 @@ const PING = Buffer.from('*1\r\n$4\r\nPING\r\n');
 const BIG = Buffer.from('+BIG\r\n');
 const MOVING = Buffer.from('+MOVING\r\n');
 const COPIED = Buffer.from('+COPIED\r\n');
+const STALE = Buffer.from('+STALE\r\n');
 /** The scripts' bodies, encoded once: every on-demand move sends them as views. */
 const EVAL_HEAD = Buffer.from(`$4\r\nEVAL\r\n$${Buffer.byteLength(KEY_MOVE_SCRIPT)}\r\n${KEY_MOVE_SCRIPT}\r\n`);
 const DELETE_HEAD = Buffer.from(`$4\r\nEVAL\r\n$${Buffer.byteLength(COPIED_KEYS_DELETE_SCRIPT)}\r\n${COPIED_KEYS_DELETE_SCRIPT}\r\n`);
@@ -117,6 +118,8 @@ class KeyMove implements ReplySink {
   sentTo: NodeAddress | null = null;
   /** In the router's queues of its keys: until handed over or failed. */
   isHeld = false;
+  /** The fence of its last key-move script (ms since the epoch): that script does nothing after it. */
+  fence = 0;
 
   constructor(
     router: MigratingRouter,
@@ -162,9 +165,10 @@ class KeyMove implements ReplySink {
     if (frame[0] === 43) {
       // +OK: moved. +NOKEY: nothing of it left on the source. +COPIED: on both, to be
       // confirmed on the target. +BIG: a big key still on the source. +MOVING: the background
-      // mover has the key in flight.
+      // mover has the key in flight. +STALE: it ran past its fence, and did nothing.
       if (frame.equals(MOVING)) this.parkMoving();
       else if (frame.equals(BIG)) this.router.park(this, RETRY_DELAY_MS);
+      else if (frame.equals(STALE)) this.retry('the key-move script ran after its fence (a late source, or one whose clock is ahead of the proxy\'s)');
       else if (frame.equals(COPIED)) this.router.confirmCopy(this);
       else this.router.afterMove(this);
       return;
@@ -174,8 +178,9 @@ class KeyMove implements ReplySink {
 
   onFailure(error: Buffer): void {
     this.router.settled(this, false);
-    // The step may or may not have run; the move starting over is harmless (the source keeps
-    // the keys until a confirmed copy is on the target).
+    // The step may or may not have run, and the key-move script may still run later (a frozen
+    // source wakes): nothing touches its keys again until its fence has passed.
+    if (this.phase === 'move') this.router.fenceKeys(this);
     this.retry(error.toString('utf8', 1, error.length - 2));
   }
 
@@ -193,6 +198,12 @@ class KeyMove implements ReplySink {
 }
 
 const IOERR = Buffer.from('IOERR');
+/**
+ * How long after it is sent a key-move script may still run (KEY_MOVE_SCRIPT's fence). Longer
+ * than any wait a healthy source puts it through; a script that runs later answers +STALE and
+ * is sent again.
+ */
+const KEY_MOVE_FENCE_MS = 2_000;
 const OK = Buffer.from('+OK\r\n');
 
 /**
@@ -315,6 +326,12 @@ export class MigratingRouter {
   readonly #queues = new Map<string, KeyMove[]>();
   /** Slot -> commands held on it: the dispatcher sends later commands on those slots here too (holdsSlot). */
   readonly #heldSlots = new Map<number, number>();
+  /**
+   * Key name -> until when (ms since the epoch) a key-move script that got no reply may still run
+   * on its source: no command on the key goes anywhere before (its slot is held meanwhile, so
+   * this holds after the slot has settled too).
+   */
+  readonly #fences = new Map<string, number>();
 
   constructor(shards: ShardConnections, options: MigratingRouterOptions) {
     this.#shards = shards;
@@ -409,6 +426,33 @@ export class MigratingRouter {
     if (n === 1) this.#heldSlots.delete(move.slot);
     else this.#heldSlots.set(move.slot, n - 1);
     if (isAnyBehind && this.#parked.length > 0) this.#releaseAt(0);
+  }
+
+  /**
+   * A key-move script of `move` got no reply: until its fence (and the clocks' allowed skew) has
+   * passed, its keys wait, and its slot counts as held (later commands on it come here, also once
+   * it has settled).
+   */
+  fenceKeys(move: KeyMove): void {
+    const until = move.fence + FENCE_SKEW_MS;
+    const wait = until - Date.now();
+    if (wait <= 0) return;
+    for (const name of move.names) if ((this.#fences.get(name) ?? 0) < until) this.#fences.set(name, until);
+    this.#heldSlots.set(move.slot, (this.#heldSlots.get(move.slot) ?? 0) + 1);
+    setTimeout(() => {
+      for (const name of move.names) if (this.#fences.get(name) === until) this.#fences.delete(name);
+      const n = this.#heldSlots.get(move.slot);
+      if (n === 1) this.#heldSlots.delete(move.slot);
+      else if (n !== undefined) this.#heldSlots.set(move.slot, n - 1);
+      if (this.#parked.length > 0) this.#releaseAt(0);
+    }, wait).unref();
+  }
+
+  /** The latest fence on the move's keys (0 when none). */
+  #fenceOf(move: KeyMove): number {
+    let until = 0;
+    for (const name of move.names) until = Math.max(until, this.#fences.get(name) ?? 0);
+    return until;
   }
 
   /** Hands the command to a shard's primary: reads too, since a replica of the target may not have the key yet. */
@@ -594,6 +638,13 @@ export class MigratingRouter {
   }
 
   #route(move: KeyMove): void {
+    if (this.#fences.size > 0) {
+      const wait = this.#fenceOf(move) - Date.now();
+      if (wait > 0) {
+        this.park(move, wait);
+        return;
+      }
+    }
     const topology = this.#shards.topology;
     const migration = topology.migrations.get(move.slot);
     if (migration === undefined) {
@@ -654,9 +705,16 @@ export class MigratingRouter {
    * +NOKEY for a key another command moved a moment ago is confirmed only after that delete.
    */
   #evalOnSource(move: KeyMove, migration: SlotMigration, head: Buffer, args: EncodedArgs | null): void {
-    const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + (args === null ? 0 : args.count)), head, encodeBulk(String(move.keys.length))];
+    // The key-move script's fence and the target's password follow its other arguments.
+    const password = this.#options.password;
+    const more = args === null ? 0 : args.count + 1 + (password === null ? 0 : 1);
+    const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + more), head, encodeBulk(String(move.keys.length))];
     for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
-    if (args !== null) parts.push(args.bytes);
+    if (args !== null) {
+      move.fence = Date.now() + KEY_MOVE_FENCE_MS;
+      parts.push(args.bytes, encodeBulk(String(move.fence)));
+      if (password !== null) parts.push(encodeBulk(password));
+    }
     const connection = this.#shards.primaryConnection(migration.from, 0);
     if (confirmsMoves(this.#shards.topology.shards[migration.from], this.#options.minReplicaAcks)) connection.sendDurable(parts, move);
     else connection.send(parts, move);

@@ -69,10 +69,20 @@ function sizeCheck(maxElementsArg: number, maxBytesArg: number): string {
 
 /**
  * KEYS: the command's keys. ARGV: target host, target port, MIGRATE timeout (ms), max elements,
- * max bytes, MOVE or COPY, and optionally the target's password. Replies +MOVING, +BIG (nothing
- * moved), +OK (moved) / +COPIED (copied, still here) or +NOKEY (none of the keys is on the source).
+ * max bytes, MOVE or COPY, the fence (ms since the epoch), and optionally the target's password.
+ * Replies +MOVING, +BIG (nothing moved), +OK (moved) / +COPIED (copied, still here), +NOKEY (none
+ * of the keys is on the source) or +STALE (nothing done).
+ *
+ * The fence: a script that runs after it does nothing (+STALE). The data path sends it to the
+ * source's primary; if that node froze with the script unread and was failed over, the move was
+ * sent again to the promoted replica and clients wrote the key on the target since. When the old
+ * primary wakes, the stale script must not MIGRATE its old copy over theirs (REPLACE). The data
+ * path starts a move over only once the fence of the last attempt has passed (its clock and the
+ * shards' are taken to agree within FENCE_SKEW_MS).
  */
 export const KEY_MOVE_SCRIPT = `
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[7]) then return redis.status_reply('STALE') end
 for i = 1, #KEYS do
   if redis.call('HEXISTS', '${MOVING_KEYS}', KEYS[i]) == 1 then return redis.status_reply('MOVING') end
 end
@@ -92,9 +102,9 @@ ${forEachChunk(
   KEYS_PER_CALL,
   `local args = {'MIGRATE', ARGV[1], ARGV[2], '', '0', ARGV[3], 'REPLACE'}
     if ARGV[6] == 'COPY' then args[#args + 1] = 'COPY' end
-    if ARGV[7] then
+    if ARGV[8] then
       args[#args + 1] = 'AUTH'
-      args[#args + 1] = ARGV[7]
+      args[#args + 1] = ARGV[8]
     end
     args[#args + 1] = 'KEYS'
     for j = i, last do args[#args + 1] = present[j] end
@@ -239,10 +249,14 @@ export interface KeyMoveTarget {
 
 /** KEY_MOVE_SCRIPT's ARGV after the keys; `isCopy`: the keys stay on the source (+COPIED). */
 export function keyMoveArgs(target: KeyMoveTarget, isCopy: boolean): string[] {
-  const args = [target.host, String(target.port), String(target.timeoutMs), String(BIG_KEY_MAX_ELEMENTS), String(BIG_KEY_MAX_BYTES), isCopy ? 'COPY' : 'MOVE'];
-  if (target.password !== null) args.push(target.password);
-  return args;
+  return [target.host, String(target.port), String(target.timeoutMs), String(BIG_KEY_MAX_ELEMENTS), String(BIG_KEY_MAX_BYTES), isCopy ? 'COPY' : 'MOVE'];
 }
+
+/**
+ * How much the data path's clock and a shard's may differ, at most, for the fence of
+ * KEY_MOVE_SCRIPT to hold: a move starts over only this long after its last attempt's fence.
+ */
+export const FENCE_SKEW_MS = 250;
 
 /** DUMP_KEYS_SCRIPT's ARGV after the keys. */
 export const DUMP_KEYS_ARGS: readonly string[] = [String(BIG_KEY_MAX_ELEMENTS), String(BIG_KEY_MAX_BYTES)];
