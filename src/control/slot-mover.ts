@@ -4,6 +4,8 @@ import {
   confirmsMoves,
   DUMP_KEYS_ARGS,
   DUMP_KEYS_SCRIPT,
+  FENCED_MIGRATE_SCRIPT,
+  FENCE_SKEW_MS,
   MOVING_KEYS,
   RELEASE_KEYS_SCRIPT,
   DELETE_RESTORED_SCRIPT,
@@ -116,6 +118,8 @@ const MIN_SCAN_GROUP = 256;
 const MAX_BACKOFF_MS = 5_000;
 /** MIGRATE timeout for a key no chunked copy exists for (moved whole, under its lock). */
 const WHOLE_KEY_MIGRATE_TIMEOUT_MS = 60_000;
+/** How long after it is sent the MIGRATE of a whole big key may begin (FENCED_MIGRATE_SCRIPT). */
+const WHOLE_KEY_FENCE_MS = 2_000;
 
 /** A chunked copy under way, as the journal stores it: a restart removes its temporary key. */
 export interface BigKeyEntry {
@@ -688,7 +692,18 @@ export class SlotMover {
         // replicas are to confirm it, the source's copy deleted after).
         const args = ['MIGRATE', target.host, String(target.port), '', '0', String(WHOLE_KEY_MIGRATE_TIMEOUT_MS), ...(confirm === null ? [] : ['COPY']), 'REPLACE'];
         if (this.#options.password !== null) args.push('AUTH', this.#options.password);
-        const reply = String(await this.#raw('copy', from).send([...args, 'KEYS', big.key]));
+        // Fenced as the data path's key moves are (KEY_MOVE_SCRIPT): a source failed over with
+        // the MIGRATE unread must not run it when it wakes, over the copy moved since.
+        const fence = Date.now() + WHOLE_KEY_FENCE_MS;
+        let reply: string;
+        try {
+          reply = String(await this.#raw('copy', from).send(['EVAL', FENCED_MIGRATE_SCRIPT, '0', String(fence), ...args, 'KEYS', big.key]));
+        } catch (err) {
+          // No reply: it may still run, until its fence. Nothing tries the key again before.
+          await this.#sleep(Math.max(0, fence + FENCE_SKEW_MS - Date.now()));
+          throw err;
+        }
+        if (reply === 'STALE') throw new Error('the MIGRATE of a whole big key ran after its fence');
         if (confirm !== null && reply !== 'NOKEY') {
           await confirm(true);
           await this.#raw('copy', from).send(['UNLINK', big.key]);

@@ -252,6 +252,13 @@ export function keyMoveArgs(target: KeyMoveTarget, isCopy: boolean): string[] {
   return [target.host, String(target.port), String(target.timeoutMs), String(BIG_KEY_MAX_ELEMENTS), String(BIG_KEY_MAX_BYTES), isCopy ? 'COPY' : 'MOVE'];
 }
 
+/** ARGV: a fence (ms since the epoch), then a MIGRATE's arguments: runs it, unless past the fence (+STALE). */
+export const FENCED_MIGRATE_SCRIPT = `
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[1]) then return redis.status_reply('STALE') end
+return redis.call(unpack(ARGV, 2))
+`;
+
 /**
  * How much the data path's clock and a shard's may differ, at most, for the fence of
  * KEY_MOVE_SCRIPT to hold: a move starts over only this long after its last attempt's fence.
