@@ -32,6 +32,13 @@ export type SessionState = 'open' | 'closing' | 'closed';
 
 /** Bytes a paused client may have waiting in the parser before its socket stops reading. */
 const READ_AHEAD_BYTES = 64 * 1024;
+/**
+ * The same while it waits for a reply that may take for ever (BLPOP ... 0, WAIT): a socket that
+ * does not read never sees its client leave, and the blocked command would hold its backend
+ * connection (and pop for nobody) after the client had gone. Redis reads a blocked client's
+ * socket on (up to its 1 GB query buffer limit); this reads on up to 16 MiB.
+ */
+const HELD_READ_AHEAD_BYTES = 16 * 1024 * 1024;
 
 /** Latency-histogram class of each handling kind (the classes are the kinds, plus 'error'). */
 const CLASS_OF: Readonly<Record<Handling, number>> = CLASS_INDEX;
@@ -141,6 +148,8 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   holdUntilReplied(): void {
     this.#isHeld = true;
     this.#pause();
+    // Stopped at READ_AHEAD_BYTES before it was held: reads on, up to HELD_READ_AHEAD_BYTES.
+    if (this.#socket.isPaused() && this.#parser.bufferedLength < HELD_READ_AHEAD_BYTES && this.#state === 'open') this.#socket.resume();
   }
 
   sendWhenFirst(slot: ReplySlot, send: () => void): void {
@@ -230,7 +239,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
   }
 
   #stopReadingWhenFull(): void {
-    if (this.#parser.isPaused && this.#parser.bufferedLength >= READ_AHEAD_BYTES) this.#socket.pause();
+    if (this.#parser.isPaused && this.#parser.bufferedLength >= (this.#isHeld ? HELD_READ_AHEAD_BYTES : READ_AHEAD_BYTES)) this.#socket.pause();
   }
 
   #maybeResume(): void {

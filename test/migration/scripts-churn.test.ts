@@ -322,8 +322,9 @@ describe('scripts and functions through slot moves, an added shard and a failove
       const killed = await killer.call('SCRIPT', 'KILL').then(String, (err: Error) => err.message);
       const outcome = await running;
       const tookMs = Date.now() - startedAt;
-      // One Redis: +OK, and the script answers "Script killed by user" at once.
-      expect({ killed, outcome: outcome.slice(0, 40), killedSoon: tookMs < 1_000 }).toEqual({ killed: 'OK', outcome: expect.stringMatching(/killed/i), killedSoon: true });
+      // One Redis: +OK, and the script answers "Script killed by user" (had it not been killed,
+      // it would have answered after its 1.5 s; how soon it did is the machine's, not asserted).
+      expect({ killed, outcome: outcome.slice(0, 40) }, `answered after ${tookMs} ms`).toEqual({ killed: 'OK', outcome: expect.stringMatching(/killed/i) });
     } finally {
       client.disconnect();
       killer.disconnect();
