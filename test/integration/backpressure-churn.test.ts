@@ -293,7 +293,9 @@ async function externalMemory(metrics: string): Promise<number> {
 
 // ------------------------------------------------------------------------------------------
 
-describe('back-pressure and memory: slow readers, big values, a reshard and a failover at once', () => {
+// An extended stress test, left out of the suite for its time (SLOTPROXY_STRESS=1 runs it):
+// test/integration/slow-reader.test.ts checks the memory bound of a reader that stalls in every run.
+describe.runIf(process.env['SLOTPROXY_STRESS'] === '1')('back-pressure and memory: slow readers, big values, a reshard and a failover at once', () => {
   beforeAll(async () => {
     config['metrics'] = `127.0.0.1:${await findFreePort()}`;
   });

@@ -13,7 +13,7 @@ import { encodeCommand } from '../helpers/proxy-harness';
  * Redis, and the replies' bytes must be equal (a single-slot command is the shard's to answer).
  */
 
-const SECONDS = 8;
+const SECONDS = 5;
 const RAW_CLIENTS = 6;
 /** Commands left out: they would change the shards or other clients, not probe the proxy. */
 const LEFT_OUT = new Set([

@@ -459,7 +459,9 @@ async function readAll(redis: Redis, tags: readonly string[]): Promise<Map<strin
   return values;
 }
 
-describe('contended keys through two workers, slots migrating back and forth', () => {
+// An extended stress test, left out of the suite for its time (SLOTPROXY_STRESS=1 runs it):
+// test/migration/workers.test.ts reshards under load with two workers in every run.
+describe.runIf(process.env['SLOTPROXY_STRESS'] === '1')('contended keys through two workers, slots migrating back and forth', () => {
   const deployment = useMigrationDeployment({
     shards: 3,
     config: {

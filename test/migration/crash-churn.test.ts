@@ -38,7 +38,7 @@ import { seededRandom } from '../helpers/seeded-random';
  * mover process alone while a big key is copied (the proxy starts a new one), then kill -9 of
  * the proxy at a random point (before or after the new mover started). Each time the proxy is
  * started again on the same config; the state file and the plan file beside it make it resume;
- * the clients reconnect and go on. Runs with `workers: 1`; CRASH_CHURN_WORKERS2=1 adds a run
+ * the clients reconnect and go on. Runs with `workers: 1`; SLOTPROXY_STRESS=1 adds a run
  * with `workers: 2` (the primary killed, its workers must go with it; one worker killed alone
  * instead of the later plan-1 kills), left out of the suite for its time:
  * test/migration/contended-workers.test.ts kills a worker mid-plan too.
@@ -312,7 +312,7 @@ describe('the proxy and its mover killed -9 again and again during reshards unde
   }, 120_000);
 });
 
-describe.runIf(process.env['CRASH_CHURN_WORKERS2'] === '1')('the same with workers: 2 (the primary killed -9, and one worker alone)', () => {
+describe.runIf(process.env['SLOTPROXY_STRESS'] === '1')('the same with workers: 2 (the primary killed -9, and one worker alone)', () => {
   const deployment = useMigrationDeployment({ shards: 3, config: { ...CHURN_CONFIG, workers: 2 } });
 
   it('loses no acknowledged write, applies none twice, and leaves every key whole on its owner', async () => {

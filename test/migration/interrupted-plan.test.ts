@@ -78,7 +78,9 @@ async function expectCompleted(deployment: MigrationDeployment, load: Load): Pro
   return { status, ops: report.ops, errors: report.errors };
 }
 
-describe('the mover process killed mid-plan', () => {
+// Left out of the suite for its time (SLOTPROXY_STRESS=1 runs it): test/migration/crash-churn.test.ts
+// kills the mover process alone mid-plan, under heavier load, in every run.
+describe.runIf(process.env['SLOTPROXY_STRESS'] === '1')('the mover process killed mid-plan', () => {
   const deployment = useDeployment();
 
   it('is replaced, and the plan completes with every acknowledged write', async () => {
