@@ -10,7 +10,7 @@ import {
   useMigrationDeployment,
   type ShardSpec,
 } from './migration-harness';
-import { around, firstDecrease, listOf, readOnOwners, runReshard, tagsFor, recordPipeline, runPipelines } from './contended-load';
+import { around, firstDecrease, listOf, readOnOwners, runReshard, tagsFor, recordPipeline, runPipelines, pickTag, pickDistinct, pickWeighted } from './contended-load';
 import { seededRandom } from '../helpers/seeded-random';
 
 /**
@@ -167,17 +167,12 @@ class ContendingClient {
    * keys while they move, up to the snapshot that ends their slot's migration.
    */
   #tag(): string {
-    const hot = this.#hot();
-    const from = hot.length > 0 && this.#random() < HOT_SHARE ? hot : this.#tags;
-    return from[Math.floor(this.#random() * from.length)]!;
+    return pickTag(this.#random, this.#hot(), this.#tags, HOT_SHARE);
   }
 
   /** 2..max distinct tags. */
   #distinctTags(max: number): string[] {
-    const n = 2 + Math.floor(this.#random() * (max - 1));
-    const chosen = new Set<string>();
-    while (chosen.size < n) chosen.add(this.#tag());
-    return [...chosen];
+    return pickDistinct(this.#random, max, () => this.#tag());
   }
 
   #token(): string {
@@ -189,12 +184,7 @@ class ContendingClient {
   }
 
   #kind(): Kind {
-    let r = this.#random() * WEIGHT_TOTAL;
-    for (const [kind, w] of WEIGHTS) {
-      r -= w;
-      if (r < 0) return kind;
-    }
-    return 'incrby';
+    return pickWeighted(this.#random, WEIGHTS, WEIGHT_TOTAL, 'incrby');
   }
 
   /** Sends one pipeline; resolves when every reply is in. */

@@ -131,3 +131,27 @@ export async function runPipelines(sendBatch: () => Promise<void>, isStopped: ()
   }
   await Promise.all(pending);
 }
+
+/** One of `tags`; with a chance of `hotShare`, one of `hot` instead when there are any (the slots migrating now). */
+export function pickTag(random: () => number, hot: readonly string[], tags: readonly string[], hotShare: number): string {
+  const from = hot.length > 0 && random() < hotShare ? hot : tags;
+  return from[Math.floor(random() * from.length)]!;
+}
+
+/** 2..max distinct values of `pick`. */
+export function pickDistinct(random: () => number, max: number, pick: () => string): string[] {
+  const n = 2 + Math.floor(random() * (max - 1));
+  const chosen = new Set<string>();
+  while (chosen.size < n) chosen.add(pick());
+  return [...chosen];
+}
+
+/** One of the weighted kinds (`total` the weights' sum), `fallback` past the last. */
+export function pickWeighted<K>(random: () => number, weights: readonly (readonly [K, number])[], total: number, fallback: K): K {
+  let r = random() * total;
+  for (const [kind, w] of weights) {
+    r -= w;
+    if (r < 0) return kind;
+  }
+  return fallback;
+}

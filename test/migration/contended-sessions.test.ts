@@ -14,7 +14,7 @@ import {
   useMigrationDeployment,
   type ShardSpec,
 } from './migration-harness';
-import { around, firstDecrease, listOf, readOnOwners, runReshard, tagsFor, runPipelines } from './contended-load';
+import { around, firstDecrease, listOf, readOnOwners, runReshard, tagsFor, runPipelines, pickTag } from './contended-load';
 
 /**
  * Transactions, WATCH, scripts and blocking commands on contended keys of slots that migrate back
@@ -176,9 +176,7 @@ class TagPicker {
   }
 
   pick(): string {
-    const hot = this.#hot();
-    const from = hot.length > 0 && this.#random() < HOT_SHARE ? hot : this.#tags;
-    return from[Math.floor(this.#random() * from.length)]!;
+    return pickTag(this.#random, this.#hot(), this.#tags, HOT_SHARE);
   }
 }
 

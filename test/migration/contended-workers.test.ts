@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import Redis from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { checkPlacement, childProcesses, expectNoMoverKeys, HOST, ownerFromStateFile, sleep, useMigrationDeployment, type ShardSpec } from './migration-harness';
-import { around, firstDecrease, listOf, readOnOwners, runReshard, tagsFor } from './contended-load';
+import { around, firstDecrease, listOf, readOnOwners, runReshard, tagsFor, pickTag, pickDistinct, pickWeighted } from './contended-load';
 import { seededRandom } from '../helpers/seeded-random';
 
 /**
@@ -166,16 +166,11 @@ class Contender {
   }
 
   #tag(): string {
-    const hot = this.#hot();
-    const from = hot.length > 0 && this.#random() < HOT_SHARE ? hot : this.#tags;
-    return from[Math.floor(this.#random() * from.length)]!;
+    return pickTag(this.#random, this.#hot(), this.#tags, HOT_SHARE);
   }
 
   #distinctTags(max: number): string[] {
-    const n = 2 + Math.floor(this.#random() * (max - 1));
-    const chosen = new Set<string>();
-    while (chosen.size < n) chosen.add(this.#tag());
-    return [...chosen];
+    return pickDistinct(this.#random, max, () => this.#tag());
   }
 
   #token(): string {
@@ -183,12 +178,7 @@ class Contender {
   }
 
   #kind(): Kind {
-    let r = this.#random() * WEIGHT_TOTAL;
-    for (const [kind, w] of WEIGHTS) {
-      r -= w;
-      if (r < 0) return kind;
-    }
-    return 'incrby';
+    return pickWeighted(this.#random, WEIGHTS, WEIGHT_TOTAL, 'incrby');
   }
 
   #sent(kind: Kind, keys: readonly string[], extra: Partial<Sent> = {}): Sent {

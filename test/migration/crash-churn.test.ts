@@ -16,7 +16,7 @@ import {
   type MigrationDeployment,
   type ShardSpec,
 } from './migration-harness';
-import { around, firstDecrease, listOf, readOnOwners, tagsFor } from './contended-load';
+import { around, firstDecrease, listOf, readOnOwners, tagsFor, pickTag } from './contended-load';
 import { seededRandom } from '../helpers/seeded-random';
 
 /**
@@ -191,9 +191,7 @@ class HotClient extends ReconnectingClient {
   }
 
   #tag(): string {
-    const hot = this.#hot();
-    const from = hot.length > 0 && this.#random() < HOT_SHARE ? hot : this.#tags;
-    return from[Math.floor(this.#random() * from.length)]!;
+    return pickTag(this.#random, this.#hot(), this.#tags, HOT_SHARE);
   }
 
   async sendBatch(): Promise<void> {

@@ -18,7 +18,7 @@ import {
   type MigrationProxy,
   type ShardSpec,
 } from './migration-harness';
-import { around, firstDecrease, listOf, readOnOwners, tagsFor, recordPipeline, runPipelines } from './contended-load';
+import { around, firstDecrease, listOf, readOnOwners, tagsFor, recordPipeline, runPipelines, pickWeighted } from './contended-load';
 import { seededRandom } from '../helpers/seeded-random';
 
 /**
@@ -143,12 +143,7 @@ class Client {
   }
 
   #kind(): Kind {
-    let r = this.#random() * WEIGHT_TOTAL;
-    for (const [kind, w] of WEIGHTS) {
-      r -= w;
-      if (r < 0) return kind;
-    }
-    return 'incrby';
+    return pickWeighted(this.#random, WEIGHTS, WEIGHT_TOTAL, 'incrby');
   }
 
   async sendBatch(): Promise<void> {
