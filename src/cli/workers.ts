@@ -11,11 +11,15 @@ import { exitOnSignals, newIdentity, startDataPath, startMetricsServer, type Run
 import { VERSION } from './version';
 import { IpcWorkerPeers, PeerRelay } from './worker-peers';
 
-/** Client ids of worker i start at 1 + i * ID_SPAN, so CLIENT ID stays unique per proxy. */
+/**
+ * Client ids of the n-th worker process forked start at 1 + n * ID_SPAN, so CLIENT ID stays
+ * unique per proxy: a worker forked again after a crash gets a range of its own (with its old
+ * one, a CLIENT KILL ID of a client gone with the crash closed a new client that had its id).
+ */
 const ID_SPAN = 1e12;
 
 type ToWorker =
-  | { readonly type: 'start'; readonly config: ProxyConfig; readonly identity: ProxyIdentity; readonly index: number; readonly topology: TopologyJson }
+  | { readonly type: 'start'; readonly config: ProxyConfig; readonly identity: ProxyIdentity; readonly index: number; readonly firstClientId: number; readonly topology: TopologyJson }
   | { readonly type: 'topology'; readonly topology: TopologyJson };
 
 type FromWorker = { readonly type: 'listening'; readonly host: string; readonly port: number } | { readonly type: 'failed'; readonly error: string };
@@ -33,11 +37,16 @@ export async function runPrimary(config: ProxyConfig): Promise<void> {
   const workers = new Map<Worker, number>();
   const relay = new PeerRelay(workers);
   let isStopping = false;
+  let forks = 0;
 
   const fork = (index: number): Promise<void> =>
     new Promise((resolve, reject) => {
       const worker = cluster.fork({ SLOTPROXY_WORKER: String(index) });
+      const firstClientId = 1 + forks++ * ID_SPAN;
       workers.set(worker, index);
+      // A send to a worker that has just died fails with EPIPE, reported here: without a listener
+      // it would end this process, the whole proxy (its exit is handled below).
+      worker.on('error', (err) => log.warn('message to a worker not delivered', { worker: index, error: err.message }));
       worker.on('message', (message: FromWorker) => {
         if (relay.onMessage(worker, message)) return;
         if (message.type === 'listening') {
@@ -48,7 +57,7 @@ export async function runPrimary(config: ProxyConfig): Promise<void> {
         }
       });
       worker.on('online', () => {
-        const start: ToWorker = { type: 'start', config, identity, index, topology: topologyToJson(control.store.current) };
+        const start: ToWorker = { type: 'start', config, identity, index, firstClientId, topology: topologyToJson(control.store.current) };
         worker.send(start);
       });
       worker.on('exit', (code, signal) => {
@@ -98,7 +107,7 @@ export function runWorker(): void {
     if (message.type === 'start') {
       log.setLevel(message.config.logLevel);
       store = new TopologyStore(topologyFromJson(message.topology));
-      startDataPath(message.config, store, message.identity, 1 + message.index * ID_SPAN, peers).then(
+      startDataPath(message.config, store, message.identity, message.firstClientId, peers).then(
         (running) => {
           proxy = running;
           process.send?.({ type: 'listening', host: running.host, port: running.port } satisfies FromWorker);
