@@ -387,9 +387,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     }
     const connection = node.connection(clientId);
     const load = connection.hasScript(script.sha) ? null : encodeCommand(['SCRIPT', 'LOAD', script.body]);
-    if (node !== this.#shards[shard]!.primary && !isRetry) {
-      sink = new ReplicaRead(sink, (again) => this.#sendScript(shard, request, again, clientId, false, true, script, true));
-    }
+    if (node !== this.#shards[shard]!.primary && !isRetry) sink = new ReplicaRead(this, sink, shard, request, clientId, script);
     new NoScriptSink(sink, connection, script.body, Buffer.isBuffer(request) ? request : Buffer.concat(request), this.writeDurability, writesTo).send(load);
     if (load !== null) connection.addScript(script.sha);
   }
@@ -650,7 +648,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     const connection = node.connection(clientId);
     if (isWrite) this.writeDurability.send(connection, shard.info, request, sink);
     else if (node === shard.primary || isRetry) connection.send(request, sink);
-    else connection.send(request, new ReplicaRead(sink, (again) => this.#send(shardIndex, request, again, clientId, false, true, true)));
+    else connection.send(request, new ReplicaRead(this, sink, shardIndex, request, clientId, null));
   }
 
   /**
@@ -687,6 +685,12 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
 
   anyShard(): number {
     return this.#anyShard();
+  }
+
+  /** A read that got no reply from its replica, sent once more where reads go now (ReplicaRead). */
+  resendRead(read: ReplicaRead): void {
+    if (read.script === null) this.#send(read.shard, read.request, read.sink, read.clientId, false, true, true);
+    else this.#sendScript(read.shard, read.request, read.sink, read.clientId, false, true, read.script, true);
   }
 
   isHeldByRouter(slot: number): boolean {
@@ -762,22 +766,31 @@ const ROLE_REPLY = Buffer.from('*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n');
  * holds for the reads already on their way too.
  */
 class ReplicaRead implements ReplySink {
-  readonly #sink: ReplySink;
-  readonly #resend: (sink: ReplySink) => void;
+  readonly #dispatcher: Dispatcher;
+  readonly sink: ReplySink;
+  readonly shard: number;
+  readonly request: Buffer | readonly Buffer[];
+  readonly clientId: number;
+  /** An EVALSHA_RO's script, sent with it again; null for any other read. */
+  readonly script: KnownScript | null;
 
-  constructor(sink: ReplySink, resend: (sink: ReplySink) => void) {
-    this.#sink = sink;
-    this.#resend = resend;
+  constructor(dispatcher: Dispatcher, sink: ReplySink, shard: number, request: Buffer | readonly Buffer[], clientId: number, script: KnownScript | null) {
+    this.#dispatcher = dispatcher;
+    this.sink = sink;
+    this.shard = shard;
+    this.request = request;
+    this.clientId = clientId;
+    this.script = script;
   }
 
   onReply(frame: Buffer): void {
-    this.#sink.onReply(frame);
+    this.sink.onReply(frame);
   }
 
   onFailure(): void {
     // After the call that failed it returns: a pool closed by a new snapshot fails its reads
     // while the dispatcher is still taking the snapshot's pools.
-    queueMicrotask(() => this.#resend(this.#sink));
+    queueMicrotask(() => this.#dispatcher.resendRead(this));
   }
 }
 
