@@ -301,6 +301,8 @@ function encodeArgs(args: readonly string[]): EncodedArgs {
 export class MigratingRouter {
   readonly #shards: ShardConnections;
   readonly #options: MigratingRouterOptions;
+  /** The key-move script's last argument, encoded once: the target's password; null when none. */
+  readonly #passwordArg: Buffer | null;
   /** Parked commands in arrival order. */
   #parked: KeyMove[] = [];
   /** Keys of parked commands -> how many parked commands hold each. */
@@ -336,6 +338,7 @@ export class MigratingRouter {
   constructor(shards: ShardConnections, options: MigratingRouterOptions) {
     this.#shards = shards;
     this.#options = options;
+    this.#passwordArg = options.password === null ? null : encodeBulk(options.password);
     this.#confirmRequest = [NOOP, encodeCommand(['WAIT', String(options.minReplicaAcks), String(options.replicaAckTimeoutMs)])];
   }
 
@@ -706,14 +709,14 @@ export class MigratingRouter {
    */
   #evalOnSource(move: KeyMove, migration: SlotMigration, head: Buffer, args: EncodedArgs | null): void {
     // The key-move script's fence and the target's password follow its other arguments.
-    const password = this.#options.password;
+    const password = this.#passwordArg;
     const more = args === null ? 0 : args.count + 1 + (password === null ? 0 : 1);
     const parts: Buffer[] = [encodeArrayHeader(3 + move.keys.length + more), head, encodeBulk(String(move.keys.length))];
     for (const key of move.keys) parts.push(Buffer.from(`$${key.length}\r\n`), key, CRLF);
     if (args !== null) {
       move.fence = Date.now() + KEY_MOVE_FENCE_MS;
       parts.push(args.bytes, encodeBulk(String(move.fence)));
-      if (password !== null) parts.push(encodeBulk(password));
+      if (password !== null) parts.push(password);
     }
     const connection = this.#shards.primaryConnection(migration.from, 0);
     if (confirmsMoves(this.#shards.topology.shards[migration.from], this.#options.minReplicaAcks)) connection.sendDurable(parts, move);
