@@ -19,7 +19,8 @@ const PROGRESS_EVERY_MS = 100;
 
 if (process.send === undefined) throw new Error('mover-process.js runs as a child process of the proxy');
 
-// Background work on the data path's cores: see runtime/background-process.ts.
+// Background work on the data path's cores: see runtime/background-process.ts. A mover that
+// replaces one found starved runs at the proxy's priority (slot-migrator.ts, STARVED_WAIT_SHARE).
 idleThisProcess();
 // Without its proxy a mover must stop at once: a batch it went on with could RESTORE an old copy
 // over a key the next proxy has moved and written since (setpriv's death signal does the same).

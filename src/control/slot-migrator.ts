@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import type { LogLevel } from '../log/logger';
 import { log } from '../log/logger';
 import { bigKeysMovedTotal, migratedKeysTotal, migratedSlotsTotal, migrationErrorsTotal } from '../metrics/metrics';
-import { backgroundCommand } from '../runtime/background-process';
+import { backgroundCommand, runQueueWaitMs } from '../runtime/background-process';
 import { topologyToJson, type TopologyJson } from '../topology/topology-codec';
 import { nodeKey, Topology, type SlotMigration } from '../topology/topology';
 import type { TopologyStore } from '../topology/topology-store';
@@ -83,11 +83,26 @@ const COMMIT_GATHER_MS = 10;
 export const PLAN_TIMEOUT_MS = 5_000;
 /** Times a run starts a new mover process after its process died, before the run fails. */
 const MOVER_RESTARTS = 5;
+/**
+ * The mover in SCHED_IDLE is starved of CPU when every core is busy with normal threads: it gets
+ * a fraction of a percent of one (a reshard that takes a tenth of a second on idle cores had not
+ * indexed its source after 15 s). A mover that waited, runnable, for a core this share of the
+ * last STARVATION_WINDOW_MS (or, where the kernel does not say, sent nothing for that long; it
+ * reports progress every 100 ms) is replaced by one at the proxy's own priority, so the run ends
+ * in bounded time. The key pacing (keysPerSecond) still bounds what it takes then.
+ */
+const STARVED_WAIT_SHARE = 0.75;
+const STARVATION_WINDOW_MS = 3_000;
+/** How often a run looks for a starved mover. */
+const STARVATION_CHECK_MS = 500;
 
 /** The mover process ended (or could not start) while a run needed it. */
 class MoverExitedError extends Error {
   override readonly name = 'MoverExitedError';
 }
+
+/** The mover process was replaced because it was starved of CPU (a MoverExitedError that is not a fault). */
+class MoverStarvedError extends MoverExitedError {}
 
 export class SlotMigrator {
   readonly #store: TopologyStore;
@@ -103,8 +118,16 @@ export class SlotMigrator {
   #abort: (() => void) | null = null;
   /** The mover process; null until started (or after it died). */
   #child: ChildProcess | null = null;
+  /** Whether the mover process runs at the proxy's priority: the run under way found one in SCHED_IDLE starved. */
+  #isChildNormalPriority = false;
+  /** Whether new mover processes start at the proxy's priority (for the rest of the run under way). */
+  #wantsNormalPriority = false;
+  /** Stops watching the run's mover for starvation; null when not watching. */
+  #stopStarvationWatch: (() => void) | null = null;
   /** Ends the run in the mover process (with its error); null when none runs. */
   #onRunEnd: ((err: Error | null) => void) | null = null;
+  /** The mover process the run under way is in; null when none runs. A process replaced meanwhile ends no run. */
+  #runChild: ChildProcess | null = null;
   /** The run's progress (with what earlier mover processes of it did), and what of it the metrics have counted. */
   #runProgress: { readonly progress: MigrationProgress; readonly before: RunningTotals } | null = null;
   #counted: Counted = { keys: 0, slots: 0, bigKeys: 0 };
@@ -247,7 +270,8 @@ export class SlotMigrator {
   /** The mover process, started once and kept (idle between runs). */
   #moverProcess(): ChildProcess {
     if (this.#child !== null) return this.#child;
-    const command = backgroundCommand(process.execPath, [MOVER_FILE]);
+    const isNormalPriority = this.#wantsNormalPriority;
+    const command = backgroundCommand(process.execPath, [MOVER_FILE], isNormalPriority ? 'normal' : 'idle');
     // Its log lines go where the proxy's go.
     const child = spawn(command.file, command.args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     // Neither the process nor its channel keeps the proxy alive: close() ends it.
@@ -256,7 +280,7 @@ export class SlotMigrator {
     child.on('message', (message: FromMover) => this.#onMoverMessage(child, message));
     const onGone = (err: Error): void => {
       if (this.#child === child) this.#child = null;
-      this.#onRunEnd?.(err);
+      if (this.#runChild === child) this.#onRunEnd?.(err);
       // Plans it was working out are worked out here instead: a plan must not fail for that.
       const plans = [...this.#plans.values()];
       this.#plans.clear();
@@ -265,6 +289,7 @@ export class SlotMigrator {
     child.on('error', (err) => onGone(new MoverExitedError(`the mover process could not run: ${err.message}`)));
     child.on('exit', (code, signal) => onGone(new MoverExitedError(`the mover process exited (${signal ?? `code ${code}`})`)));
     this.#child = child;
+    this.#isChildNormalPriority = isNormalPriority;
     return child;
   }
 
@@ -274,21 +299,33 @@ export class SlotMigrator {
    * left migrating are finished, marks left on the sources are cleared first.
    */
   async #runInProcesses(moves: readonly MoveGroup[], progress: MigrationProgress): Promise<void> {
-    for (let restarts = 0; ; restarts++) {
-      try {
-        await this.#runInProcess(moves, progress, runningTotals(progress));
-        return;
-      } catch (err) {
-        if (!(err instanceof MoverExitedError)) throw err;
-        // Stopping anyway (the proxy is closing): the plan resumes at the next start.
-        if (this.#isAborted) throw new MigrationAbortedError('the migration was stopped');
-        if (restarts >= MOVER_RESTARTS) throw err;
-        progress.errors++;
-        progress.lastError = err.message;
-        migrationErrorsTotal.inc({ kind: 'mover_exit' });
-        log.warn('the mover process ended mid-run; starting a new one', { error: err.message, restart: restarts + 1 });
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5_000, 500 * 2 ** restarts)));
-        if (this.#isAborted) throw new MigrationAbortedError('the migration was stopped');
+    try {
+      for (let restarts = 0; ; restarts++) {
+        try {
+          await this.#runInProcess(moves, progress, runningTotals(progress));
+          return;
+        } catch (err) {
+          if (!(err instanceof MoverExitedError)) throw err;
+          // Stopping anyway (the proxy is closing): the plan resumes at the next start.
+          if (this.#isAborted) throw new MigrationAbortedError('the migration was stopped');
+          if (err instanceof MoverStarvedError) {
+            restarts--;
+            continue;
+          }
+          if (restarts >= MOVER_RESTARTS) throw err;
+          progress.errors++;
+          progress.lastError = err.message;
+          migrationErrorsTotal.inc({ kind: 'mover_exit' });
+          log.warn('the mover process ended mid-run; starting a new one', { error: err.message, restart: restarts + 1 });
+          await new Promise((resolve) => setTimeout(resolve, Math.min(5_000, 500 * 2 ** restarts)));
+          if (this.#isAborted) throw new MigrationAbortedError('the migration was stopped');
+        }
+      }
+    } finally {
+      // The next run starts in SCHED_IDLE again: the machine may not be saturated then.
+      if (this.#wantsNormalPriority) {
+        this.#wantsNormalPriority = false;
+        if (this.#isChildNormalPriority) await this.close();
       }
     }
   }
@@ -310,8 +347,11 @@ export class SlotMigrator {
       this.#store.on('change', onChange);
       this.#runProgress = { progress, before };
       this.#counted = snapshotOf(progress);
+      this.#runChild = child;
       this.#onRunEnd = (err) => {
         this.#onRunEnd = null;
+        this.#runChild = null;
+        this.#stopStarvationWatch?.();
         this.#runProgress = null;
         this.#abort = null;
         this.#store.off('change', onChange);
@@ -319,6 +359,7 @@ export class SlotMigrator {
         else reject(err);
       };
       this.#abort = () => send(child, { type: 'abort' } satisfies ToMover);
+      this.#watchForStarvation(child);
       send(child, {
         type: 'start',
         moves,
@@ -328,6 +369,57 @@ export class SlotMigrator {
       } satisfies ToMover);
       if (this.#isAborted) this.#abort();
     });
+  }
+
+  /**
+   * Replaces the run's mover process by one at the proxy's priority when it is starved of CPU
+   * (see STARVED_WAIT_SHARE). A late check means this process was not running either (stopped,
+   * or starved itself): the window then starts again.
+   */
+  #watchForStarvation(child: ChildProcess): void {
+    if (this.#isChildNormalPriority) return;
+    const pid = child.pid;
+    /** Samples of the window: when (ms), and the mover's run-queue wait so far then (ms; null when unknown). */
+    let samples: { at: number; waitMs: number | null }[] = [];
+    let heardAt = Date.now();
+    const onMessage = (): void => {
+      heardAt = Date.now();
+    };
+    child.on('message', onMessage);
+    const timer = setInterval(() => {
+      const now = Date.now();
+      const last = samples[samples.length - 1];
+      if (last !== undefined && now - last.at > 2 * STARVATION_CHECK_MS) {
+        samples = [];
+        heardAt = now;
+      }
+      samples.push({ at: now, waitMs: pid === undefined ? null : runQueueWaitMs(pid) });
+      while (samples.length > 1 && now - samples[1]!.at >= STARVATION_WINDOW_MS) samples.shift();
+      const first = samples[0]!;
+      const spanMs = now - first.at;
+      if (spanMs < STARVATION_WINDOW_MS || this.#runChild !== child) return;
+      const latest = samples[samples.length - 1]!.waitMs;
+      const waitedMs = first.waitMs === null || latest === null ? null : latest - first.waitMs;
+      const isStarved = waitedMs === null ? now - heardAt >= STARVATION_WINDOW_MS : waitedMs >= STARVED_WAIT_SHARE * spanMs;
+      if (!isStarved) return;
+      this.#stopStarvationWatch?.();
+      this.#wantsNormalPriority = true;
+      migrationErrorsTotal.inc({ kind: 'mover_starved' });
+      log.warn('the mover process (SCHED_IDLE) got no CPU for a while: every core is busy; going on at the proxy\'s own priority', {
+        waitedMs: waitedMs === null ? null : Math.round(waitedMs),
+        silentMs: now - heardAt,
+        windowMs: spanMs,
+      });
+      this.#child = null;
+      child.kill('SIGKILL');
+      this.#onRunEnd?.(new MoverStarvedError('the mover process was starved of CPU'));
+    }, STARVATION_CHECK_MS);
+    timer.unref();
+    this.#stopStarvationWatch = () => {
+      this.#stopStarvationWatch = null;
+      clearInterval(timer);
+      child.off('message', onMessage);
+    };
   }
 
   #onMoverMessage(child: ChildProcess, message: FromMover): void {
@@ -351,7 +443,7 @@ export class SlotMigrator {
       }
       case 'progress': {
         const run = this.#runProgress;
-        if (run === null) return;
+        if (run === null || child !== this.#runChild) return;
         const { progress } = run;
         continueRun(progress, run.before, message.progress);
         const now = snapshotOf(progress);
@@ -360,6 +452,7 @@ export class SlotMigrator {
         return;
       }
       case 'end':
+        if (child !== this.#runChild) return;
         this.#onRunEnd?.(message.error === null ? null : message.isAborted ? new MigrationAbortedError(message.error) : new Error(message.error));
         return;
     }

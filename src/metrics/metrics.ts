@@ -124,7 +124,7 @@ export const stateFileWritesTotal = new Counter({
 // Online resharding (control/slot-migrator.ts, control/resharding.ts).
 export const migrationErrorsTotal = new Counter({
   name: 'slotproxy_migration_errors_total',
-  help: 'Failed steps of the background slot mover, retried (kind: scan, migrate, big_key, journal, mover_exit).',
+  help: 'Failed steps of the background slot mover, retried (kind: scan, migrate, big_key, journal, mover_exit, mover_starved).',
   labelNames: ['kind'] as const,
   registers: [registry],
 });

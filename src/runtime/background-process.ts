@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { constants, setPriority } from 'node:os';
 import { findExecutable } from './find-executable';
 
@@ -24,12 +25,20 @@ import { findExecutable } from './find-executable';
  * signal, ends itself when its IPC channel closes, and runs at the lowest nice value.
  */
 
-/** The command line that runs `file args` as a background process of this one. */
-export function backgroundCommand(file: string, args: readonly string[]): { file: string; args: string[] } {
+/** Tells idleThisProcess() to leave the process at its parent's priority. */
+const NORMAL_PRIORITY_ARG = '--normal-priority';
+
+/**
+ * The command line that runs `file args` as a background process of this one; at `priority`
+ * 'normal', idleThisProcess() leaves it at this process's priority (for work that must not
+ * starve on saturated cores).
+ */
+export function backgroundCommand(file: string, args: readonly string[], priority: 'idle' | 'normal' = 'idle'): { file: string; args: string[] } {
   const setpriv = deathSignalWrapper();
+  const all = priority === 'normal' ? [...args, NORMAL_PRIORITY_ARG] : [...args];
   // The parent whose death counts is the thread that forked: Node's main thread, alive as long as the proxy.
-  if (setpriv === null) return { file, args: [...args] };
-  return { file: setpriv, args: ['--pdeathsig', 'KILL', '--', file, ...args] };
+  if (setpriv === null) return { file, args: all };
+  return { file: setpriv, args: ['--pdeathsig', 'KILL', '--', file, ...all] };
 }
 
 /** `setpriv` when it is there and knows --pdeathsig (util-linux 2.33 and later); undefined until checked, once. */
@@ -50,9 +59,11 @@ function deathSignalWrapper(): string | null {
 
 /**
  * Puts every thread of this process in SCHED_IDLE at the lowest nice value; threads started
- * later inherit both from the thread that starts them. Called first thing by the process.
+ * later inherit both from the thread that starts them. Called first thing by the process; does
+ * nothing in one started at 'normal' priority.
  */
 export function idleThisProcess(): void {
+  if (process.argv.includes(NORMAL_PRIORITY_ARG)) return;
   try {
     setPriority(0, constants.priority.PRIORITY_LOW);
   } catch {
@@ -64,5 +75,20 @@ export function idleThisProcess(): void {
     execFileSync(chrt, ['--idle', '--all-tasks', '--pid', '0', String(process.pid)], { stdio: 'ignore', timeout: 5_000 });
   } catch {
     // Not allowed here: the nice value alone.
+  }
+}
+
+/**
+ * How long the main thread of process `pid` has waited, runnable, for a core (ms in all, from
+ * /proc/PID/schedstat's second field); null where the kernel does not say (not Linux, or
+ * without CONFIG_SCHED_INFO). A process that waits most of a while this way is starved of CPU.
+ */
+export function runQueueWaitMs(pid: number): number | null {
+  try {
+    const fields = readFileSync(`/proc/${pid}/schedstat`, 'latin1').split(' ');
+    const waitNs = Number(fields[1]);
+    return Number.isFinite(waitNs) ? waitNs / 1e6 : null;
+  } catch {
+    return null;
   }
 }

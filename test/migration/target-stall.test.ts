@@ -140,6 +140,12 @@ describe('a migration target that stalls', () => {
   }, 180_000);
 });
 
+function readMigrations(stateFile: string): number[] {
+  if (!fs.existsSync(stateFile)) return [];
+  const state = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
+  return state.topology.migrations.map((m) => m.slot);
+}
+
 /**
  * A command whose key cannot move (its target frozen) waits keyMoveWaitMs for it, then is
  * answered TRYAGAIN without having run; the key stays whole on the source, and once the target
@@ -153,27 +159,43 @@ describe('a command whose key cannot reach its new shard', () => {
     const { shards, proxy, specs } = deployment;
     const count = 10_000;
     await loadKeys(shards.primaries, count);
-    const client = new Redis({ host: HOST, port: proxy.port, maxRetriesPerRequest: 0 });
-    const source = new Redis({ host: shards.primaries[0]!.host, port: shards.primaries[0]!.port });
+    // Bounded: a command left unanswered fails the test with its step, not the test's timeout.
+    const client = new Redis({ host: HOST, port: proxy.port, maxRetriesPerRequest: 0, commandTimeout: 20_000 });
+    const source = new Redis({ host: shards.primaries[0]!.host, port: shards.primaries[0]!.port, commandTimeout: 20_000 });
     const target = shards.primaries[1]!;
     let isFrozen = false;
     try {
       await client.ping();
       const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: 3_000 });
       expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
-      await sleep(300);
-      target.kill('SIGSTOP');
-      isFrozen = true;
       // A key of a slot migrating now that is still on the source and not in a batch of the
       // mover's: it cannot leave while the target is frozen. (A key of the batch in flight at
       // the freeze may have been restored on the target just before it; the mover then deletes
       // it from the source, and the command would go to the frozen target and wait for it.)
-      const state = JSON.parse(fs.readFileSync(proxy.stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
-      const migrating = new Set(state.topology.migrations.map((m) => m.slot));
+      // The plan indexes the source before its first slots migrate, and a group's keys may all
+      // be in flight at the freeze: frozen again a moment later until such a key is found.
       let n = -1;
-      for (let i = 0; i < count && n < 0; i++) {
-        if (!migrating.has(slotOf(keyName(i))) || (await source.exists(keyName(i))) === 0) continue;
-        if ((await source.hexists(MOVING_KEYS, keyName(i))) === 0) n = i;
+      for (let attempt = 0; n < 0 && attempt < 100; attempt++) {
+        const migrating = new Set(readMigrations(proxy.stateFile));
+        if (migrating.size === 0) {
+          await sleep(100);
+          continue;
+        }
+        target.kill('SIGSTOP');
+        isFrozen = true;
+        for (const slot of readMigrations(proxy.stateFile)) migrating.add(slot);
+        const candidates: number[] = [];
+        for (let i = 0; i < count; i++) if (migrating.has(slotOf(keyName(i)))) candidates.push(i);
+        const onSource = await Promise.all(candidates.map((i) => source.exists(keyName(i))));
+        const marked = await Promise.all(candidates.map((i) => source.hexists(MOVING_KEYS, keyName(i))));
+        // Still migrating (the state file lists a slot until its owner is published).
+        const stillMigrating = new Set(readMigrations(proxy.stateFile));
+        n = candidates.find((i, at) => onSource[at] === 1 && marked[at] === 0 && stillMigrating.has(slotOf(keyName(i)))) ?? -1;
+        if (n < 0) {
+          target.kill('SIGCONT');
+          isFrozen = false;
+          await sleep(50 + attempt * 10);
+        }
       }
       expect(n, 'a key of a migrating slot still on the source').toBeGreaterThanOrEqual(0);
       const key = keyName(n);
