@@ -29,6 +29,9 @@ export interface AdminServerOptions {
 }
 
 const MAX_BODY_BYTES = 64 * 1024;
+/** Of a body too large, read and dropped at most this much, for at most DROP_MS, before the refusal. */
+const MAX_DROPPED_BYTES = 64 * 1024 * 1024;
+const DROP_MS = 5_000;
 const JSON_TYPE = 'application/json; charset=utf-8';
 const OPS = ['reshard', 'rebalance', 'add-shard', 'remove-shard'] as const;
 
@@ -82,7 +85,7 @@ export class AdminServer {
         text = await readBody(req);
       } catch (err) {
         if (!(err instanceof BodyTooLargeError)) throw err;
-        // Answered before the connection closes: the rest of the body is not read.
+        // The body was read to its end (or for as long as readBody drops it): then closed.
         res.setHeader('connection', 'close');
         send(res, 413, { error: err.message });
         res.on('finish', () => req.destroy());
@@ -167,22 +170,34 @@ class BodyTooLargeError extends Error {
   override readonly name = 'BodyTooLargeError';
 }
 
+/**
+ * The request's body as text. A body over MAX_BODY_BYTES is read to its end and dropped before
+ * the refusal is sent (up to MAX_DROPPED_BYTES or DROP_MS): a connection closed with a body
+ * still arriving is reset, and the client's write fails before it reads the refusal.
+ */
 function readBody(req: http.IncomingMessage): Promise<string> {
   return new Promise((resolve, reject) => {
     let chunks: Buffer[] = [];
     let size = 0;
+    let dropTimer: NodeJS.Timeout | null = null;
+    const refuse = (): void => {
+      if (dropTimer !== null) clearTimeout(dropTimer);
+      reject(new BodyTooLargeError(`the body is too large (more than ${MAX_BODY_BYTES} bytes)`));
+    };
     req.on('data', (chunk: Buffer) => {
-      const before = size;
       size += chunk.length;
       if (size <= MAX_BODY_BYTES) {
         chunks.push(chunk);
-      } else if (before <= MAX_BODY_BYTES) {
-        // Once: the rest is read and dropped until the refusal is written and the connection closed.
-        chunks = [];
-        reject(new BodyTooLargeError(`the body is too large (more than ${MAX_BODY_BYTES} bytes)`));
+        return;
       }
+      chunks = [];
+      if (dropTimer === null) dropTimer = setTimeout(refuse, DROP_MS);
+      if (size > MAX_BODY_BYTES + MAX_DROPPED_BYTES) refuse();
     });
-    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('end', () => {
+      if (size > MAX_BODY_BYTES) refuse();
+      else resolve(Buffer.concat(chunks).toString('utf8'));
+    });
     req.on('error', reject);
   });
 }

@@ -293,6 +293,44 @@ describe('admin endpoint, CLI and /metrics under abuse and during plans', () => 
     } catch (err) {
       refusedProblems.push((err as Error).message.split('\n')[0]!);
     }
+    // A body that does not end (1 GB announced, written as fast as it is taken): dropped up to
+    // 64 MB or 5 s, then the connection closed; the proxy is unharmed.
+    const endless = await new Promise<{ sentMb: number; ms: number; answer: string }>((resolve) => {
+      const socket = net.connect(admin, HOST);
+      const chunk = Buffer.alloc(1024 * 1024, 0x20);
+      const startedAt = Date.now();
+      let sent = 0;
+      let answer = '';
+      let isDone = false;
+      const done = (): void => {
+        if (isDone) return;
+        isDone = true;
+        clearTimeout(timer);
+        socket.destroy();
+        resolve({ sentMb: Math.round(sent / chunk.length), ms: Date.now() - startedAt, answer: answer.split('\r\n')[0]! });
+      };
+      const timer = setTimeout(done, 20_000);
+      const pump = (): void => {
+        while (!isDone && sent < 1024 * chunk.length) {
+          sent += chunk.length;
+          if (!socket.write(chunk)) return;
+        }
+      };
+      socket.on('connect', () => {
+        socket.write(`POST /admin/plan HTTP/1.1\r\nHost: ${HOST}\r\nContent-Type: application/json\r\nContent-Length: ${1024 * chunk.length}\r\n\r\n`);
+        pump();
+      });
+      socket.on('drain', pump);
+      socket.on('data', (data: Buffer) => {
+        answer += data.toString('latin1');
+      });
+      socket.on('error', done);
+      socket.on('close', done);
+    });
+    console.log('endless body figures', JSON.stringify(endless));
+    expect(endless.ms, 'the endless body cut off').toBeLessThan(15_000);
+    expect(endless.sentMb).toBeLessThan(1024);
+    expect(isAlive(proxy.pid)).toBe(true);
     if (refusedProblems.length > 0) console.log(`refused requests without the expected JSON error:\n  ${refusedProblems.join('\n  ')}`);
     expect(isAlive(proxy.pid), 'the proxy is alive after the refusals').toBe(true);
     const afterRefusals = await status();
