@@ -322,10 +322,14 @@ export class SlotMigrator {
         }
       }
     } finally {
-      // The next run starts in SCHED_IDLE again: the machine may not be saturated then.
+      // The next run starts in SCHED_IDLE again (the machine may not be saturated then), with a
+      // mover started ahead of it as usual.
       if (this.#wantsNormalPriority) {
         this.#wantsNormalPriority = false;
-        if (this.#isChildNormalPriority) await this.close();
+        if (this.#isChildNormalPriority) {
+          await this.close();
+          if (!this.#isAborted) this.warmUp();
+        }
       }
     }
   }
@@ -373,14 +377,13 @@ export class SlotMigrator {
 
   /**
    * Replaces the run's mover process by one at the proxy's priority when it is starved of CPU
-   * (see STARVED_WAIT_SHARE). A late check means this process was not running either (stopped,
-   * or starved itself): the window then starts again.
+   * (see STARVED_WAIT_SHARE).
    */
   #watchForStarvation(child: ChildProcess): void {
     if (this.#isChildNormalPriority) return;
     const pid = child.pid;
     /** Samples of the window: when (ms), and the mover's run-queue wait so far then (ms; null when unknown). */
-    let samples: { at: number; waitMs: number | null }[] = [];
+    const samples: { at: number; waitMs: number | null }[] = [];
     let heardAt = Date.now();
     const onMessage = (): void => {
       heardAt = Date.now();
@@ -388,11 +391,10 @@ export class SlotMigrator {
     child.on('message', onMessage);
     const timer = setInterval(() => {
       const now = Date.now();
+      // A late check: this process was not running either (stopped, or as starved): silence
+      // counts from now. The run-queue wait is the mover's own, whenever it is read.
       const last = samples[samples.length - 1];
-      if (last !== undefined && now - last.at > 2 * STARVATION_CHECK_MS) {
-        samples = [];
-        heardAt = now;
-      }
+      if (last !== undefined && now - last.at > 2 * STARVATION_CHECK_MS) heardAt = now;
       samples.push({ at: now, waitMs: pid === undefined ? null : runQueueWaitMs(pid) });
       while (samples.length > 1 && now - samples[1]!.at >= STARVATION_WINDOW_MS) samples.shift();
       const first = samples[0]!;
