@@ -300,7 +300,8 @@ export class SlotMigrator {
    */
   async #runInProcesses(moves: readonly MoveGroup[], progress: MigrationProgress): Promise<void> {
     try {
-      for (let restarts = 0; ; restarts++) {
+      // Restarts after a process died; a starved one replaced (at once) is not counted.
+      for (let restarts = 0; ; ) {
         try {
           await this.#runInProcess(moves, progress, runningTotals(progress));
           return;
@@ -308,16 +309,14 @@ export class SlotMigrator {
           if (!(err instanceof MoverExitedError)) throw err;
           // Stopping anyway (the proxy is closing): the plan resumes at the next start.
           if (this.#isAborted) throw new MigrationAbortedError('the migration was stopped');
-          if (err instanceof MoverStarvedError) {
-            restarts--;
-            continue;
-          }
+          if (err instanceof MoverStarvedError) continue;
           if (restarts >= MOVER_RESTARTS) throw err;
           progress.errors++;
           progress.lastError = err.message;
           migrationErrorsTotal.inc({ kind: 'mover_exit' });
           log.warn('the mover process ended mid-run; starting a new one', { error: err.message, restart: restarts + 1 });
           await new Promise((resolve) => setTimeout(resolve, Math.min(5_000, 500 * 2 ** restarts)));
+          restarts++;
           if (this.#isAborted) throw new MigrationAbortedError('the migration was stopped');
         }
       }

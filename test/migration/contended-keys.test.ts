@@ -1,4 +1,3 @@
-import * as fs from 'node:fs';
 import Redis from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import {
@@ -6,9 +5,10 @@ import {
   expectNoMoverKeys,
   HOST,
   ownerFromStateFile,
-  sleep,
-  useMigrationDeployment,
   type ShardSpec,
+  sleep,
+  stateFileMigrations,
+  useMigrationDeployment,
 } from './migration-harness';
 import { around, firstDecrease, listOf, readOnOwners, runReshard, tagsFor, recordPipeline, runPipelines, pickTag, pickDistinct, pickWeighted } from './contended-load';
 import { seededRandom } from '../helpers/seeded-random';
@@ -377,8 +377,7 @@ describe('contended keys on slots migrating back and forth', () => {
     let migratingTags: string[] = [];
     const followMigrations = (): void => {
       try {
-        const state = JSON.parse(fs.readFileSync(proxy.stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
-        migratingTags = state.topology.migrations.flatMap((m) => tagOfSlot.get(m.slot) ?? []);
+        migratingTags = stateFileMigrations(proxy.stateFile).flatMap((slot) => tagOfSlot.get(slot) ?? []);
       } catch {
         // Being rewritten: the next look reads it.
       }

@@ -1,4 +1,3 @@
-import * as fs from 'node:fs';
 import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Topology } from '../../src/topology/topology';
@@ -9,10 +8,11 @@ import {
   expectNoMoverKeys,
   HOST,
   ownerFromStateFile,
+  type ShardSpec,
   sleep,
   slotOf,
+  stateFileMigrations,
   useMigrationDeployment,
-  type ShardSpec,
 } from './migration-harness';
 import { around, firstDecrease, listOf, readOnOwners, runReshard, tagsFor, runPipelines, pickTag } from './contended-load';
 
@@ -595,8 +595,7 @@ describe('transactions, WATCH, scripts and blocking commands on contended keys o
     const migrationStarts = new Map<string, number[]>();
     const followMigrations = (): void => {
       try {
-        const state = JSON.parse(fs.readFileSync(proxy.stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
-        migratingTags = state.topology.migrations.flatMap((m) => tagOfSlot.get(m.slot) ?? []);
+        migratingTags = stateFileMigrations(proxy.stateFile).flatMap((slot) => tagOfSlot.get(slot) ?? []);
       } catch {
         // Being rewritten: the next look reads it.
         return;

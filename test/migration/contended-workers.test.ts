@@ -3,7 +3,17 @@ import * as net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import Redis from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { checkPlacement, childProcesses, expectNoMoverKeys, HOST, ownerFromStateFile, sleep, useMigrationDeployment, type ShardSpec } from './migration-harness';
+import {
+  checkPlacement,
+  childProcesses,
+  expectNoMoverKeys,
+  HOST,
+  ownerFromStateFile,
+  type ShardSpec,
+  sleep,
+  stateFileMigrations,
+  useMigrationDeployment,
+} from './migration-harness';
 import { around, firstDecrease, listOf, readOnOwners, runReshard, tagsFor, pickTag, pickDistinct, pickWeighted } from './contended-load';
 import { seededRandom } from '../helpers/seeded-random';
 
@@ -476,8 +486,7 @@ describe.runIf(process.env['SLOTPROXY_STRESS'] === '1')('contended keys through 
     let migratingTags: string[] = [];
     const followMigrations = (): void => {
       try {
-        const state = JSON.parse(fs.readFileSync(proxy.stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
-        migratingTags = state.topology.migrations.flatMap((m) => tagOfSlot.get(m.slot) ?? []);
+        migratingTags = stateFileMigrations(proxy.stateFile).flatMap((slot) => tagOfSlot.get(slot) ?? []);
       } catch {
         // Being rewritten.
       }

@@ -8,13 +8,14 @@ import {
   childProcesses,
   expectNoMoverKeys,
   HOST,
+  type MigrationDeployment,
   ownerFromStateFile,
   processThreads,
+  type ShardSpec,
   sleep,
   slotOf,
+  stateFileMigrations,
   useMigrationDeployment,
-  type MigrationDeployment,
-  type ShardSpec,
 } from './migration-harness';
 import { around, firstDecrease, listOf, readOnOwners, tagsFor, pickTag } from './contended-load';
 import { seededRandom } from '../helpers/seeded-random';
@@ -347,8 +348,7 @@ async function churn(deployment: MigrationDeployment, variant: Variant): Promise
   let migratingTags: string[] = [];
   const follower = setInterval(() => {
     try {
-      const state = JSON.parse(fs.readFileSync(proxy.stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
-      migratingTags = state.topology.migrations.flatMap((m) => tagOfSlot.get(m.slot) ?? []);
+      migratingTags = stateFileMigrations(proxy.stateFile).flatMap((slot) => tagOfSlot.get(slot) ?? []);
     } catch {
       // Being rewritten: the next look reads it.
     }

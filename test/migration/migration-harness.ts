@@ -570,12 +570,19 @@ export function expectPlacementClean(placement: PlacementReport): void {
   expect(placement.wrongValues.slice(0, 5)).toEqual([]);
 }
 
+/** The slots migrating in the proxy's state file now (none before it is first written; it is replaced atomically). */
+export function stateFileMigrations(stateFile: string): number[] {
+  if (!fs.existsSync(stateFile)) return [];
+  const state = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
+  return state.topology.migrations.map((m) => m.slot);
+}
+
 /** The slots migrating in the proxy's state file, once at least one is (at most 20 s). */
 export async function migratingSlots(stateFile: string): Promise<number[]> {
   for (const deadline = Date.now() + 20_000; ; await sleep(20)) {
     expect(Date.now(), 'no slot started migrating').toBeLessThan(deadline);
-    const state = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
-    if (state.topology.migrations.length > 0) return state.topology.migrations.map((m) => m.slot);
+    const slots = stateFileMigrations(stateFile);
+    if (slots.length > 0) return slots;
   }
 }
 

@@ -1,4 +1,3 @@
-import * as fs from 'node:fs';
 import Redis from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { MOVING_KEYS } from '../../src/topology/key-move-script';
@@ -14,6 +13,7 @@ import {
   sleep,
   slotOf,
   startLoad,
+  stateFileMigrations,
   useMigrationDeployment,
 } from './migration-harness';
 
@@ -56,8 +56,7 @@ describe('a migration target that stalls', () => {
     let thawedAt = Infinity;
     try {
       // The slots migrating now (the mover waits on the frozen target too, so they stay so).
-      const state = JSON.parse(fs.readFileSync(proxy.stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
-      const migrating = new Set(state.topology.migrations.map((m) => m.slot));
+      const migrating = new Set(stateFileMigrations(proxy.stateFile));
       expect(migrating.size).toBeGreaterThan(0);
       const onMigrating: string[] = [];
       for (let n = 0; n < KEYS; n++) if (migrating.has(slotOf(keyName(n)))) onMigrating.push(keyName(n));
@@ -140,12 +139,6 @@ describe('a migration target that stalls', () => {
   }, 180_000);
 });
 
-function readMigrations(stateFile: string): number[] {
-  if (!fs.existsSync(stateFile)) return [];
-  const state = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { topology: { migrations: { slot: number }[] } };
-  return state.topology.migrations.map((m) => m.slot);
-}
-
 /**
  * A command whose key cannot move (its target frozen) waits keyMoveWaitMs for it, then is
  * answered TRYAGAIN without having run; the key stays whole on the source, and once the target
@@ -176,20 +169,20 @@ describe('a command whose key cannot reach its new shard', () => {
       // be in flight at the freeze: frozen again a moment later until such a key is found.
       let n = -1;
       for (let attempt = 0; n < 0 && attempt < 100; attempt++) {
-        const migrating = new Set(readMigrations(proxy.stateFile));
+        const migrating = new Set(stateFileMigrations(proxy.stateFile));
         if (migrating.size === 0) {
           await sleep(100);
           continue;
         }
         target.kill('SIGSTOP');
         isFrozen = true;
-        for (const slot of readMigrations(proxy.stateFile)) migrating.add(slot);
+        for (const slot of stateFileMigrations(proxy.stateFile)) migrating.add(slot);
         const candidates: number[] = [];
         for (let i = 0; i < count; i++) if (migrating.has(slotOf(keyName(i)))) candidates.push(i);
         const onSource = await Promise.all(candidates.map((i) => source.exists(keyName(i))));
         const marked = await Promise.all(candidates.map((i) => source.hexists(MOVING_KEYS, keyName(i))));
         // Still migrating (the state file lists a slot until its owner is published).
-        const stillMigrating = new Set(readMigrations(proxy.stateFile));
+        const stillMigrating = new Set(stateFileMigrations(proxy.stateFile));
         n = candidates.find((i, at) => onSource[at] === 1 && marked[at] === 0 && stillMigrating.has(slotOf(keyName(i)))) ?? -1;
         if (n < 0) {
           target.kill('SIGCONT');
