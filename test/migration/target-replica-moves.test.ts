@@ -80,7 +80,9 @@ describe('the background mover under minReplicaAcks, the target replicas stopped
     const submitted = await proxy.submit({ op: 'reshard', from: 's1', to: 's2', slots: SLOTS });
     expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
     await sleep(STOP_MS);
-    const stalled = await proxy.status();
+    // On a busy machine the first batch may not have been refused yet: looked at again until it has.
+    let stalled = await proxy.status();
+    for (const until = Date.now() + 15_000; stalled.state === 'running' && (stalled.progress?.errors ?? 0) === 0 && Date.now() < until; await sleep(50)) stalled = await proxy.status();
     // Each batch was restored on the target, found unconfirmed by its replicas (then the
     // replicas were found failed and nothing went there), and kept on the source. (Soft: the
     // keys' fate below is the point.)
