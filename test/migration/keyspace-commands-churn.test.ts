@@ -562,12 +562,11 @@ describe('keyless and whole-keyspace commands while the topology changes', () =>
           const submitted = await proxy.submit({ op: 'reshard', from, to, slots: 400 });
           expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
           const started = Date.now();
-          let mover: number | null = null;
           for (const deadline = Date.now() + 8_000; inFlight.length === 0; ) {
             if (Date.now() > deadline || (await proxy.status()).state !== 'running') break;
-            mover ??= childProcesses(proxy.pid).find((c) => c.commandLine.includes('mover-process.js'))?.pid ?? null;
-            if (mover === null) continue;
-            process.kill(mover, 'SIGSTOP');
+            // Looked up each time: a mover starved on a busy machine is replaced by another.
+            const mover = childProcesses(proxy.pid).find((c) => c.commandLine.includes('mover-process.js'))?.pid;
+            if (mover === undefined || !signalled(mover, 'SIGSTOP')) continue;
             try {
               const marked = await source.hkeys(MARKER);
               if (marked.length > 0) {
@@ -581,7 +580,7 @@ describe('keyless and whole-keyspace commands while the topology changes', () =>
                 }
               }
             } finally {
-              process.kill(mover, 'SIGCONT');
+              signalled(mover, 'SIGCONT');
             }
             await sleep(Math.floor(rand() * 3));
           }
@@ -623,3 +622,14 @@ describe('keyless and whole-keyspace commands while the topology changes', () =>
     expect(leftovers, 'keys that came back after an acknowledged FLUSHALL/FLUSHDB').toEqual([]);
   }, 25_000);
 });
+
+/** Sends `signal` to `pid`; false when that process is gone. */
+function signalled(pid: number, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, signal);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false;
+    throw err;
+  }
+}
