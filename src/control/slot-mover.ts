@@ -9,6 +9,7 @@ import {
   MOVING_KEYS,
   RELEASE_KEYS_SCRIPT,
   DELETE_RESTORED_SCRIPT,
+  FLUSHED_IN_FLIGHT_SCRIPT,
   REPLICATED_NOOP,
   RESTORE_KEYS_SCRIPT,
 } from '../topology/key-move-script';
@@ -267,12 +268,40 @@ export class SlotMover {
     await this.#estimateKeys(bySource, progress);
     try {
       // Marks a crash left behind would make commands on those keys wait for nothing.
+      await this.#dropFlushedInFlight([...bySource.keys()]);
       await this.#clearMarks([...bySource.keys()]);
       const share = Math.max(GROUPS_IN_FLIGHT, Math.floor(this.#options.slotsInFlight / Math.max(1, bySource.size)));
       await Promise.all([...bySource].map(([source, queue]) => this.#drain(source, queue, share, progress)));
       await this.#clearMarks([...bySource.keys()]);
     } finally {
       this.#closeConnections();
+    }
+  }
+
+  /**
+   * Deletes on their targets the copies of keys a mover that died mid-batch had in flight and
+   * that were flushed from the source meanwhile (FLUSHED_IN_FLIGHT_SCRIPT): the copy it restored
+   * there is all that is left of a key the flush emptied.
+   */
+  async #dropFlushedInFlight(sources: readonly string[]): Promise<void> {
+    const topology = this.#host.topology;
+    for (const source of sources) {
+      const address = this.#address(source);
+      if (address === null) continue;
+      const gone = (await this.#raw('move', address).send(['EVAL', FLUSHED_IN_FLIGHT_SCRIPT, '0'])) as Buffer[];
+      const byTarget = new Map<string, Buffer[]>();
+      for (const key of gone) {
+        const migration = topology.migrations.get(keySlot(key, 0, key.length));
+        const to = migration === undefined ? undefined : topology.shards[migration.to]?.name;
+        if (to === undefined) continue;
+        let keys = byTarget.get(to);
+        if (keys === undefined) byTarget.set(to, (keys = []));
+        keys.push(key);
+      }
+      for (const [to, keys] of byTarget) {
+        const target = this.#address(to);
+        if (target !== null) await this.#dropFlushed(target, keys);
+      }
     }
   }
 

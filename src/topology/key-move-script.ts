@@ -20,7 +20,8 @@ import { writeConfirmation, type ShardInfo } from './topology';
  *   reads them with DUMP in one step, restores them on the target, then deletes them from the
  *   source and unmarks them in one step. Unlike MIGRATE, the source never waits for the target,
  *   so a slow or descheduled target cannot stall the source's other clients. A crash in between
- *   leaves the keys whole on the source (the next start deletes MOVING_KEYS).
+ *   leaves the keys whole on the source (the next start deletes MOVING_KEYS, after deleting on
+ *   the target the copies of marked keys that were flushed meanwhile: FLUSHED_IN_FLIGHT_SCRIPT).
  * - With minReplicaAcks, a key leaves the source only once the target's replicas have it
  *   (writeConfirmation on the target): until then the target's copy is a leftover like any other, and the
  *   source's copy survives a failover of the target.
@@ -34,6 +35,10 @@ export const BIG_KEY_MAX_ELEMENTS = 2000;
 export const BIG_KEY_MAX_BYTES = 1024 * 1024;
 /** The hash on a source shard naming the keys the background mover has in flight. */
 export const MOVING_KEYS = '{slotproxy}:moving-keys';
+/** A mark's value while the source's copy of the key is the authority (DUMP_KEYS_SCRIPT). */
+const MARK_ON_SOURCE = '1';
+/** A mark's value once DELETE_RESTORED_SCRIPT has deleted the key here: the target's copy is the key. */
+const MARK_LEFT = '2';
 /** Keys per MIGRATE / HDEL inside a script: Lua's unpack() has a bounded stack. */
 const KEYS_PER_CALL = 500;
 
@@ -154,7 +159,7 @@ for i = 1, #KEYS do
       big[#big + 1] = key
     else
       marks[#marks + 1] = key
-      marks[#marks + 1] = '1'
+      marks[#marks + 1] = '${MARK_ON_SOURCE}'
       reply[#reply + 1] = key
       reply[#reply + 1] = redis.call('DUMP', key)
       reply[#reply + 1] = redis.call('PEXPIRETIME', key)
@@ -192,7 +197,23 @@ return gone
 export const DELETE_RESTORED_SCRIPT = `
 local gone = {}
 for i = 1, #KEYS do
-  if redis.call('DEL', KEYS[i]) == 0 then gone[#gone + 1] = KEYS[i] end
+  if redis.call('DEL', KEYS[i]) == 1 then redis.call('HSET', '${MOVING_KEYS}', KEYS[i], '${MARK_LEFT}') else gone[#gone + 1] = KEYS[i] end
+end
+return gone
+`;
+
+/**
+ * Run on a source as a mover starts, before it drops the marks a mover that died mid-batch left:
+ * replies the marked keys no longer here whose copy here was still the authority. They left
+ * while in flight (a flush through the proxy, or their TTL), so any copy of them on the target is
+ * one the dead mover restored there and must be deleted, or a flushed key would come back.
+ * (A key DELETE_RESTORED_SCRIPT deleted is marked MARK_LEFT: its target's copy is the key.)
+ */
+export const FLUSHED_IN_FLIGHT_SCRIPT = `
+local marks = redis.call('HGETALL', '${MOVING_KEYS}')
+local gone = {}
+for i = 1, #marks, 2 do
+  if marks[i + 1] == '${MARK_ON_SOURCE}' and redis.call('EXISTS', marks[i]) == 0 then gone[#gone + 1] = marks[i] end
 end
 return gone
 `;
