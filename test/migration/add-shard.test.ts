@@ -4,8 +4,8 @@ import {
   checkPlacement,
   collectGarbage,
   expectPlacementClean,
-  childProcesses,
   loadKeys,
+  moverProcesses,
   ownerFromStateFile,
   planWindow,
   processThreads,
@@ -124,7 +124,7 @@ describe('add a shard and rebalance under load', () => {
     const { proxy } = deployment;
     const SCHED_OTHER = 0;
     const SCHED_IDLE = 5;
-    const movers = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+    const movers = moverProcesses(proxy.pid);
     expect(movers.length).toBe(1);
     expect(new Set(movers[0]!.policies)).toEqual(new Set([SCHED_IDLE]));
     expect(new Set(processThreads(proxy.pid)!.policies)).toEqual(new Set([SCHED_OTHER]));

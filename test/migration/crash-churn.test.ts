@@ -9,6 +9,7 @@ import {
   expectNoMoverKeys,
   HOST,
   type MigrationDeployment,
+  moverProcesses,
   ownerFromStateFile,
   processThreads,
   type ShardSpec,
@@ -494,7 +495,7 @@ async function churn(deployment: MigrationDeployment, variant: Variant): Promise
     // ---- plan 2: s1 -> s2, the mover killed, then the proxy ----
     await submit(PLANS[1].from, PLANS[1].to);
     const sawCopy2 = await until(15_000, async () => (copying = await tempKeyOn('s2')) !== null);
-    const movers = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+    const movers = moverProcesses(proxy.pid);
     expect(movers.length, 'one mover process').toBe(1);
     const moverDeaths = (): number => proxy.logs().split('the mover process ended mid-run; starting a new one').length - 1;
     const deathsBefore = moverDeaths();

@@ -4,11 +4,11 @@ import { MOVING_KEYS } from '../../src/topology/key-move-script';
 import { replicationFlowing } from '../ha/ha-harness';
 import {
   checkPlacement,
-  childProcesses,
   expectPlacementClean,
   HOST,
   initialValue,
   loadKeys,
+  moverProcesses,
   ownerFromStateFile,
   sleep,
   useMigrationDeployment,
@@ -47,7 +47,7 @@ describe('keys flushed while in flight, the mover killed before it releases them
       let mover = -1;
       for (const deadline = Date.now() + 10_000; marked.length === 0 && Date.now() < deadline; await sleep(Math.floor(Math.random() * 3))) {
         if ((await proxy.status()).state !== 'running') break;
-        mover = childProcesses(proxy.pid).find((c) => c.commandLine.includes('mover-process.js'))?.pid ?? -1;
+        mover = moverProcesses(proxy.pid)[0]?.pid ?? -1;
         if (mover < 0) continue;
         process.kill(mover, 'SIGSTOP');
         stopped = mover;
@@ -120,7 +120,7 @@ describe('keys deleted from the source under minReplicaAcks, the mover killed be
         left = marked.filter((_, i) => onSource[i] === 0);
       }
       expect(left.length, 'a batch deleted from the source, waiting for its replica').toBeGreaterThan(0);
-      const mover = childProcesses(proxy.pid).find((c) => c.commandLine.includes('mover-process.js'))!.pid;
+      const mover = moverProcesses(proxy.pid)[0]!.pid;
       process.kill(mover, 'SIGKILL');
       sourceReplica.kill('SIGCONT');
       isReplicaStopped = false;

@@ -4,16 +4,16 @@ import { PLAN_TIMEOUT_MS } from '../../src/control/slot-migrator';
 import {
   checkPlacement,
   expectPlacementClean,
-  childProcesses,
+  type Load,
   loadKeys,
+  type MigrationDeployment,
+  moverProcesses,
   ownerFromStateFile,
   processThreads,
+  type ProcessThreads,
   sleep,
   startLoad,
   useMigrationDeployment,
-  type Load,
-  type MigrationDeployment,
-  type ProcessThreads,
 } from './migration-harness';
 
 /**
@@ -51,7 +51,7 @@ async function addShardUntilPartWay(
   for (;;) {
     const status = await proxy.status();
     if ((status.progress?.slotsDone ?? 0) >= SLOTS_BEFORE_INTERRUPTING) {
-      const [mover] = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+      const [mover] = moverProcesses(proxy.pid);
       expect(mover).toBeDefined();
       return { load, mover: mover!, status };
     }
@@ -92,7 +92,7 @@ describe.runIf(process.env['SLOTPROXY_STRESS'] === '1')('the mover process kille
     expect(errors.slice(0, 5)).toEqual([]);
     expect(proxy.logs()).toMatch(/the mover process ended mid-run; starting a new one/);
     expect(processThreads(mover.pid)).toBeNull();
-    const replacements = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+    const replacements = moverProcesses(proxy.pid);
     expect(replacements.map((child) => child.pid)).not.toContain(mover.pid);
     // The run's counts went on from where the killed process left them.
     expect(status.progress!.slotsTotal).toBe(killedAt.progress!.slotsTotal);
@@ -141,7 +141,7 @@ describe('a plan asked for while the mover process is stopped', () => {
     const { proxy } = deployment;
     let movers: ProcessThreads[] = [];
     for (let i = 0; i < 100 && movers.length === 0; i++) {
-      movers = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+      movers = moverProcesses(proxy.pid);
       if (movers.length === 0) await sleep(50);
     }
     expect(movers.length).toBe(1);
@@ -180,7 +180,7 @@ describe('a plan asked for while the mover process is stopped', () => {
     expect(orphaned.ms).toBeLessThan(PLAN_TIMEOUT_MS - 1_000);
     const next = await preview();
     expect(next.body).toEqual(expected);
-    const replacements = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+    const replacements = moverProcesses(proxy.pid);
     expect(replacements.length).toBe(1);
     expect(replacements[0]!.pid).not.toBe(movers[0]!.pid);
   }, 60_000);

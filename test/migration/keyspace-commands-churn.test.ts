@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { decodeScanCursor, scanNameToken } from '../../src/dispatch/special-sinks';
 import { seededRandom } from '../helpers/seeded-random';
 import { tagsFor } from './contended-load';
-import { childProcesses, evenOwner, ownerFromStateFile, sleep, slotOf, useMigrationDeployment, type MigrationProxy } from './migration-harness';
+import { evenOwner, type MigrationProxy, moverProcesses, ownerFromStateFile, sleep, slotOf, useMigrationDeployment } from './migration-harness';
 
 /**
  * Keyless and whole-keyspace commands through the proxy while the topology changes: slots move
@@ -565,7 +565,7 @@ describe('keyless and whole-keyspace commands while the topology changes', () =>
           for (const deadline = Date.now() + 8_000; inFlight.length === 0; ) {
             if (Date.now() > deadline || (await proxy.status()).state !== 'running') break;
             // Looked up each time: a mover starved on a busy machine is replaced by another.
-            const mover = childProcesses(proxy.pid).find((c) => c.commandLine.includes('mover-process.js'))?.pid;
+            const mover = moverProcesses(proxy.pid)[0]?.pid;
             if (mover === undefined || !signalled(mover, 'SIGSTOP')) continue;
             try {
               const marked = await source.hkeys(MARKER);

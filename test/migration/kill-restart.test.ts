@@ -2,10 +2,10 @@ import Redis from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import {
   checkPlacement,
-  expectPlacementClean,
-  childProcesses,
   evenOwner,
+  expectPlacementClean,
   loadKeys,
+  moverProcesses,
   ownerFromStateFile,
   processThreads,
   sleep,
@@ -59,7 +59,7 @@ describe('a proxy killed mid-reshard', () => {
       await sleep(50);
     }
     const before = await proxy.status();
-    const movers = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+    const movers = moverProcesses(proxy.pid);
     expect(movers.length).toBe(1);
     proxy.kill('SIGKILL');
     await proxy.exited();

@@ -4,11 +4,12 @@ import { describe, expect, it } from 'vitest';
 import {
   checkPlacement,
   childProcesses,
-  type ProcessThreads,
   expectPlacementClean,
   initialValue,
   loadKeys,
+  moverProcesses,
   ownerFromStateFile,
+  type ProcessThreads,
   sleep,
   useMigrationDeployment,
 } from './migration-harness';
@@ -81,9 +82,9 @@ describe('a slot mover on saturated cores', () => {
     const again = await proxy.submit({ op: 'reshard', from: 's2', to: 's1', slots: 100 });
     expect(again.status, JSON.stringify(again.body)).toBe(202);
     // A new mover was started ahead of it (its threads idled first thing: looked at until then, 5 s at most).
-    let next = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+    let next = moverProcesses(proxy.pid);
     for (const deadline = Date.now() + 5_000; Date.now() < deadline && !(next.length === 1 && next[0]!.policies.every((p) => p === SCHED_IDLE)); await sleep(50)) {
-      next = childProcesses(proxy.pid).filter((child) => child.commandLine.includes('mover-process.js'));
+      next = moverProcesses(proxy.pid);
     }
     expect(next.length).toBe(1);
     expect(new Set(next[0]!.policies)).toEqual(new Set([SCHED_IDLE]));
