@@ -678,12 +678,12 @@ export function processThreads(pid: number): ProcessThreads | null {
   return { pid, commandLine, policies };
 }
 
-/** The running (not zombie) children of `pid`. */
 /** The proxy's slot mover processes: the run's, or the idle one started ahead of the next plan. */
 export function moverProcesses(proxyPid: number): ProcessThreads[] {
   return childProcesses(proxyPid).filter((child) => child.commandLine.includes('mover-process.js'));
 }
 
+/** The running (not zombie) children of `pid`. */
 export function childProcesses(pid: number): ProcessThreads[] {
   const children: ProcessThreads[] = [];
   for (const entry of fs.readdirSync('/proc')) {
