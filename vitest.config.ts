@@ -9,5 +9,6 @@ export default defineConfig({
     // times, p99 during a reshard): one file at a time keeps them from measuring each other.
     pool: 'forks',
     fileParallelism: false,
+    setupFiles: ['test/helpers/exit-on-sigterm.ts'],
   },
 });

@@ -102,6 +102,12 @@ export async function startMigrationProxy(shards: readonly ShardSpec[], extra: R
     proc.stdout!.on('data', collect);
     proc.stderr!.on('data', collect);
     exitPromise = new Promise((resolve) => proc.once('exit', () => resolve()));
+    // Stopped by PID with the test's process even when a hook that outlived its timeout never gets to stop().
+    const killOnExit = (): void => {
+      if (proc.exitCode === null && proc.signalCode === null && proc.pid !== undefined) process.kill(proc.pid, 'SIGKILL');
+    };
+    process.once('exit', killOnExit);
+    void exitPromise.then(() => process.off('exit', killOnExit));
     const deadline = Date.now() + START_TIMEOUT_MS;
     for (;;) {
       if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`proxy exited at start:\n${output.slice(-3000)}`);
