@@ -2,6 +2,7 @@ import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, startDeployment, type Deployment } from '../helpers/deployment';
 import { encodeCommand } from '../helpers/proxy-harness';
+import { RawClient, Random, tagCommands } from '../helpers/differential';
 
 /**
  * Bad input must never crash the proxy or disturb other clients. Raw clients send every command
@@ -31,21 +32,6 @@ const GARBAGE = [
   '*-5\r\n', '*3\r\n$3\r\nSET\r\n$-7\r\n', '$5\r\nhello\r\n', '*1\r\n$999999999999\r\n', '\r\n\r\n', '*0\r\n', '*1\r\n*1\r\n$1\r\na\r\n',
   'SET a "b\r\n', 'GET "unterminated\r\n', '*1\r\n$4\r\nPING\r\nGARBAGE\x00\xff\r\n',
 ];
-
-/** A small deterministic generator, so a failure can be replayed with its seed. */
-class Random {
-  #state: number;
-  constructor(seed: number) {
-    this.#state = seed;
-  }
-  next(): number {
-    this.#state = (this.#state * 1103515245 + 12345) & 0x7fffffff;
-    return this.#state / 0x7fffffff;
-  }
-  pick<T>(list: readonly T[]): T {
-    return list[Math.floor(this.next() * list.length)]!;
-  }
-}
 
 /** Counts, indexes, timeouts: where a command reads a number, the ones that break things. */
 const NUMBERS = ['0', '-1', '1', '2', '3', '100', '-100', '9223372036854775807', '-9223372036854775808', '99999999999999999999', '200000000', '4294967296', '1.5', 'inf', 'nan'];
@@ -167,31 +153,7 @@ describe('random commands: garbage and all commands from raw clients; one hash t
   it('answers random commands on one hash tag byte for byte as one Redis (transactions, WATCH, scripts included)', async () => {
     const { proxy, single } = deployment!;
     const random = new Random(7);
-    const key = (): string => `{diff}${random.pick(['a', 'b', 'c', 'l', 's', 'z', 'h', 'x'])}`;
-    const value = (): string => random.pick(['1', '2', '-3', '10', '0', 'v', 'hello', '', '3.5', 'inf', '999999999999999999999']);
-    const member = (): string => random.pick(['a', 'b', 'c', '1', '2']);
-    const either = <T,>(...choices: T[]): T => random.pick(choices);
-    const generators: (() => string[])[] = [
-      () => ['SET', key(), value(), ...either([], ['NX'], ['XX'], ['GET'], ['EX', '100'], ['KEEPTTL'], ['EX', '-1'])],
-      () => ['GET', key()], () => ['GETDEL', key()], () => ['APPEND', key(), value()], () => ['INCR', key()], () => ['INCRBYFLOAT', key(), value()],
-      () => ['GETRANGE', key(), value(), value()], () => ['SETRANGE', key(), either('0', '3', '-1'), value()], () => ['MSET', key(), value(), key(), value()],
-      () => ['MGET', key(), key(), key()], () => ['MSETNX', key(), value(), key(), value()], () => ['DEL', key(), key()], () => ['EXISTS', key(), key()],
-      () => ['TYPE', key()], () => ['RENAME', key(), key()], () => ['COPY', key(), key(), ...either([], ['REPLACE'])],
-      () => ['LPUSH', key(), member(), member()], () => ['LPOP', key(), ...either([], ['2'], ['0'], ['-1'])], () => ['LRANGE', key(), value(), value()],
-      () => ['LSET', key(), value(), member()], () => ['LREM', key(), value(), member()], () => ['LMOVE', key(), key(), either('LEFT', 'RIGHT'), either('LEFT', 'RIGHT')],
-      () => ['LMPOP', '2', key(), key(), either('LEFT', 'RIGHT'), ...either([], ['COUNT', '2'])], () => ['LPOS', key(), member(), ...either([], ['RANK', '-1'])],
-      () => ['SADD', key(), member(), member()], () => ['SMEMBERS', key()], () => ['SINTER', key(), key()], () => ['SUNIONSTORE', key(), key(), key()],
-      () => ['SINTERCARD', '2', key(), key()], () => ['SMOVE', key(), key(), member()],
-      () => ['ZADD', key(), ...either([], ['NX'], ['GT'], ['CH'], ['INCR']), value(), member()], () => ['ZRANGE', key(), '0', '-1', ...either([], ['WITHSCORES'], ['REV'])],
-      () => ['ZUNIONSTORE', key(), '2', key(), key(), ...either([], ['WEIGHTS', '2', '3'], ['AGGREGATE', 'MAX'])], () => ['ZMPOP', '2', key(), key(), 'MIN'],
-      () => ['HSET', key(), member(), value()], () => ['HGETALL', key()], () => ['HINCRBY', key(), member(), value()], () => ['HMGET', key(), member(), member()],
-      () => ['EXPIRE', key(), either('100', '-1', '0', 'x'), ...either([], ['NX'], ['GT'])], () => ['TTL', key()], () => ['PERSIST', key()],
-      () => ['SORT', key(), ...either([], ['ALPHA'], ['BY', 'nosort'], ['LIMIT', '0', '2'], ['STORE', key()])],
-      () => ['PFADD', key(), member()], () => ['PFCOUNT', key(), key()], () => ['BITOP', either('AND', 'OR', 'XOR'), key(), key(), key()], () => ['SETBIT', key(), either('0', '7'), '1'],
-      () => ['EVAL', either('return redis.call("GET", KEYS[1])', 'return redis.call("INCR", KEYS[1])', 'return {KEYS[1], ARGV[1]}'), '1', key(), value()],
-      () => ['XADD', key(), either('1-1', '2-1', '5-0', '0-1'), member(), value()], () => ['XRANGE', key(), '-', '+'], () => ['XTRIM', key(), 'MAXLEN', '1'],
-      () => ['MULTI'], () => ['EXEC'], () => ['DISCARD'], () => ['WATCH', key()], () => ['UNWATCH'], () => ['LCS', key(), key()], () => ['DUMP', key()],
-    ];
+    const generators = tagCommands(random, 'diff');
     const [viaProxy, reference] = await Promise.all([RawClient.open(proxy.port), RawClient.open(single.redis.port)]);
     try {
       const differences: string[] = [];
@@ -207,64 +169,3 @@ describe('random commands: garbage and all commands from raw clients; one hash t
     }
   }, 60_000);
 });
-
-/** One raw connection, one command at a time: the reply's bytes as latin1 text. */
-class RawClient {
-  readonly #socket: net.Socket;
-  #buffer = Buffer.alloc(0);
-  #waiter: (() => void) | null = null;
-
-  private constructor(socket: net.Socket) {
-    this.#socket = socket;
-    socket.on('data', (chunk: Buffer) => {
-      this.#buffer = Buffer.concat([this.#buffer, chunk]);
-      this.#waiter?.();
-    });
-  }
-
-  static open(port: number): Promise<RawClient> {
-    return new Promise((resolve, reject) => {
-      const socket = net.connect(port, '127.0.0.1', () => resolve(new RawClient(socket)));
-      socket.once('error', reject);
-    });
-  }
-
-  send(args: readonly string[]): Promise<string> {
-    this.#socket.write(encodeCommand(args));
-    return new Promise((resolve) => {
-      const take = (): void => {
-        const end = replyEnd(this.#buffer, 0);
-        if (end === null) {
-          this.#waiter = take;
-          return;
-        }
-        this.#waiter = null;
-        const reply = this.#buffer.toString('latin1', 0, end);
-        this.#buffer = this.#buffer.subarray(end);
-        resolve(reply);
-      };
-      take();
-    });
-  }
-
-  close(): void {
-    this.#socket.destroy();
-  }
-}
-
-/** Where the RESP2 reply starting at `at` ends, or null when it is not all there yet. */
-function replyEnd(buf: Buffer, at: number): number | null {
-  if (at >= buf.length) return null;
-  const lineEnd = buf.indexOf('\r\n', at);
-  if (lineEnd < 0) return null;
-  const type = buf[at];
-  if (type === 43 || type === 45 || type === 58) return lineEnd + 2;
-  const count = Number(buf.toString('latin1', at + 1, lineEnd));
-  if (type === 36) {
-    if (count < 0) return lineEnd + 2;
-    return buf.length >= lineEnd + 2 + count + 2 ? lineEnd + 2 + count + 2 : null;
-  }
-  let p: number | null = lineEnd + 2;
-  for (let i = 0; i < count && p !== null; i++) p = replyEnd(buf, p);
-  return p;
-}
