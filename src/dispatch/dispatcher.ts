@@ -14,6 +14,7 @@ import { SessionCommands } from './session-commands';
 import type { ShardAccess } from './shard-access';
 import { decodeScanCursor, scanNameToken, scanNodeToken, EveryNodeSink, FirstNonEmptySink, KillScriptSink, NoScriptSink, ScanSink, type KnownScript, type ShardSender } from './special-sinks';
 import { Gather } from '../reply/gather';
+import type { ReplySlot } from '../reply/reply-slot';
 import { slowlogLimit } from '../reply/reducers';
 import type { RequestFrame } from '../resp/request-parser';
 import { CROSSSLOT, encodeBulk, encodeError, encodeReply } from '../resp/resp-writer';
@@ -267,10 +268,11 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
         this.#scan(frame, spec, client);
         return;
       case 'first-non-empty': {
-        const shard = this.#anyShard();
-        const request = frame.bytes();
-        const sink = new FirstNonEmptySink(client.awaitReply(spec), this, request, client.id, shard, this.#shards.length);
-        this.sendToShard(shard, request, sink, client.id);
+        const slot = client.awaitReply(spec);
+        this.#afterHeldCommands(client, slot, [frame.bytes()], ([request]) => {
+          const shard = this.#anyShard();
+          this.sendToShard(shard, request!, new FirstNonEmptySink(slot, this, request!, client.id, shard, this.#shards.length), client.id);
+        });
         return;
       }
       case 'script':
@@ -313,25 +315,28 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       client.reply(encodeError('ERR invalid cursor'), spec);
       return;
     }
-    const shards = this.#shards;
-    let shard = 0;
-    let cursor = 0n;
-    if (!parsed.isStart) {
-      const at = parsed.position < shards.length && scanNameToken(shards[parsed.position]!.info.name) === parsed.nameToken
-        ? parsed.position
-        : shards.findIndex((s) => scanNameToken(s.info.name) === parsed.nameToken);
-      if (at >= 0) {
-        shard = at;
-        const info = shards[at]!.info;
-        if (!info.isFailingOver && scanNodeToken(nodeKey(info.primary)) === parsed.nodeToken) cursor = parsed.cursor;
+    const slot = client.awaitReply(spec);
+    const frameArgs: Buffer[] = [];
+    for (let i = 0; i < frame.argc; i++) frameArgs.push(frame.arg(i));
+    this.#afterHeldCommands(client, slot, frameArgs, (requestArgs) => {
+      const shards = this.#shards;
+      let shard = 0;
+      let cursor = 0n;
+      if (!parsed.isStart) {
+        const at = parsed.position < shards.length && scanNameToken(shards[parsed.position]!.info.name) === parsed.nameToken
+          ? parsed.position
+          : shards.findIndex((s) => scanNameToken(s.info.name) === parsed.nameToken);
+        if (at >= 0) {
+          shard = at;
+          const info = shards[at]!.info;
+          if (!info.isFailingOver && scanNodeToken(nodeKey(info.primary)) === parsed.nodeToken) cursor = parsed.cursor;
+        }
       }
-    }
-    const args: Buffer[] = [frame.arg(0), Buffer.from(cursor.toString())];
-    for (let i = 2; i < frame.argc; i++) args.push(frame.arg(i));
-    const info = shards[shard]!.info;
-    const next = shard + 1 < shards.length ? { position: shard + 1, nameToken: scanNameToken(shards[shard + 1]!.info.name) } : null;
-    const sink = new ScanSink(client.awaitReply(spec), shard, scanNameToken(info.name), scanNodeToken(nodeKey(info.primary)), next);
-    this.#send(shard, encodeCommand(args), sink, client.id, false, false);
+      const args: Buffer[] = [requestArgs[0]!, Buffer.from(cursor.toString()), ...requestArgs.slice(2)];
+      const info = shards[shard]!.info;
+      const next = shard + 1 < shards.length ? { position: shard + 1, nameToken: scanNameToken(shards[shard + 1]!.info.name) } : null;
+      this.#send(shard, encodeCommand(args), new ScanSink(slot, shard, scanNameToken(info.name), scanNodeToken(nodeKey(info.primary)), next), client.id, false, false);
+    });
   }
 
   /** EVAL / EVALSHA routed by their keys; script bodies remembered so NOSCRIPT heals itself. */
@@ -579,7 +584,6 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       this.#flush(frame, spec, client);
       return;
     }
-    const count = this.#shards.length;
     const bytes = frame.bytes();
     if (spec.name === 'script|load' && frame.argc === 3) this.rememberScript(frame.arg(2));
     // After SCRIPT FLUSH, EVALSHA must answer NOSCRIPT as Redis does: forget the bodies too.
@@ -590,14 +594,37 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       // on the client's connection, ahead of its next commands.
       for (const shard of this.#shards) for (const replica of shard.replicas) replica.connection(client.id).send(bytes, IGNORE_REPLY);
     }
-    this.#stats.commands.recordFanOut(count);
     const limit = spec.merge === 'newest-first' ? slowlogLimit(frame.argc > 2 ? frame.argString(2) : null) : Number.POSITIVE_INFINITY;
-    let reply: ReplySink = client.awaitReply(spec);
+    const slot = client.awaitReply(spec);
     // A script the proxy remembers runs on every shard (SCRIPT LOAD goes in front of its EVALSHA),
     // including one added, or a promoted replica, that has not loaded it yet.
-    if (spec.name === 'script|exists') reply = new KnownScriptsSink(reply, frame.argStrings(2).map((sha) => this.#scripts.has(sha.toLowerCase())));
-    const gather = new Gather(reply, spec.merge!, count, null, limit);
-    for (let s = 0; s < count; s++) this.#send(s, bytes, gather.piece(s), client.id, spec.isWrite, spec.isReadonly);
+    const reply: ReplySink = spec.name === 'script|exists' ? new KnownScriptsSink(slot, frame.argStrings(2).map((sha) => this.#scripts.has(sha.toLowerCase()))) : slot;
+    this.#afterHeldCommands(client, slot, [bytes], ([request]) => {
+      // The shards when it goes: a deferred one may find a shard added or removed meanwhile.
+      const count = this.#shards.length;
+      this.#stats.commands.recordFanOut(count);
+      const gather = new Gather(reply, spec.merge!, count, null, limit);
+      for (let s = 0; s < count; s++) this.#send(s, request!, gather.piece(s), client.id, spec.isWrite, spec.isReadonly);
+    });
+  }
+
+  /**
+   * Runs `send` with `parts` (request bytes) now, or, while the migrating router holds commands
+   * (their keys being moved first), once the client's earlier commands have run, with copies: a
+   * keyless command over the whole keyspace (DBSIZE, KEYS, SCAN, RANDOMKEY, SCRIPT and FUNCTION
+   * changes) would otherwise overtake the client's own commands held there, and DBSIZE
+   * pipelined behind a SET would not count the key, as one Redis does. The client's next
+   * requests wait meanwhile (as behind FLUSHALL), so none overtakes it either.
+   */
+  #afterHeldCommands(client: ClientContext, slot: ReplySlot, parts: readonly Buffer[], send: (parts: readonly Buffer[]) => void): void {
+    if (!this.#migrating.isHolding) {
+      send(parts);
+      return;
+    }
+    // The request's bytes are views of the client's read, which does not outlive this turn.
+    const copies = parts.map((part) => Buffer.from(part));
+    client.holdUntilReplied();
+    client.sendWhenFirst(slot, () => send(copies));
   }
 
   /**

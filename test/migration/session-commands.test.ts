@@ -258,4 +258,55 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
       producer.disconnect();
     }
   }, 60_000);
+
+  it('runs DBSIZE, KEYS, SCAN and RANDOMKEY pipelined behind a write to a migrating slot after that write', async () => {
+    const { proxy } = deployment;
+    const slot = highestSlot(proxy, 's1');
+    const tag = `{${nameWhere('k', (s) => s === slot)}}`;
+    const client = new Redis({ host: HOST, port: proxy.port });
+    try {
+      // On one Redis: a keyspace of KEYS_IN_SLOT keys, all in the slot about to migrate.
+      await client.flushall();
+      const filled = client.pipeline();
+      for (let i = 0; i < KEYS_IN_SLOT; i++) filled.set(`${tag}:${i}`, String(i));
+      await filled.exec();
+      const submitted = await proxy.submit(RESHARD_ONE_SLOT);
+      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+      const migratingBy = Date.now() + 10_000;
+      while ((await proxy.status()).slotsMigrating === 0 && Date.now() < migratingBy) await sleep(10);
+
+      // Each SET goes through the migrating router (its key moved first); what follows it in the
+      // pipeline reads the keyspace, and must see the new key as one Redis would.
+      const missed: string[] = [];
+      let probes = 0;
+      for (let i = 0; i < 20 && (await proxy.status()).slotsMigrating > 0; i++, probes++) {
+        const fresh = `${tag}:fresh${i}`;
+        const replies = (await client.pipeline().set(fresh, 'v').dbsize().keys(`${tag}:fresh*`).exec())!;
+        const [size, keys] = [replies[1]![1] as number, replies[2]![1] as string[]];
+        // Never fewer than the keys that exist (one batch in flight may count twice, and the mover's marker once).
+        if (size < KEYS_IN_SLOT + i + 1) missed.push(`DBSIZE ${size} after SET ${fresh} (${KEYS_IN_SLOT + i + 1} keys)`);
+        if (!keys.includes(fresh)) missed.push(`KEYS without ${fresh}`);
+        // SCAN and RANDOMKEY on an empty keyspace: the key the pipeline has just written is all there is.
+        await client.flushall();
+        const [, scanned, random] = (await client.pipeline().set(fresh, 'v').scan('0', 'COUNT', '1000').randomkey().exec())!;
+        let [cursor, found] = scanned![1] as [string, string[]];
+        while (cursor !== '0') {
+          const [next, more] = await client.scan(cursor, 'COUNT', '1000');
+          [cursor, found] = [next, [...found, ...more]];
+        }
+        if (!found.includes(fresh)) missed.push(`SCAN without ${fresh}`);
+        if (random![1] !== fresh) missed.push(`RANDOMKEY ${String(random![1])}, not ${fresh}`);
+        const refill = client.pipeline();
+        for (let j = 0; j < KEYS_IN_SLOT; j++) refill.set(`${tag}:${j}`, String(j));
+        for (let j = 0; j <= i; j++) refill.set(`${tag}:fresh${j}`, 'v');
+        await refill.exec();
+      }
+      console.log('keyspace probes behind a migrating write', probes);
+      expect(probes).toBeGreaterThan(3);
+      expect(missed).toEqual([]);
+      await proxy.waitForPlan(30_000);
+    } finally {
+      client.disconnect();
+    }
+  }, 60_000);
 });
