@@ -15,7 +15,7 @@ import { sleep, slotOf, useMigrationDeployment, type MigrationProxy } from './mi
 
 /** s2's highest slot: `reshard --slots 1` moves the giver's highest slot, so this one each way. */
 const SLOT = 16383;
-const SECONDS = 5;
+const SECONDS = 4;
 const PIPELINE = 20;
 /** Keys of the slot only the mover touches, so each move lasts (~1.2 s at 50 keys a second). */
 const FILLER_KEYS = 60;

@@ -279,7 +279,7 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
       // pipeline reads the keyspace, and must see the new key as one Redis would.
       const missed: string[] = [];
       let probes = 0;
-      for (let i = 0; i < 20 && (await proxy.status()).slotsMigrating > 0; i++, probes++) {
+      for (let i = 0; i < 12 && (await proxy.status()).slotsMigrating > 0; i++, probes++) {
         const fresh = `${tag}:fresh${i}`;
         const replies = (await client.pipeline().set(fresh, 'v').dbsize().keys(`${tag}:fresh*`).exec())!;
         const [size, keys] = [replies[1]![1] as number, replies[2]![1] as string[]];
