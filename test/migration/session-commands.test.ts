@@ -35,6 +35,18 @@ function highestSlot(proxy: MigrationProxy, shard: string): number {
 /** s1's highest slot moves to s2 (redis-cli's reshard takes the giver's highest slots first). */
 const RESHARD_ONE_SLOT = { op: 'reshard', from: 's1', to: 's2', slots: 1 } as const;
 
+/** Writes KEYS_IN_SLOT keys under `tag` (of s1's highest slot), starts RESHARD_ONE_SLOT, and waits until the slot migrates. */
+async function startMigratingFilled(proxy: MigrationProxy, client: Redis, tag: string): Promise<void> {
+  const filled = client.pipeline();
+  for (let i = 0; i < KEYS_IN_SLOT; i++) filled.set(`${tag}:${i}`, String(i));
+  await filled.exec();
+  const submitted = await proxy.submit(RESHARD_ONE_SLOT);
+  expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
+  const migratingBy = Date.now() + 10_000;
+  while ((await proxy.status()).slotsMigrating === 0 && Date.now() < migratingBy) await sleep(10);
+  expect((await proxy.status()).slotsMigrating).toBe(1);
+}
+
 describe('transactions, WATCH, blocking commands and Pub/Sub on slots being moved', () => {
   // A third server, not in the proxy's YAML: the shard the last test adds.
   const deployment = useMigrationDeployment({ shards: 3, proxyShards: 2, config: { migrateKeysPerSecond: 20 } });
@@ -45,15 +57,7 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
     const [client, watcher, blocker, pusher, leaver] = [0, 1, 2, 3, 4].map(() => new Redis({ host: HOST, port: proxy.port }));
     const target = new Redis({ host: specs[1]!.node.host, port: specs[1]!.node.port });
     try {
-      const filled = client.pipeline();
-      for (let i = 0; i < KEYS_IN_SLOT; i++) filled.set(`${tag}:${i}`, String(i));
-      await filled.exec();
-
-      const submitted = await proxy.submit(RESHARD_ONE_SLOT);
-      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
-      const migratingBy = Date.now() + 10_000;
-      while ((await proxy.status()).slotsMigrating === 0 && Date.now() < migratingBy) await sleep(10);
-      expect((await proxy.status()).slotsMigrating).toBe(1);
+      await startMigratingFilled(proxy, client, tag);
 
       const sentAt = Date.now();
       const answeredAt = (promise: Promise<unknown>): Promise<{ value: unknown; at: number; migrating: number }> =>
@@ -267,13 +271,7 @@ describe('transactions, WATCH, blocking commands and Pub/Sub on slots being move
     try {
       // On one Redis: a keyspace of KEYS_IN_SLOT keys, all in the slot about to migrate.
       await client.flushall();
-      const filled = client.pipeline();
-      for (let i = 0; i < KEYS_IN_SLOT; i++) filled.set(`${tag}:${i}`, String(i));
-      await filled.exec();
-      const submitted = await proxy.submit(RESHARD_ONE_SLOT);
-      expect(submitted.status, JSON.stringify(submitted.body)).toBe(202);
-      const migratingBy = Date.now() + 10_000;
-      while ((await proxy.status()).slotsMigrating === 0 && Date.now() < migratingBy) await sleep(10);
+      await startMigratingFilled(proxy, client, tag);
 
       // Each SET goes through the migrating router (its key moved first); what follows it in the
       // pipeline reads the keyspace, and must see the new key as one Redis would.
