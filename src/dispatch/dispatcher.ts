@@ -584,22 +584,22 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       this.#flush(frame, spec, client);
       return;
     }
-    const bytes = frame.bytes();
     if (spec.name === 'script|load' && frame.argc === 3) this.rememberScript(frame.arg(2));
-    // After SCRIPT FLUSH, EVALSHA must answer NOSCRIPT as Redis does: forget the bodies too.
-    if (spec.name === 'script|flush') {
-      this.#scripts.clear();
-      for (const pool of this.#pools.nodes.values()) for (const connection of pool.connections) connection.forgetScripts();
-      // Redis does not replicate it, and EVALSHA_RO may be read from a replica: flushed there too,
-      // on the client's connection, ahead of its next commands.
-      for (const shard of this.#shards) for (const replica of shard.replicas) replica.connection(client.id).send(bytes, IGNORE_REPLY);
-    }
     const limit = spec.merge === 'newest-first' ? slowlogLimit(frame.argc > 2 ? frame.argString(2) : null) : Number.POSITIVE_INFINITY;
     const slot = client.awaitReply(spec);
     // A script the proxy remembers runs on every shard (SCRIPT LOAD goes in front of its EVALSHA),
     // including one added, or a promoted replica, that has not loaded it yet.
     const reply: ReplySink = spec.name === 'script|exists' ? new KnownScriptsSink(slot, frame.argStrings(2).map((sha) => this.#scripts.has(sha.toLowerCase()))) : slot;
-    this.#afterHeldCommands(client, slot, [bytes], ([request]) => {
+    this.#afterHeldCommands(client, slot, [frame.bytes()], ([request]) => {
+      // After SCRIPT FLUSH, EVALSHA must answer NOSCRIPT as Redis does: forget the bodies too
+      // (not before: an EVALSHA the client sent earlier may still be held, and must run).
+      if (spec.name === 'script|flush') {
+        this.#scripts.clear();
+        for (const pool of this.#pools.nodes.values()) for (const connection of pool.connections) connection.forgetScripts();
+        // Redis does not replicate it, and EVALSHA_RO may be read from a replica: flushed there too,
+        // on the client's connection, ahead of its next commands.
+        for (const shard of this.#shards) for (const replica of shard.replicas) replica.connection(client.id).send(request!, IGNORE_REPLY);
+      }
       // The shards when it goes: a deferred one may find a shard added or removed meanwhile.
       const count = this.#shards.length;
       this.#stats.commands.recordFanOut(count);
@@ -609,10 +609,10 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
   }
 
   /**
-   * Runs `send` with `parts` (request bytes) now, or, while the migrating router holds commands
-   * (their keys being moved first), once the client's earlier commands have run, with copies: a
-   * keyless command over the whole keyspace (DBSIZE, KEYS, SCAN, RANDOMKEY, SCRIPT and FUNCTION
-   * changes) would otherwise overtake the client's own commands held there, and DBSIZE
+   * Runs `send` with `parts` (the request's bytes) now; or, while the migrating router holds
+   * commands (their keys being moved first), with copies once the client's earlier commands
+   * have run. A keyless command over the whole keyspace (DBSIZE, KEYS, SCAN, RANDOMKEY, SCRIPT
+   * and FUNCTION changes) would otherwise overtake the client's own commands held there: DBSIZE
    * pipelined behind a SET would not count the key, as one Redis does. The client's next
    * requests wait meanwhile (as behind FLUSHALL), so none overtakes it either.
    */
