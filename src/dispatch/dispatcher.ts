@@ -269,9 +269,10 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
         return;
       case 'first-non-empty': {
         const slot = client.awaitReply(spec);
-        this.#afterHeldCommands(client, slot, [frame.bytes()], ([request]) => {
+        const request = frame.bytes();
+        this.#afterHeldCommands(client, slot, () => {
           const shard = this.#anyShard();
-          this.sendToShard(shard, request!, new FirstNonEmptySink(slot, this, request!, client.id, shard, this.#shards.length), client.id);
+          this.sendToShard(shard, request, new FirstNonEmptySink(slot, this, request, client.id, shard, this.#shards.length), client.id);
         });
         return;
       }
@@ -318,7 +319,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     const slot = client.awaitReply(spec);
     const frameArgs: Buffer[] = [];
     for (let i = 0; i < frame.argc; i++) frameArgs.push(frame.arg(i));
-    this.#afterHeldCommands(client, slot, frameArgs, (requestArgs) => {
+    this.#afterHeldCommands(client, slot, () => {
       const shards = this.#shards;
       let shard = 0;
       let cursor = 0n;
@@ -332,7 +333,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
           if (!info.isFailingOver && scanNodeToken(nodeKey(info.primary)) === parsed.nodeToken) cursor = parsed.cursor;
         }
       }
-      const args: Buffer[] = [requestArgs[0]!, Buffer.from(cursor.toString()), ...requestArgs.slice(2)];
+      const args: Buffer[] = [frameArgs[0]!, Buffer.from(cursor.toString()), ...frameArgs.slice(2)];
       const info = shards[shard]!.info;
       const next = shard + 1 < shards.length ? { position: shard + 1, nameToken: scanNameToken(shards[shard + 1]!.info.name) } : null;
       this.#send(shard, encodeCommand(args), new ScanSink(slot, shard, scanNameToken(info.name), scanNodeToken(nodeKey(info.primary)), next), client.id, false, false);
@@ -449,12 +450,16 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       const gather = new InfoSink(slot, names, proxySection, facts, includesSection(requested, 'keyspace'));
       for (let s = 0; s < names.length; s++) this.#send(s, request, gather.piece(s), client.id, false, true);
     };
-    if (this.#peers === null) {
-      answer([]);
-      return;
-    }
-    void this.#peers.ask({ kind: 'counts' }).then((answers) => {
-      answer(answers.flatMap((a) => (a.kind === 'counts' ? [a.counts] : [])));
+    const peers = this.#peers;
+    // Its keyspace section counts keys as DBSIZE does: behind the client's own held commands too.
+    this.#afterHeldCommands(client, slot, () => {
+      if (peers === null) {
+        answer([]);
+        return;
+      }
+      void peers.ask({ kind: 'counts' }).then((answers) => {
+        answer(answers.flatMap((a) => (a.kind === 'counts' ? [a.counts] : [])));
+      });
     });
   }
 
@@ -590,7 +595,8 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
     // A script the proxy remembers runs on every shard (SCRIPT LOAD goes in front of its EVALSHA),
     // including one added, or a promoted replica, that has not loaded it yet.
     const reply: ReplySink = spec.name === 'script|exists' ? new KnownScriptsSink(slot, frame.argStrings(2).map((sha) => this.#scripts.has(sha.toLowerCase()))) : slot;
-    this.#afterHeldCommands(client, slot, [frame.bytes()], ([request]) => {
+    const request = frame.bytes();
+    this.#afterHeldCommands(client, slot, () => {
       // After SCRIPT FLUSH, EVALSHA must answer NOSCRIPT as Redis does: forget the bodies too
       // (not before: an EVALSHA the client sent earlier may still be held, and must run).
       if (spec.name === 'script|flush') {
@@ -598,33 +604,32 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
         for (const pool of this.#pools.nodes.values()) for (const connection of pool.connections) connection.forgetScripts();
         // Redis does not replicate it, and EVALSHA_RO may be read from a replica: flushed there too,
         // on the client's connection, ahead of its next commands.
-        for (const shard of this.#shards) for (const replica of shard.replicas) replica.connection(client.id).send(request!, IGNORE_REPLY);
+        for (const shard of this.#shards) for (const replica of shard.replicas) replica.connection(client.id).send(request, IGNORE_REPLY);
       }
       // The shards when it goes: a deferred one may find a shard added or removed meanwhile.
       const count = this.#shards.length;
       this.#stats.commands.recordFanOut(count);
       const gather = new Gather(reply, spec.merge!, count, null, limit);
-      for (let s = 0; s < count; s++) this.#send(s, request!, gather.piece(s), client.id, spec.isWrite, spec.isReadonly);
+      for (let s = 0; s < count; s++) this.#send(s, request, gather.piece(s), client.id, spec.isWrite, spec.isReadonly);
     });
   }
 
   /**
-   * Runs `send` with `parts` (the request's bytes) now; or, while the migrating router holds
-   * commands (their keys being moved first), with copies once the client's earlier commands
-   * have run. A keyless command over the whole keyspace (DBSIZE, KEYS, SCAN, RANDOMKEY, SCRIPT
-   * and FUNCTION changes) would otherwise overtake the client's own commands held there: DBSIZE
-   * pipelined behind a SET would not count the key, as one Redis does. The client's next
-   * requests wait meanwhile (as behind FLUSHALL), so none overtakes it either.
+   * Runs `send` now; or, while the migrating router holds commands (their keys being moved
+   * first), once the client's earlier commands have run (`send` may keep views of the request's
+   * bytes, which live in the client's own chunk, but not the parser's reused frame). A keyless
+   * command over the whole keyspace (DBSIZE, KEYS, SCAN, RANDOMKEY, INFO, SCRIPT and FUNCTION
+   * changes) would otherwise overtake the client's own commands held there: DBSIZE pipelined
+   * behind a SET would not count the key, as one Redis does. The client's next requests wait
+   * meanwhile (as behind FLUSHALL), so none overtakes it either.
    */
-  #afterHeldCommands(client: ClientContext, slot: ReplySlot, parts: readonly Buffer[], send: (parts: readonly Buffer[]) => void): void {
+  #afterHeldCommands(client: ClientContext, slot: ReplySlot, send: () => void): void {
     if (!this.#migrating.isHolding) {
-      send(parts);
+      send();
       return;
     }
-    // The request's bytes are views of the client's read, which does not outlive this turn.
-    const copies = parts.map((part) => Buffer.from(part));
     client.holdUntilReplied();
-    client.sendWhenFirst(slot, () => send(copies));
+    client.sendWhenFirst(slot, send);
   }
 
   /**
