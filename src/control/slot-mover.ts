@@ -289,15 +289,10 @@ export class SlotMover {
       const address = this.#address(source);
       if (address === null) continue;
       const gone = (await this.#raw('move', address).send(['EVAL', FLUSHED_IN_FLIGHT_SCRIPT, '0'])) as Buffer[];
-      const byTarget = new Map<string, Buffer[]>();
-      for (const key of gone) {
-        const migration = topology.migrations.get(keySlot(key, 0, key.length));
-        const to = migration === undefined ? undefined : topology.shards[migration.to]?.name;
-        if (to === undefined) continue;
-        let keys = byTarget.get(to);
-        if (keys === undefined) byTarget.set(to, (keys = []));
-        keys.push(key);
-      }
+      const byTarget = keysByTarget(gone, (slot) => {
+        const migration = topology.migrations.get(slot);
+        return migration === undefined ? undefined : topology.shards[migration.to]?.name;
+      });
       for (const [to, keys] of byTarget) {
         const target = this.#address(to);
         if (target !== null) await this.#dropFlushed(target, keys);
@@ -471,11 +466,7 @@ export class SlotMover {
       await index.barrier();
       const keys = index.take(slots.filter((q) => !failed.has(q.slot)).map((q) => q.slot));
       if (keys.length === 0) return failed;
-      const byTarget = new Map<string, Buffer[]>();
-      for (const key of keys) {
-        const to = targetOf.get(keySlot(key, 0, key.length))!;
-        (byTarget.get(to) ?? byTarget.set(to, []).get(to)!).push(key);
-      }
+      const byTarget = keysByTarget(keys, (slot) => targetOf.get(slot));
       const bigKeys: FoundBigKey[] = [];
       for (const [to, list] of byTarget) {
         for (let i = 0; i < list.length; i += this.#options.batchKeys) {
@@ -857,4 +848,17 @@ export class Pacer {
     const wait = this.#paidUntil - now;
     if (wait > 1) await new Promise((resolve) => setTimeout(resolve, wait));
   }
+}
+
+/** `keys` grouped by the shard their slot goes to (`targetOf`); keys of no target are left out. */
+function keysByTarget(keys: readonly Buffer[], targetOf: (slot: number) => string | undefined): Map<string, Buffer[]> {
+  const byTarget = new Map<string, Buffer[]>();
+  for (const key of keys) {
+    const to = targetOf(keySlot(key, 0, key.length));
+    if (to === undefined) continue;
+    const list = byTarget.get(to);
+    if (list === undefined) byTarget.set(to, [key]);
+    else list.push(key);
+  }
+  return byTarget;
 }

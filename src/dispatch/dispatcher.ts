@@ -317,8 +317,9 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
       return;
     }
     const slot = client.awaitReply(spec);
-    const frameArgs: Buffer[] = [];
-    for (let i = 0; i < frame.argc; i++) frameArgs.push(frame.arg(i));
+    const name = frame.arg(0);
+    const options: Buffer[] = [];
+    for (let i = 2; i < frame.argc; i++) options.push(frame.arg(i));
     this.#afterHeldCommands(client, slot, () => {
       const shards = this.#shards;
       let shard = 0;
@@ -333,7 +334,7 @@ export class Dispatcher implements ShardConnections, ShardAccess, ShardSender, P
           if (!info.isFailingOver && scanNodeToken(nodeKey(info.primary)) === parsed.nodeToken) cursor = parsed.cursor;
         }
       }
-      const args: Buffer[] = [frameArgs[0]!, Buffer.from(cursor.toString()), ...frameArgs.slice(2)];
+      const args: Buffer[] = [name, Buffer.from(cursor.toString()), ...options];
       const info = shards[shard]!.info;
       const next = shard + 1 < shards.length ? { position: shard + 1, nameToken: scanNameToken(shards[shard + 1]!.info.name) } : null;
       this.#send(shard, encodeCommand(args), new ScanSink(slot, shard, scanNameToken(info.name), scanNodeToken(nodeKey(info.primary)), next), client.id, false, false);
