@@ -78,8 +78,24 @@ export class ProxyStartError extends Error {
 }
 
 /** Processes still running, signalled if the test process exits without stopping them. */
-const liveProxies = new Set<ChildProcess>();
+const liveChildren = new Set<ChildProcess>();
 let isExitHookInstalled = false;
+
+/**
+ * SIGKILLs `child` by PID when the test's process exits with it still running (a test that
+ * failed before its stop, a hook that outlived its timeout: test/helpers/exit-on-sigterm.ts).
+ */
+export function killWithTestProcess(child: ChildProcess): void {
+  liveChildren.add(child);
+  const forget = (): void => void liveChildren.delete(child);
+  child.once('exit', forget);
+  child.once('error', forget);
+  if (isExitHookInstalled) return;
+  isExitHookInstalled = true;
+  process.once('exit', () => {
+    for (const leftover of liveChildren) signal(leftover.pid, 'SIGKILL');
+  });
+}
 
 export async function startProxyProcess(options: ProxyProcessOptions): Promise<ProxyProcess> {
   if (!fs.existsSync(CLI_PATH)) throw new Error(`${CLI_PATH} is missing: run \`npm run build\` first`);
@@ -123,19 +139,12 @@ async function startOnce(options: ProxyProcessOptions, dir: string, port: number
   const exited = new Promise<void>((resolve) => {
     const onGone = (): void => {
       isRunning = false;
-      liveProxies.delete(child);
       resolve();
     };
     child.once('exit', onGone);
     child.once('error', onGone);
   });
-  liveProxies.add(child);
-  if (!isExitHookInstalled) {
-    isExitHookInstalled = true;
-    process.once('exit', () => {
-      for (const leftover of liveProxies) signal(leftover.pid, 'SIGKILL');
-    });
-  }
+  killWithTestProcess(child);
 
   const kill = (sig: NodeJS.Signals): void => {
     if (isRunning) signal(child.pid, sig);

@@ -11,7 +11,7 @@ import { findFreePort, type LocalRedis } from '../../src/cli/local-redis';
 import { evenSlotRanges } from '../../src/config/load-config';
 import { keySlot } from '../../src/routing/key-slot';
 import type { ReshardStatus } from '../../src/control/resharding';
-import { CLI_PATH, REPO_ROOT } from '../helpers/proxy-harness';
+import { CLI_PATH, killWithTestProcess, REPO_ROOT } from '../helpers/proxy-harness';
 import { isAlive, startShards, type Shards } from '../helpers/redis-harness';
 
 /**
@@ -102,12 +102,7 @@ export async function startMigrationProxy(shards: readonly ShardSpec[], extra: R
     proc.stdout!.on('data', collect);
     proc.stderr!.on('data', collect);
     exitPromise = new Promise((resolve) => proc.once('exit', () => resolve()));
-    // Stopped by PID with the test's process even when a hook that outlived its timeout never gets to stop().
-    const killOnExit = (): void => {
-      if (proc.exitCode === null && proc.signalCode === null && proc.pid !== undefined) process.kill(proc.pid, 'SIGKILL');
-    };
-    process.once('exit', killOnExit);
-    void exitPromise.then(() => process.off('exit', killOnExit));
+    killWithTestProcess(proc);
     const deadline = Date.now() + START_TIMEOUT_MS;
     for (;;) {
       if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`proxy exited at start:\n${output.slice(-3000)}`);
@@ -419,10 +414,7 @@ interface ChildReport {
 export async function startLoad(port: number, options: LoadOptions): Promise<Load> {
   const child = fork(path.join(__dirname, 'load-process.cjs'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  // Stopped by PID with the test's process even when the test fails before stop().
-  const killChild = (): void => void child.kill('SIGKILL');
-  process.once('exit', killChild);
-  void exited.then(() => process.off('exit', killChild));
+  killWithTestProcess(child);
   const next = <T>(type: string): Promise<T> =>
     new Promise((resolve, reject) => {
       const onMessage = (message: { type: string }): void => {

@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { stringify } from 'yaml';
 import { findFreePort } from '../../src/cli/local-redis';
+import { killWithTestProcess } from '../helpers/proxy-harness';
 
 /**
  * A real Prometheus server (Debian's `prometheus` package, installed by
@@ -101,10 +102,7 @@ async function startOnce(binary: string, options: PrometheusOptions, dir: string
     child.once('exit', onGone);
     child.once('error', onGone);
   });
-  const onTestExit = (): void => {
-    if (isRunning && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
-  };
-  process.once('exit', onTestExit);
+  killWithTestProcess(child);
 
   const waitForExit = async (ms: number): Promise<boolean> => {
     let timer: NodeJS.Timeout | undefined;
@@ -131,7 +129,6 @@ async function startOnce(binary: string, options: PrometheusOptions, dir: string
         if (!(await waitForExit(KILL_TIMEOUT_MS))) throw new Error(`prometheus pid ${child.pid} did not exit after SIGKILL`);
       }
     } finally {
-      process.off('exit', onTestExit);
       fs.rmSync(dir, { recursive: true, force: true });
     }
   };
