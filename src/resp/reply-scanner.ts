@@ -19,22 +19,31 @@ export interface ReplyFrameSink {
 }
 
 /**
- * Resumable scan state for a frame that spans chunks: a flat count of values still to read
- * (an aggregate adds its element count), the bytes of a bulk body still to skip, and the header
- * line read so far. Scanning across chunks this way reads each byte once, and the frame is
- * joined once, when it is complete.
+ * A frame that spans chunks: the values still to read (an aggregate adds its element count), and
+ * the one value cut by a chunk's end: its header line so far, or the bytes of its bulk body still
+ * to skip. Whole values are scanned by the fast scanner (scanValues) in every chunk; only the cut
+ * value is read byte by byte, so each byte is read once and the frame is joined once, complete.
  */
 class SpanningFrame {
   /** Slices of earlier chunks holding the frame's bytes so far. */
-  parts: Buffer[] = [];
-  /** Values still to read. */
-  pending = 1;
-  /** Bytes of a bulk body (plus its CRLF) still to skip. */
-  bulkRemaining = 0;
-  /** The current header line (type byte first), while it is being read. */
+  readonly parts: Buffer[] = [];
+  /** Values still to read, the cut one included. */
+  pending: number;
+  /** A header line is cut: its bytes so far (type byte first). */
+  isInLine = false;
   line: number[] = [];
-  /** The header line's CR was seen; the next byte is its LF. */
+  /** The cut header line's CR was seen; the next byte is its LF. */
   isAfterCr = false;
+  /** Bytes of a cut bulk body (plus its CRLF) still to skip. */
+  bulkRemaining = 0;
+
+  constructor(pending: number) {
+    this.pending = pending;
+  }
+
+  get isInValue(): boolean {
+    return this.isInLine || this.bulkRemaining > 0;
+  }
 }
 
 export class ReplyScanner {
@@ -50,17 +59,15 @@ export class ReplyScanner {
   feed(chunk: Buffer): void {
     let pos = 0;
     if (this.#spanning !== null) {
-      pos = this.#continueSpanning(this.#spanning, chunk, 0);
+      pos = this.#continueSpanning(this.#spanning, chunk);
       if (pos < 0) return;
     }
-    while (pos < chunk.length) {
-      const end = scanFrame(chunk, pos);
+    const len = chunk.length;
+    while (pos < len) {
+      const end = scanValues(chunk, pos, 1);
       if (end < 0) {
-        // Incomplete in this chunk: read it again as a spanning frame, once, and carry on.
-        const spanning = new SpanningFrame();
-        const tail = chunk.subarray(pos);
-        const done = this.#continueSpanning(spanning, tail, 0);
-        if (done >= 0) throw new ReplyFramingError('scanner disagreement on a frame boundary');
+        const frame = new SpanningFrame(stoppedPending);
+        this.#keepCut(frame, chunk, pos, stoppedAt);
         return;
       }
       this.#sink.onReplyFrame(chunk, pos, end);
@@ -74,10 +81,40 @@ export class ReplyScanner {
   }
 
   /**
-   * Advances a spanning frame through `chunk` from `from`. Returns where the frame ended in
-   * the chunk (after emitting it), or -1 when the chunk was used up first.
+   * Advances the spanning frame through `chunk`. Returns where the frame ended in the chunk
+   * (after emitting it), or -1 when the chunk was used up first.
    */
-  #continueSpanning(frame: SpanningFrame, chunk: Buffer, from: number): number {
+  #continueSpanning(frame: SpanningFrame, chunk: Buffer): number {
+    const p = this.#readCut(frame, chunk, 0);
+    if (frame.isInValue) {
+      frame.parts.push(chunk);
+      return -1;
+    }
+    if (frame.pending === 0) return this.#finishSpanning(frame, chunk, p);
+    const end = scanValues(chunk, p, frame.pending);
+    if (end >= 0) return this.#finishSpanning(frame, chunk, end);
+    frame.pending = stoppedPending;
+    this.#keepCut(frame, chunk, 0, stoppedAt);
+    return -1;
+  }
+
+  /**
+   * The frame's bytes in `chunk` run from `from` to the chunk's end, where the value starting at
+   * `cutAt` is cut (or, at the very end, the next value has not begun): reads that value's start
+   * and keeps the frame for the next chunk.
+   */
+  #keepCut(frame: SpanningFrame, chunk: Buffer, from: number, cutAt: number): void {
+    if (cutAt < chunk.length) {
+      frame.isInLine = true;
+      this.#readCut(frame, chunk, cutAt);
+      if (!frame.isInValue) throw new ReplyFramingError('scanner disagreement on a frame boundary');
+    }
+    frame.parts.push(from === 0 ? chunk : chunk.subarray(from));
+    this.#spanning = frame;
+  }
+
+  /** Reads the cut value's bytes from `from` until it is complete or the chunk ends; returns where it stopped. */
+  #readCut(frame: SpanningFrame, chunk: Buffer, from: number): number {
     const len = chunk.length;
     let p = from;
     while (p < len) {
@@ -85,27 +122,27 @@ export class ReplyScanner {
         const take = Math.min(frame.bulkRemaining, len - p);
         frame.bulkRemaining -= take;
         p += take;
-        if (frame.bulkRemaining === 0 && --frame.pending === 0) return this.#finishSpanning(frame, chunk, p);
+        if (frame.bulkRemaining === 0) frame.pending--;
         continue;
       }
+      if (!frame.isInLine) break;
       const c = chunk[p++]!;
       if (frame.isAfterCr) {
         // The byte after CR (its LF) ends the header line.
         frame.isAfterCr = false;
-        if (this.#endOfLine(frame) && frame.pending === 0) return this.#finishSpanning(frame, chunk, p);
+        frame.isInLine = false;
+        this.#endOfLine(frame);
       } else if (c === CR) {
         frame.isAfterCr = true;
       } else {
         frame.line.push(c);
       }
     }
-    frame.parts.push(chunk.subarray(from, len));
-    this.#spanning = frame;
-    return -1;
+    return p;
   }
 
-  /** Interprets a complete header line; returns true when it completed a value. */
-  #endOfLine(frame: SpanningFrame): boolean {
+  /** Interprets a complete header line: counts the value done, or sets the bulk body to skip. */
+  #endOfLine(frame: SpanningFrame): void {
     const line = frame.line;
     frame.line = [];
     const type = line[0];
@@ -113,30 +150,27 @@ export class ReplyScanner {
     switch (type) {
       case 43: case 45: case 58: case 44: case 95: case 35: case 40:
         frame.pending--;
-        return true;
+        return;
       case 36: case 33: case 61: {
         const n = lineLength(line);
-        if (n < 0) {
-          frame.pending--;
-          return true;
-        }
-        frame.bulkRemaining = n + 2;
-        return false;
+        if (n < 0) frame.pending--;
+        else frame.bulkRemaining = n + 2;
+        return;
       }
       case 42: case 126: case 62: {
         const n = lineLength(line);
         frame.pending += (n > 0 ? n : 0) - 1;
-        return true;
+        return;
       }
       case 37: {
         const n = lineLength(line);
         frame.pending += (n > 0 ? 2 * n : 0) - 1;
-        return true;
+        return;
       }
       case 124: {
         const n = lineLength(line);
         frame.pending += n > 0 ? 2 * n : 0;
-        return false;
+        return;
       }
       default:
         throw new ReplyFramingError(`unexpected reply type byte 0x${type.toString(16)}`);
@@ -165,18 +199,53 @@ function lineLength(line: readonly number[]): number {
   return n;
 }
 
-/** The end of the complete frame starting at `start`, or -1 when the buffer ends first. */
-function scanFrame(buf: Buffer, start: number): number {
+/** Where scanValues stopped when the buffer ended first: the start of the first value not complete. */
+let stoppedAt = 0;
+/** The values still to read at stoppedAt, that one included. */
+let stoppedPending = 0;
+
+/**
+ * Reads `pending` values from `start` (an aggregate's header adds its elements); returns where the
+ * last one ends, or -1 when the buffer ends first (then stoppedAt and stoppedPending say where).
+ * A bulk string, the most common value by far, has its length read in the same pass that finds
+ * its header's end.
+ */
+function scanValues(buf: Buffer, start: number, pending: number): number {
   const len = buf.length;
   let p = start;
-  /** Values still to be read before the frame is complete. */
-  let pending = 1;
   while (pending > 0) {
-    if (p >= len) return -1;
+    if (p >= len) break;
     const type = buf[p]!;
+    if (type === 36) {
+      // $ bulk string
+      let q = p + 1;
+      let n = 0;
+      let c = q < len ? buf[q]! : CR;
+      if (c === 45) {
+        // $-1: null
+        while (q < len && buf[q] !== CR) q++;
+        if (q + 1 >= len) break;
+        p = q + 2;
+        pending--;
+        continue;
+      }
+      while (c !== CR) {
+        if (c < 48 || c > 57) throw new ReplyFramingError('bad length');
+        n = n * 10 + (c - 48);
+        if (++q >= len) break;
+        c = buf[q]!;
+      }
+      if (q + 1 >= len) break;
+      if (q === p + 1) throw new ReplyFramingError('empty length');
+      const end = q + 4 + n;
+      if (end > len) break;
+      p = end;
+      pending--;
+      continue;
+    }
     let cr = p + 1;
     while (cr < len && buf[cr] !== CR) cr++;
-    if (cr + 1 >= len) return -1;
+    if (cr + 1 >= len) break;
     const next = cr + 2;
     switch (type) {
       case 43: // + simple string
@@ -189,7 +258,6 @@ function scanFrame(buf: Buffer, start: number): number {
         p = next;
         pending--;
         break;
-      case 36: // $ bulk string
       case 33: // ! blob error (RESP3)
       case 61: {
         // = verbatim string (RESP3)
@@ -198,7 +266,11 @@ function scanFrame(buf: Buffer, start: number): number {
           p = next;
         } else {
           const end = next + n + 2;
-          if (end > len) return -1;
+          if (end > len) {
+            stoppedAt = p;
+            stoppedPending = pending;
+            return -1;
+          }
           p = end;
         }
         pending--;
@@ -230,6 +302,11 @@ function scanFrame(buf: Buffer, start: number): number {
       default:
         throw new ReplyFramingError(`unexpected reply type byte 0x${type.toString(16)}`);
     }
+  }
+  if (pending > 0) {
+    stoppedAt = p;
+    stoppedPending = pending;
+    return -1;
   }
   return p;
 }

@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import { ReplyFramingError, ReplyScanner } from '../../src/resp/reply-scanner';
+import { Random } from '../helpers/differential';
 
 /** Feeds `chunks` in order; returns each frame's bytes (copied) as latin1 text. */
 function scan(chunks: readonly Buffer[]): string[] {
@@ -155,6 +156,58 @@ describe('ReplyScanner: boundaries', () => {
     scanner.reset();
     scanner.feed(bytes('+OK\r\n'));
     expect(frames).toEqual(['+OK\r\n']);
+  });
+});
+
+describe('ReplyScanner: random frames in random chunks', () => {
+  /** A random RESP2/RESP3 value, aggregates nested up to `depth`; bulks hold CR, LF and type bytes. */
+  function randomValue(random: Random, depth: number): string {
+    const kind = Math.floor(random.next() * (depth > 0 ? 12 : 7));
+    const count = (): number => Math.floor(random.next() * random.pick([1, 4, 40]));
+    const text = (): string => random.pick(['', 'OK', 'x', '$3', '*2', '\r\n', 'a\rb\nc', '-1', 'hello world']);
+    switch (kind) {
+      case 0: return `+${text().replace(/[\r\n]/g, '')}\r\n`;
+      case 1: return `-ERR ${text().replace(/[\r\n]/g, '')}\r\n`;
+      case 2: return `:${Math.floor(random.next() * 2e6) - 1e6}\r\n`;
+      case 3: return '$-1\r\n';
+      case 4: {
+        const body = Array.from({ length: count() }, text).join('');
+        return `$${Buffer.byteLength(body, 'latin1')}\r\n${body}\r\n`;
+      }
+      case 5: return random.pick(['_\r\n', '#t\r\n', ',1.5\r\n', '(123456789012345678901234567890\r\n']);
+      case 6: {
+        const body = text();
+        return `${random.pick(['!', '='])}${body.length}\r\n${body}\r\n`;
+      }
+      case 7: return '*-1\r\n';
+      case 11: {
+        const n = count();
+        return `|${n}\r\n${Array.from({ length: 2 * n }, () => randomValue(random, depth - 1)).join('')}${randomValue(random, depth - 1)}`;
+      }
+      default: {
+        const n = count();
+        const type = random.pick(['*', '*', '~', '>', '%']);
+        const values = Array.from({ length: type === '%' ? 2 * n : n }, () => randomValue(random, depth - 1));
+        return `${type}${n}\r\n${values.join('')}`;
+      }
+    }
+  }
+
+  it.each([1, 2, 3])('finds the frames of a random stream split at random places (seed %i)', (seed) => {
+    const random = new Random(seed);
+    const frames = Array.from({ length: 1_500 }, () => randomValue(random, 3));
+    const stream = bytes(frames.join(''));
+    for (const maxChunk of [3, 40, 700, 64 * 1024]) {
+      const chunks: Buffer[] = [];
+      for (let at = 0; at < stream.length; ) {
+        const size = 1 + Math.floor(random.next() * maxChunk);
+        chunks.push(Buffer.from(stream.subarray(at, at + size)));
+        at += size;
+      }
+      const found = scan(chunks);
+      expect(found.length, `chunks of at most ${maxChunk} bytes`).toBe(frames.length);
+      expect(found, `chunks of at most ${maxChunk} bytes`).toEqual(frames);
+    }
   });
 });
 
