@@ -5,7 +5,8 @@ import type { NodeStats } from '../metrics/data-path-stats';
 import { scheduleFlush, type Flushable } from '../io/flush-scheduler';
 import { OutputBuffer } from '../io/output-buffer';
 import { SocketWriter } from '../io/socket-writer';
-import { sharedRead } from '../io/shared-read-buffer';
+import { copyOf } from '../io/byte-copy';
+import { passingRead } from '../io/shared-read-buffer';
 import { ReplyScanner, type ReplyFrameSink } from '../resp/reply-scanner';
 import { encodeCommand, encodeError, NULL_ARRAY, NULL_BULK } from '../resp/resp-writer';
 import { nodeKey, type NodeAddress } from '../topology/topology';
@@ -311,10 +312,11 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     }
   }
 
-  onReplyFrame(buf: Buffer, start: number, end: number): void {
+  /** `buf` is the read buffer, valid during this call only, unless `isJoined` (reply-scanner.ts). */
+  onReplyFrame(buf: Buffer, start: number, end: number, isJoined: boolean): void {
     const push = this.#options.pushSink;
     if (push !== undefined) {
-      push.onPush(buf.subarray(start, end));
+      push.onPush(isJoined ? buf.subarray(start, end) : copyOf(buf.subarray(start, end)));
       return;
     }
     // Pop before the callback: the callback may close this connection and fail the rest.
@@ -329,7 +331,10 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     stats.inFlight--;
     stats.latency.observe(turnTime() - this.#queuedAt.shift());
     if (buf[start] === 45) stats.errors++;
-    sink.onReply(buf.subarray(start, end));
+    const frame = buf.subarray(start, end);
+    if (isJoined) sink.onReply(frame);
+    else if (sink.onPassingReply !== undefined) sink.onPassingReply(frame);
+    else sink.onReply(copyOf(frame));
   }
 
   /** Closes the socket; in-flight requests fail. The next send reconnects (after backoff). */
@@ -371,7 +376,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
       host: address.host,
       port: address.port,
       noDelay: true,
-      onread: sharedRead((chunk) => {
+      onread: passingRead((chunk) => {
         tick();
         this.#stats.bytesIn += chunk.length;
         try {

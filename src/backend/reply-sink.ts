@@ -3,8 +3,14 @@
  * reply slots and fan-out pieces implement it, so backend/ never imports them.
  */
 export interface ReplySink {
-  /** The complete reply frame, a view of the bytes read from the backend. */
+  /** The complete reply frame: the sink's to keep. */
   onReply(frame: Buffer): void;
+  /**
+   * When present, called instead of onReply with a frame valid only during the call (a view of
+   * a read buffer the next read reuses): the sink copies what it keeps. Sinks without it get a
+   * copy through onReply.
+   */
+  onPassingReply?(frame: Buffer): void;
   /**
    * The request got no reply (connection lost, shard unavailable). `error` is an encoded RESP
    * error; the command may or may not have run.

@@ -4,13 +4,14 @@ import type { ClientContext } from '../dispatch/client-context';
 import type { ClientPins } from '../dispatch/client-pins';
 import type { Dispatcher } from '../dispatch/dispatcher';
 import { scheduleFlush, scheduleFlushNextTurn, type Flushable } from '../io/flush-scheduler';
+import { copyOf } from '../io/byte-copy';
 import { OutputBuffer } from '../io/output-buffer';
 import { SocketWriter } from '../io/socket-writer';
 import { startReading } from './socket-reads';
 import { tick, turnTime } from '../io/turn-clock';
 import { CLASS_INDEX, type DataPathStats } from '../metrics/data-path-stats';
 import { OrderedReplies } from '../reply/ordered-replies';
-import type { ReplySlot, SlotOwner } from '../reply/reply-slot';
+import { PASSED_ON, type ReplySlot, type SlotOwner } from '../reply/reply-slot';
 import { log } from '../log/logger';
 import { ProtocolError } from '../resp/protocol-error';
 import { RequestParser, type RequestFrame, type RequestSink } from '../resp/request-parser';
@@ -165,6 +166,18 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     this.#scheduleFlush();
   }
 
+  onSlotReplyPassing(slot: ReplySlot, frame: Buffer): void {
+    if (this.#replies.head === slot) {
+      // Every reply before it has gone to the output: it follows them now, copied in.
+      this.#replies.takeHead(frame, this.#stats.commands, turnTime());
+      this.#out.append(frame);
+      slot.reply = PASSED_ON;
+    } else {
+      slot.reply = copyOf(frame);
+    }
+    this.onSlotDone();
+  }
+
   /**
    * Replies go out in the turn's flush once every reply the client awaits is in. While some
    * are still with other shards, the done ones wait one more turn (at most), which is mostly
@@ -173,7 +186,7 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
    * client writes per 16-request batch, 1.43 when every done prefix went out at once).
    */
   #scheduleFlush(): void {
-    if (!this.#replies.isHeadDone) return;
+    if (!this.#replies.isHeadDone && this.#out.length === 0) return;
     if (this.#awaiting === 0) scheduleFlush(this);
     else scheduleFlushNextTurn(this);
   }

@@ -10,3 +10,10 @@ export function copyRange(source: Uint8Array, from: number, to: number, target: 
   for (let i = from; i < to; i++) target[at++] = source[i]!;
   return at;
 }
+
+/** A copy of `bytes` of its own (pooled memory when small): Buffer.from(buffer) takes twice as long for a short one. */
+export function copyOf(bytes: Uint8Array): Buffer {
+  const copy = Buffer.allocUnsafe(bytes.length);
+  copyRange(bytes, 0, bytes.length, copy, 0);
+  return copy;
+}

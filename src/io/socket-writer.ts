@@ -108,31 +108,31 @@ export class SocketWriter implements OutputTarget {
     return this.#pendingBytes + this.#socket.writableLength;
   }
 
-  write(data: Buffer): void {
+  write(data: Buffer): boolean {
     const handle = this.#directHandle();
     if (handle === null) {
       this.#socket.write(data);
-      return;
+      return false;
     }
     const req = takeRequest();
-    this.#afterWrite(req, handle.writeBuffer(req, data), data);
+    return this.#afterWrite(req, handle.writeBuffer(req, data), data);
   }
 
   /** Large output: one gathered write (`writev`) of the first `count` parts. */
-  writeAll(parts: readonly Buffer[], count: number): void {
+  writeAll(parts: readonly Buffer[], count: number): boolean {
     const handle = this.#directHandle();
     if (handle !== null) {
       // A copy of the array: the output buffer clears and reuses its own, and a write left
       // pending needs its chunks alive until it completes. (Large output only: rare.)
       const chunks = parts.slice(0, count);
       const req = takeRequest();
-      this.#afterWrite(req, handle.writev(req, chunks, true), chunks);
-      return;
+      return this.#afterWrite(req, handle.writev(req, chunks, true), chunks);
     }
     const socket = this.#socket;
     socket.cork();
     for (let i = 0; i < count; i++) socket.write(parts[i]!);
     socket.uncork();
+    return false;
   }
 
   /** The handle to write to directly, or null when this write must go through the stream. */
@@ -142,15 +142,16 @@ export class SocketWriter implements OutputTarget {
     return (socket as unknown as { _handle: StreamHandle | null })._handle;
   }
 
-  #afterWrite(req: WriteRequest, err: number, data: Buffer | readonly Buffer[]): void {
+  /** True when the kernel took every byte at once (or the write failed): nothing reads `data` after this. */
+  #afterWrite(req: WriteRequest, err: number, data: Buffer | readonly Buffer[]): boolean {
     if (err !== 0) {
       releaseRequest(req);
       this.#socket.destroy(writeError(err));
-      return;
+      return true;
     }
     if (binding!.streamBaseState[binding!.kLastWriteWasAsync] === 0) {
       releaseRequest(req);
-      return;
+      return true;
     }
     // Left pending in libuv's queue: the request is this write's until it completes, and the
     // bytes must stay alive as long.
@@ -158,6 +159,7 @@ export class SocketWriter implements OutputTarget {
     req.writer = this;
     req.bytes = binding!.streamBaseState[binding!.kBytesWritten]!;
     this.#pendingBytes += req.bytes;
+    return false;
   }
 
   /** @internal Called when a pending direct write completes (or fails, status < 0). */

@@ -2,6 +2,9 @@ import type { OutputBuffer } from '../io/output-buffer';
 import type { CommandStats } from '../metrics/data-path-stats';
 import { ReplySlot, type SlotOwner } from './reply-slot';
 
+/** Replies up to this long are copied into the output block when drained (see drainInto). */
+const APPEND_LIMIT = 1024;
+
 /**
  * A client's FIFO of awaited replies. Slots fill in any order (different shards answer at
  * different times) and leave strictly in request order.
@@ -48,7 +51,10 @@ export class OrderedReplies {
     let slot = this.#head;
     while (slot !== null && slot.reply !== null) {
       const reply = slot.reply;
-      out.push(reply);
+      // Short replies are copied next to the ones appended as they came, so the turn's output
+      // stays one run of bytes (one write, no join); long ones are not copied again.
+      if (reply.length <= APPEND_LIMIT) out.append(reply);
+      else out.push(reply);
       stats.record(slot.commandId, slot.commandClass, reply[0] === 45, now - slot.receivedAt);
       slot = slot.next;
       count++;
@@ -57,6 +63,18 @@ export class OrderedReplies {
     if (slot === null) this.#tail = null;
     this.#length -= count;
     return count;
+  }
+
+  /**
+   * Takes the head slot out, its reply (`reply`) already passed on by the caller, and counts it
+   * in `stats` with its latency up to `now`.
+   */
+  takeHead(reply: Buffer, stats: CommandStats, now: number): void {
+    const slot = this.#head!;
+    stats.record(slot.commandId, slot.commandClass, reply[0] === 45, now - slot.receivedAt);
+    this.#head = slot.next;
+    if (this.#head === null) this.#tail = null;
+    this.#length--;
   }
 
   /** The client is gone: outstanding replies are swallowed when they arrive. */

@@ -1,8 +1,13 @@
 import type { ReplySink } from '../backend/reply-sink';
 
+/** A slot's reply once it went straight to the client's output (SlotOwner.onSlotReplyPassing). */
+export const PASSED_ON = Buffer.alloc(0);
+
 /** Told when a slot it owns gets its reply. */
 export interface SlotOwner {
   onSlotDone(slot: ReplySlot): void;
+  /** The slot's reply is `frame`, valid only during this call: used now or copied. */
+  onSlotReplyPassing(slot: ReplySlot, frame: Buffer): void;
 }
 
 /**
@@ -35,6 +40,15 @@ export class ReplySlot implements ReplySink {
     if (this.isCanceled || this.reply !== null) return;
     this.reply = frame;
     this.#owner.onSlotDone(this);
+  }
+
+  /**
+   * The reply as a view of a backend read that the next read reuses (backend-connection.ts): the
+   * owner copies it straight into the client's output when its turn has come, or keeps a copy.
+   */
+  onPassingReply(frame: Buffer): void {
+    if (this.isCanceled || this.reply !== null) return;
+    this.#owner.onSlotReplyPassing(this, frame);
   }
 
   onFailure(error: Buffer): void {

@@ -1,7 +1,9 @@
 /**
  * Backend bytes -> boundaries of complete reply frames, without decoding them. Replies that pass
- * through unchanged are forwarded as views of the chunks Node hands us; a frame that straddles
- * chunks is scanned incrementally and joined once, when complete (linear in its size).
+ * through unchanged are handed on as views of the chunk fed; a frame that straddles chunks is
+ * scanned incrementally and joined once, when complete (linear in its size). The scanner keeps
+ * copies of the pieces it holds across chunks, so a chunk may be a read buffer that the next
+ * read reuses.
  */
 
 const CR = 13;
@@ -14,8 +16,12 @@ export class ReplyFramingError extends Error {
 }
 
 export interface ReplyFrameSink {
-  /** One complete reply: `buf.subarray(start, end)`; the view stays valid (chunks are not reused). */
-  onReplyFrame(buf: Buffer, start: number, end: number): void;
+  /**
+   * One complete reply: `buf.subarray(start, end)`. `isJoined`: `buf` is the scanner's own join
+   * of a frame that spanned chunks (the sink's to keep); otherwise it is the chunk fed, valid as
+   * long as the chunk is.
+   */
+  onReplyFrame(buf: Buffer, start: number, end: number, isJoined: boolean): void;
 }
 
 /**
@@ -25,7 +31,7 @@ export interface ReplyFrameSink {
  * value is read byte by byte, so each byte is read once and the frame is joined once, complete.
  */
 class SpanningFrame {
-  /** Slices of earlier chunks holding the frame's bytes so far. */
+  /** Copies of the frame's bytes in earlier chunks. */
   readonly parts: Buffer[] = [];
   /** Values still to read, the cut one included. */
   pending: number;
@@ -70,7 +76,7 @@ export class ReplyScanner {
         this.#keepCut(frame, chunk, pos, stoppedAt);
         return;
       }
-      this.#sink.onReplyFrame(chunk, pos, end);
+      this.#sink.onReplyFrame(chunk, pos, end, false);
       pos = end;
     }
   }
@@ -87,7 +93,7 @@ export class ReplyScanner {
   #continueSpanning(frame: SpanningFrame, chunk: Buffer): number {
     const p = this.#readCut(frame, chunk, 0);
     if (frame.isInValue) {
-      frame.parts.push(chunk);
+      frame.parts.push(Buffer.from(chunk));
       return -1;
     }
     if (frame.pending === 0) return this.#finishSpanning(frame, chunk, p);
@@ -109,7 +115,7 @@ export class ReplyScanner {
       this.#readCut(frame, chunk, cutAt);
       if (!frame.isInValue) throw new ReplyFramingError('scanner disagreement on a frame boundary');
     }
-    frame.parts.push(from === 0 ? chunk : chunk.subarray(from));
+    frame.parts.push(Buffer.from(from === 0 ? chunk : chunk.subarray(from)));
     this.#spanning = frame;
   }
 
@@ -181,7 +187,7 @@ export class ReplyScanner {
     this.#spanning = null;
     frame.parts.push(chunk.subarray(0, end));
     const whole = Buffer.concat(frame.parts);
-    this.#sink.onReplyFrame(whole, 0, whole.length);
+    this.#sink.onReplyFrame(whole, 0, whole.length, true);
     return end;
   }
 }

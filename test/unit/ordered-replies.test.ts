@@ -13,6 +13,11 @@ class RecordingOwner implements SlotOwner {
   onSlotDone(slot: ReplySlot): void {
     this.done.push(slot);
   }
+
+  onSlotReplyPassing(slot: ReplySlot, frame: Buffer): void {
+    slot.reply = Buffer.from(frame);
+    this.onSlotDone(slot);
+  }
 }
 
 /** Command ids and class index the slots carry; their values do not matter to the ordering. */
@@ -32,8 +37,8 @@ function drain(replies: OrderedReplies, stats = new CommandStats(['get']), now =
   const count = replies.drainInto(out, stats, now);
   const writes: Buffer[] = [];
   out.writeTo({
-    write: (data: Buffer) => void writes.push(data),
-    writeAll: (parts: readonly Buffer[], count: number) => void writes.push(...parts.slice(0, count)),
+    write: (data: Buffer) => writes.push(data) > 0,
+    writeAll: (parts: readonly Buffer[], count: number) => writes.push(...parts.slice(0, count)) > 0,
   });
   return { count, written: Buffer.concat(writes).toString('latin1') };
 }

@@ -6,12 +6,23 @@ import { OutputBuffer, type OutputTarget } from '../../src/io/output-buffer';
 class RecordingSocket implements OutputTarget {
   readonly writes: { bytes: Buffer; isCorked: boolean }[] = [];
 
-  write(bytes: Buffer): void {
+  /** What the writes answer: true, the kernel took the bytes; false, a write left pending keeps them. */
+  isTaking = true;
+  /** The buffers handed over, as they were handed (not copies). */
+  readonly handed: Buffer[] = [];
+
+  write(bytes: Buffer): boolean {
+    this.handed.push(bytes);
     this.writes.push({ bytes: Buffer.from(bytes), isCorked: false });
+    return this.isTaking;
   }
 
-  writeAll(parts: readonly Buffer[], count: number): void {
-    for (let i = 0; i < count; i++) this.writes.push({ bytes: Buffer.from(parts[i]!), isCorked: true });
+  writeAll(parts: readonly Buffer[], count: number): boolean {
+    for (let i = 0; i < count; i++) {
+      this.handed.push(parts[i]!);
+      this.writes.push({ bytes: Buffer.from(parts[i]!), isCorked: true });
+    }
+    return this.isTaking;
   }
 
   asSocket(): OutputTarget {
@@ -82,5 +93,64 @@ describe('OutputBuffer', () => {
     out.push(Buffer.from('+kept\r\n'));
     out.writeTo(socket.asSocket());
     expect(text(socket)).toEqual(['+kept\r\n']);
+  });
+
+  it('copies what is appended: the source may change once append() returns', () => {
+    const out = new OutputBuffer();
+    const socket = new RecordingSocket();
+    const read = Buffer.from('$3\r\nfoo\r\n:1\r\n');
+    out.append(read.subarray(0, 9));
+    read.write('$3\r\nbar', 0, 'latin1');
+    out.append(read.subarray(9));
+    out.writeTo(socket.asSocket());
+    expect(text(socket)).toEqual(['$3\r\nfoo\r\n:1\r\n']);
+  });
+
+  it('keeps appended and pushed pieces in the order they came', () => {
+    const out = new OutputBuffer();
+    const socket = new RecordingSocket();
+    out.append(Buffer.from('+a\r\n'));
+    out.push(Buffer.from('+b\r\n'));
+    out.append(Buffer.from('+c\r\n'));
+    out.append(Buffer.from('+d\r\n'));
+    out.push(Buffer.from('+e\r\n'));
+    expect(out.length).toBe(20);
+    out.writeTo(socket.asSocket());
+    expect(text(socket)).toEqual(['+a\r\n+b\r\n+c\r\n+d\r\n+e\r\n']);
+  });
+
+  it('lends its block again only after a write the kernel took at once', () => {
+    const socket = new RecordingSocket();
+    const first = new OutputBuffer();
+    first.append(Buffer.from('+first\r\n'));
+    socket.isTaking = false;
+    first.writeTo(socket.asSocket());
+    const pending = socket.handed[0]!;
+    // A write left pending keeps its block: later output, on this socket or another, must not overwrite it.
+    const second = new OutputBuffer();
+    for (let i = 0; i < 200; i++) second.append(Buffer.from(`+second ${i}\r\n`));
+    socket.isTaking = true;
+    second.writeTo(socket.asSocket());
+    expect(pending.toString()).toBe('+first\r\n');
+    // A taken write gives its block back; the next output reuses it and writes its own bytes.
+    const taken = socket.handed[1]!;
+    const third = new OutputBuffer();
+    third.append(Buffer.from('+third\r\n'));
+    third.writeTo(socket.asSocket());
+    expect(socket.handed[2]!.buffer).toBe(taken.buffer);
+    expect(text(socket)).toEqual(['+first\r\n', Array.from({ length: 200 }, (_, i) => `+second ${i}\r\n`).join(''), '+third\r\n']);
+  });
+
+  it('spans several blocks, and gives a large appended piece a copy of its own, in order', () => {
+    const out = new OutputBuffer();
+    const socket = new RecordingSocket();
+    const expected: string[] = [];
+    for (let i = 0; i < 3_000; i++) {
+      const piece = i % 500 === 0 ? `$12000\r\n${'x'.repeat(12_000)}\r\n` : `+piece ${i}\r\n`;
+      expected.push(piece);
+      out.append(Buffer.from(piece));
+    }
+    out.writeTo(socket.asSocket());
+    expect(socket.writes.map((w) => w.bytes.toString()).join('')).toBe(expected.join(''));
   });
 });
