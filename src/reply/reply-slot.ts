@@ -18,7 +18,7 @@ export interface SlotOwner {
 export class ReplySlot implements ReplySink {
   /** The next slot in the client's FIFO. */
   next: ReplySlot | null = null;
-  /** The reply bytes once known (a view of a backend chunk, or built by the proxy). */
+  /** The reply bytes once known (its own copy, or built by the proxy); PASSED_ON once it went straight to the output. */
   reply: Buffer | null = null;
   isCanceled = false;
   /** Command table id of the request, for per-command counters. */
