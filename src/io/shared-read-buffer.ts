@@ -20,11 +20,15 @@ export interface SharedRead {
  * `onChunk` gets a chunk of its own (pooled memory for small reads) to keep views of.
  */
 export function sharedRead(onChunk: (chunk: Buffer) => void): SharedRead {
-  return passingRead((bytes) => {
-    const chunk = Buffer.allocUnsafe(bytes.length);
-    copyRange(bytes, 0, bytes.length, chunk, 0);
-    onChunk(chunk);
-  });
+  return {
+    buffer: theSharedBuffer(),
+    callback: (length: number, bytes: Buffer): boolean => {
+      const chunk = Buffer.allocUnsafe(length);
+      copyRange(bytes, 0, length, chunk, 0);
+      onChunk(chunk);
+      return true;
+    },
+  };
 }
 
 /**
@@ -35,12 +39,16 @@ export function sharedRead(onChunk: (chunk: Buffer) => void): SharedRead {
  * where a new Buffer per read (~1 GB per 200,000 LRANGE 0 599 replies) kept V8 marking for it.
  */
 export function passingRead(onPassing: (chunk: Buffer) => void): SharedRead {
-  if (sharedBuffer === null) sharedBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
   return {
-    buffer: sharedBuffer,
+    buffer: theSharedBuffer(),
     callback: (length: number, bytes: Buffer): boolean => {
       onPassing(bytes.subarray(0, length));
       return true;
     },
   };
+}
+
+function theSharedBuffer(): Buffer {
+  if (sharedBuffer === null) sharedBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
+  return sharedBuffer;
 }
