@@ -44,6 +44,7 @@ export interface BackendConnectionOptions {
 
 /** Receives every frame of a Pub/Sub-mode connection. */
 export interface PushSink {
+  /** The frame is the sink's own to keep: a copy, not a view of a read buffer. */
   onPush(frame: Buffer): void;
   /** The connection closed; the subscriptions on it are gone. */
   onPushClosed(reason: string): void;

@@ -80,8 +80,7 @@ class PendingConfirmation implements ConfirmationWaiter {
 
   /** A message a shard sent before its confirmation: the client gets it before the confirmation. */
   hold(frame: Buffer): void {
-    // Copied: the frame is a view of the backend connection's read chunk.
-    this.#held.push(Buffer.from(frame));
+    this.#held.push(frame);
   }
 }
 
