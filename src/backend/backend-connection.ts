@@ -5,7 +5,7 @@ import type { NodeStats } from '../metrics/data-path-stats';
 import { scheduleFlush, type Flushable } from '../io/flush-scheduler';
 import { OutputBuffer } from '../io/output-buffer';
 import { SocketWriter } from '../io/socket-writer';
-import { copyOf } from '../io/byte-copy';
+import { copyOfRange } from '../io/byte-copy';
 import { passingRead } from '../io/shared-read-buffer';
 import { ReplyScanner, type ReplyFrameSink } from '../resp/reply-scanner';
 import { encodeCommand, encodeError, NULL_ARRAY, NULL_BULK } from '../resp/resp-writer';
@@ -317,7 +317,7 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
   onReplyFrame(buf: Buffer, start: number, end: number, isJoined: boolean): void {
     const push = this.#options.pushSink;
     if (push !== undefined) {
-      push.onPush(isJoined ? buf.subarray(start, end) : copyOf(buf.subarray(start, end)));
+      push.onPush(isJoined ? buf.subarray(start, end) : copyOfRange(buf, start, end));
       return;
     }
     // Pop before the callback: the callback may close this connection and fail the rest.
@@ -332,10 +332,9 @@ export class BackendConnection implements ReplyFrameSink, Flushable {
     stats.inFlight--;
     stats.latency.observe(turnTime() - this.#queuedAt.shift());
     if (buf[start] === 45) stats.errors++;
-    const frame = buf.subarray(start, end);
-    if (isJoined) sink.onReply(frame);
-    else if (sink.onPassingReply !== undefined) sink.onPassingReply(frame);
-    else sink.onReply(copyOf(frame));
+    if (isJoined) sink.onReply(buf.subarray(start, end));
+    else if (sink.onPassingReply !== undefined) sink.onPassingReply(buf, start, end);
+    else sink.onReply(copyOfRange(buf, start, end));
   }
 
   /** Closes the socket; in-flight requests fail. The next send reconnects (after backoff). */

@@ -6,11 +6,12 @@ export interface ReplySink {
   /** The complete reply frame: the sink's to keep. */
   onReply(frame: Buffer): void;
   /**
-   * When present, called instead of onReply with a frame valid only during the call (a view of
-   * a read buffer the next read reuses): the sink copies what it keeps. Sinks without it get a
-   * copy through onReply.
+   * When present, called instead of onReply with a frame valid only during the call:
+   * `buf[start..end)` of a read buffer the next read reuses (no view of it is made, one fewer
+   * allocation per reply). The sink copies what it keeps. Sinks without it get a copy through
+   * onReply.
    */
-  onPassingReply?(frame: Buffer): void;
+  onPassingReply?(buf: Buffer, start: number, end: number): void;
   /**
    * The request got no reply (connection lost, shard unavailable). `error` is an encoded RESP
    * error; the command may or may not have run.

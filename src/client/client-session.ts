@@ -4,7 +4,7 @@ import type { ClientContext } from '../dispatch/client-context';
 import type { ClientPins } from '../dispatch/client-pins';
 import type { Dispatcher } from '../dispatch/dispatcher';
 import { scheduleFlush, scheduleFlushNextTurn, type Flushable } from '../io/flush-scheduler';
-import { copyOf } from '../io/byte-copy';
+import { copyOfRange } from '../io/byte-copy';
 import { OutputBuffer } from '../io/output-buffer';
 import { SocketWriter } from '../io/socket-writer';
 import { startReading } from './socket-reads';
@@ -166,14 +166,14 @@ export class ClientSession implements ClientContext, RequestSink, SlotOwner, Flu
     this.#scheduleFlush();
   }
 
-  onSlotReplyPassing(slot: ReplySlot, frame: Buffer): void {
+  onSlotReplyPassing(slot: ReplySlot, buf: Buffer, start: number, end: number): void {
     if (this.#replies.head === slot) {
       // Every reply before it has gone to the output: it follows them now, copied in.
-      this.#replies.takeHead(frame, this.#stats.commands, turnTime());
-      this.#out.append(frame);
+      this.#replies.takeHead(buf[start] === 45, this.#stats.commands, turnTime());
+      this.#out.append(buf, start, end);
       slot.reply = PASSED_ON;
     } else {
-      slot.reply = copyOf(frame);
+      slot.reply = copyOfRange(buf, start, end);
     }
     this.onSlotDone();
   }

@@ -13,7 +13,12 @@ export function copyRange(source: Uint8Array, from: number, to: number, target: 
 
 /** A copy of `bytes` of its own (pooled memory when small): Buffer.from(buffer) takes twice as long for a short one. */
 export function copyOf(bytes: Uint8Array): Buffer {
-  const copy = Buffer.allocUnsafe(bytes.length);
-  copyRange(bytes, 0, bytes.length, copy, 0);
+  return copyOfRange(bytes, 0, bytes.length);
+}
+
+/** A copy of `source[from..to)` of its own, with no view of the source made on the way. */
+export function copyOfRange(source: Uint8Array, from: number, to: number): Buffer {
+  const copy = Buffer.allocUnsafe(to - from);
+  copyRange(source, from, to, copy, 0);
   return copy;
 }

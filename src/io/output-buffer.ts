@@ -1,4 +1,4 @@
-import { copyOf, copyRange } from './byte-copy';
+import { copyOfRange, copyRange } from './byte-copy';
 
 /**
  * Where a turn's output goes (a socket's `SocketWriter`). Each call says whether the bytes were
@@ -55,12 +55,12 @@ export class OutputBuffer {
    * kernel has taken it, so a reply passed on this way costs no memory of its own; the backend
    * reads behind it need none either (backend/backend-connection.ts).
    */
-  append(bytes: Buffer): void {
-    const length = bytes.length;
+  append(bytes: Uint8Array, from = 0, to = bytes.length): void {
+    const length = to - from;
     let block = this.#block;
     if (block === null || block.length - this.#blockUsed < length) {
       if (length > BLOCK_BYTES / 2) {
-        this.push(copyOf(bytes));
+        this.push(copyOfRange(bytes, from, to));
         return;
       }
       // A block sealed into #parts stays with them (the write may keep it); a new one follows.
@@ -70,7 +70,7 @@ export class OutputBuffer {
       this.#blockStart = 0;
       this.#blockUsed = 0;
     }
-    this.#blockUsed = copyRange(bytes, 0, length, block, this.#blockUsed);
+    this.#blockUsed = copyRange(bytes, from, to, block, this.#blockUsed);
     this.#length += length;
   }
 

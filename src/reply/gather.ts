@@ -46,14 +46,14 @@ export class PieceSink implements ReplySink {
 export class Gather implements PieceOwner {
   readonly #target: ReplySink;
   readonly #merge: Merge;
-  readonly #keyFragment: Int32Array | null;
+  readonly #keyFragment: readonly number[] | null;
   /** Items the merged reply holds at most (SLOWLOG GET's count). */
   readonly #limit: number;
   /** Reply frame of each piece, by piece index. */
   readonly #replies: Buffer[];
   #received = 0;
 
-  constructor(target: ReplySink, merge: Merge, pieceCount: number, keyFragment: Int32Array | null, limit = Number.POSITIVE_INFINITY) {
+  constructor(target: ReplySink, merge: Merge, pieceCount: number, keyFragment: readonly number[] | null, limit = Number.POSITIVE_INFINITY) {
     this.#target = target;
     this.#merge = merge;
     this.#keyFragment = keyFragment;

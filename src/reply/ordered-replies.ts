@@ -66,12 +66,12 @@ export class OrderedReplies {
   }
 
   /**
-   * Takes the head slot out, its reply (`reply`) already passed on by the caller, and counts it
-   * in `stats` with its latency up to `now`.
+   * Takes the head slot out, its reply already passed on by the caller, and counts it in
+   * `stats` (an error when `isError`) with its latency up to `now`.
    */
-  takeHead(reply: Buffer, stats: CommandStats, now: number): void {
+  takeHead(isError: boolean, stats: CommandStats, now: number): void {
     const slot = this.#head!;
-    stats.record(slot.commandId, slot.commandClass, reply[0] === 45, now - slot.receivedAt);
+    stats.record(slot.commandId, slot.commandClass, isError, now - slot.receivedAt);
     this.#head = slot.next;
     if (this.#head === null) this.#tail = null;
     this.#length--;

@@ -113,7 +113,7 @@ function writeItemBounds(frame: Buffer, at: number): number {
  * which piece holds key k. The items are copied back in the request's key order into one
  * buffer (Twemproxy's post-coalesce), with no decoding and one allocation.
  */
-export function mergeMget(replies: readonly Buffer[], keyFragment: Int32Array): Buffer {
+export function mergeMget(replies: readonly Buffer[], keyFragment: readonly number[]): Buffer {
   if (replies.length > replyBase.length) {
     const size = Math.max(replies.length, 2 * replyBase.length);
     replyBase = new Int32Array(size);

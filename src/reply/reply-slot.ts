@@ -6,8 +6,8 @@ export const PASSED_ON = Buffer.alloc(0);
 /** Told when a slot it owns gets its reply. */
 export interface SlotOwner {
   onSlotDone(slot: ReplySlot): void;
-  /** The slot's reply is `frame`, valid only during this call: used now or copied. */
-  onSlotReplyPassing(slot: ReplySlot, frame: Buffer): void;
+  /** The slot's reply is `buf[start..end)`, valid only during this call: used now or copied. */
+  onSlotReplyPassing(slot: ReplySlot, buf: Buffer, start: number, end: number): void;
 }
 
 /**
@@ -46,9 +46,9 @@ export class ReplySlot implements ReplySink {
    * The reply as a view of a backend read that the next read reuses (backend-connection.ts): the
    * owner copies it straight into the client's output when its turn has come, or keeps a copy.
    */
-  onPassingReply(frame: Buffer): void {
+  onPassingReply(buf: Buffer, start: number, end: number): void {
     if (this.isCanceled || this.reply !== null) return;
-    this.#owner.onSlotReplyPassing(this, frame);
+    this.#owner.onSlotReplyPassing(this, buf, start, end);
   }
 
   onFailure(error: Buffer): void {

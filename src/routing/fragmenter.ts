@@ -34,11 +34,14 @@ export interface HeldSlots {
   holdsSlot(slot: number): boolean;
 }
 
-/** A split command: the fragments, and for each key (in request order) which fragment holds it. */
+/** A split command: the fragments, and for MGET which fragment holds each key (in request order). */
 export interface Fragmentation {
   readonly fragments: Fragment[];
-  /** keyFragment[k] = index in `fragments` of key k (Twemproxy's frag_seq). */
-  readonly keyFragment: Int32Array;
+  /**
+   * keyFragment[k] = index in `fragments` of key k (Twemproxy's frag_seq). Only for the merge
+   * that puts the keys' replies back in order (MGET's); null for the others, which need none.
+   */
+  readonly keyFragment: number[] | null;
 }
 
 const NO_BYTES = Buffer.alloc(0);
@@ -68,6 +71,10 @@ const COPY_LIMIT = 1024;
 let fragmentOfShard = new Int32Array(64);
 /** Per fragment: where its next key's bytes go in its copy, or the end of its last view. */
 let cursor = new Int32Array(16);
+/** Per key: index of its fragment (returned as a copy for MGET's merge). */
+let keyFragmentOf = new Int32Array(64);
+/** The fragments as they are found, until the call copies them into an array of the right length. */
+const found: (Fragment | undefined)[] = [];
 
 /**
  * Groups the keys of MGET/MSET/DEL/... per shard, one sub-command per shard (not one per key),
@@ -84,8 +91,9 @@ export function fragment(
 ): Fragmentation {
   const step = spec.keyStep > 0 ? spec.keyStep : 1;
   const keyCount = Math.floor((frame.argc - 1) / step);
-  const keyFragment = new Int32Array(keyCount);
-  const fragments: Fragment[] = [];
+  if (keyCount > keyFragmentOf.length) keyFragmentOf = new Int32Array(Math.max(keyCount, 2 * keyFragmentOf.length));
+  const keyFragment = keyFragmentOf;
+  let count = 0;
   /** Slot -> index in fragments, for the migrating router's slots: each is a piece of its own. */
   let byRouterSlot: Map<number, number> | null = null;
   const hasMigrations = migrations.size > 0;
@@ -105,12 +113,12 @@ export function fragment(
         f = (byRouterSlot ??= new Map()).get(slot);
       }
       if (f === undefined) {
-        f = fragments.length;
-        fragments.push(new Fragment(shard, migration, isRouters, isRouters ? [] : NO_KEYS));
+        f = count++;
+        found[f] = new Fragment(shard, migration, isRouters, isRouters ? [] : NO_KEYS);
         if (!isRouters) fragmentOfShard[shard] = f + 1;
         else byRouterSlot!.set(slot, f);
       }
-      const piece = fragments[f]!;
+      const piece = found[f]!;
       piece.keyCount++;
       piece.byteLength += frame.argEnd[keyArg + step - 1]! + 2 - bulkStart(frame, keyArg);
       keyFragment[k] = f;
@@ -118,8 +126,13 @@ export function fragment(
     }
   } finally {
     // Only the shards this call touched: the table is clean for the next one, whatever happened.
-    for (const piece of fragments) if (!piece.viaMigratingRouter) fragmentOfShard[piece.shard] = 0;
+    for (let f = 0; f < count; f++) {
+      const piece = found[f]!;
+      if (!piece.viaMigratingRouter) fragmentOfShard[piece.shard] = 0;
+    }
   }
+  const fragments = found.slice(0, count) as Fragment[];
+  found.fill(undefined, 0, count);
 
   const nameFrom = frame.argStart[0]! - headerLength(frame.argEnd[0]! - frame.argStart[0]!);
   const nameTo = frame.argEnd[0]! + 2;
@@ -153,7 +166,17 @@ export function fragment(
       cursor[f] = to;
     }
   }
-  return { fragments, keyFragment };
+  return { fragments, keyFragment: spec.merge === 'mget' ? copyOfKeyFragments(keyCount) : null };
+}
+
+/**
+ * The call's first `keyCount` entries of keyFragmentOf, as a plain array: one of small integers
+ * takes 8 bytes an entry and a header, a typed array of its own ~240 bytes whatever its length.
+ */
+function copyOfKeyFragments(keyCount: number): number[] {
+  const copy = new Array<number>(keyCount);
+  for (let k = 0; k < keyCount; k++) copy[k] = keyFragmentOf[k]!;
+  return copy;
 }
 
 function growShardTable(shard: number): void {

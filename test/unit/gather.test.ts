@@ -85,7 +85,7 @@ describe('Gather', () => {
 
   it('a failed piece (no reply: connection lost) fails the whole command with its error', () => {
     const target = new RecordingSink();
-    const gather = new Gather(target, 'mget', 2, Int32Array.from([0, 1]));
+    const gather = new Gather(target, 'mget', 2, Array.from([0, 1]));
     gather.piece(0).onReply(bulkArray(['a']));
     expect(target.replies).toEqual([]);
     gather.piece(1).onFailure(bytes('-ERR slotproxy: shard s2 unavailable\r\n'));
@@ -101,8 +101,8 @@ describe('Gather', () => {
     expect(target.replies).toEqual(['-ERR second\r\n']);
   });
 
-  it.each<[string, 'mget' | 'sum' | 'all-ok' | 'first' | 'union', Int32Array | null, Buffer[], string]>([
-    ['mget', 'mget', Int32Array.from([1, 0, 1]), [bulkArray(['b']), bulkArray(['a', null])], '*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n'],
+  it.each<[string, 'mget' | 'sum' | 'all-ok' | 'first' | 'union', number[] | null, Buffer[], string]>([
+    ['mget', 'mget', Array.from([1, 0, 1]), [bulkArray(['b']), bulkArray(['a', null])], '*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n'],
     ['sum', 'sum', null, [bytes(':2\r\n'), bytes(':3\r\n')], ':5\r\n'],
     ['all-ok', 'all-ok', null, [bytes('+OK\r\n'), bytes('+OK\r\n')], '+OK\r\n'],
     ['first', 'first', null, [encodeBulk('sha'), encodeBulk('sha')], '$3\r\nsha\r\n'],
