@@ -10,7 +10,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { availableParallelism, cpus, release, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { renderBarChart } from './chart';
-import { chooseMultiKeys, MULTI_KEY_VALUE, type MultiKey } from './keys';
+import { CANDIDATE_KEYS, chooseMultiKeys, MULTI_KEY_VALUE, type MultiKey } from './keys';
 import { DEFAULT_MEMORY_PLAN, runMemoryPart, type MemoryResult } from './memory';
 import { ProcessRegistry } from './processes';
 import { readStat, sumRssBytes } from './proc-stats';
@@ -29,6 +29,7 @@ import { ping, runCommand } from './resp-client';
 import {
   checkSlotRouting,
   freePorts,
+  probeTwemproxyPlacement,
   startRedis,
   startSlotproxy,
   startTwemproxy,
@@ -238,6 +239,17 @@ function readCpu(probes: readonly CpuProbe[]): Map<string, number> {
 
 // ---------------------------------------------------------------------------------------------
 
+/** The multi-key test keys, split 4 + 3 + 3 by both proxies; by slotproxy's split alone if Twemproxy's placement cannot be had. */
+async function chooseKeysForBoth(twemproxy: Target, shards: readonly RedisNode[]): Promise<readonly MultiKey[]> {
+  if (twemproxy.unavailableReason !== null) return chooseMultiKeys();
+  try {
+    return chooseMultiKeys(await probeTwemproxyPlacement(twemproxy, shards, CANDIDATE_KEYS));
+  } catch (error) {
+    say(`multi-key test keys by slotproxy's split only: Twemproxy's placement could not be used (${(error as Error).message})`);
+    return chooseMultiKeys();
+  }
+}
+
 async function main(): Promise<void> {
   say(`slotproxy bench: ${ROUNDS} rounds, -c ${CLIENTS}, -P ${PIPELINES.join('/')}, scale ${SCALE}`);
   const machine = machineInfo();
@@ -283,9 +295,12 @@ async function main(): Promise<void> {
     }
   }
 
-  // 2. Keys for MSET/MGET, pre-populated through every target; slotproxy's routing checked.
-  const keys = chooseMultiKeys();
-  say(`multi-key test keys: ${keys.map((k) => `${k.key}(slot ${k.slot}->s${k.shard + 1})`).join(' ')}`);
+  // 2. Keys for MSET/MGET that both proxies split 4 + 3 + 3, pre-populated through every target;
+  // slotproxy's routing checked.
+  const keys = await chooseKeysForBoth(twemproxy, shards);
+  say(
+    `multi-key test keys: ${keys.map((k) => `${k.key}(slot ${k.slot}->s${k.shard + 1}${k.twemproxyShard === null ? '' : `, twemproxy->s${k.twemproxyShard + 1}`})`).join(' ')}`,
+  );
   const routingChecks: Record<string, string> = {};
   for (const target of targets) {
     if (target.unavailableReason !== null) continue;

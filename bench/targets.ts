@@ -246,3 +246,23 @@ export async function checkSlotRouting(target: Target, shards: readonly RedisNod
     return (error as Error).message;
   }
 }
+
+/**
+ * Where Twemproxy puts each of `keys`: index into `shards`, by name. Writes them all through it,
+ * looks for them on every shard, then deletes them there (the shards are fresh; nothing else is
+ * under these names yet).
+ */
+export async function probeTwemproxyPlacement(target: Target, shards: readonly RedisNode[], keys: readonly string[]): Promise<Map<string, number>> {
+  const reply = await runCommand(target.port, ['MSET', ...keys.flatMap((key) => [key, 'probe'])], 5000);
+  if (reply !== 'OK') throw new Error(`MSET through ${target.label} answered ${String(reply)}`);
+  const placement = new Map<string, number>();
+  for (const [index, shard] of shards.entries()) {
+    const values = await runCommand(shard.port, ['MGET', ...keys], 5000);
+    if (!Array.isArray(values)) throw new Error(`MGET on ${shard.name} answered ${String(values)}`);
+    values.forEach((value, k) => {
+      if (value !== null) placement.set(keys[k]!, index);
+    });
+  }
+  for (const shard of shards) await runCommand(shard.port, ['DEL', ...keys], 5000);
+  return placement;
+}
