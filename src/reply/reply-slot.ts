@@ -43,8 +43,9 @@ export class ReplySlot implements ReplySink {
   }
 
   /**
-   * The reply as a view of a backend read that the next read reuses (backend-connection.ts): the
-   * owner copies it straight into the client's output when its turn has come, or keeps a copy.
+   * The reply as `buf[start..end)`, part of a backend read that the next read reuses
+   * (backend-connection.ts): the owner copies it straight into the client's output when its turn
+   * has come, or keeps a copy.
    */
   onPassingReply(buf: Buffer, start: number, end: number): void {
     if (this.isCanceled || this.reply !== null) return;
