@@ -74,6 +74,16 @@ export type HostCall =
 export type ProgressFields = Omit<MigrationProgress, 'startedAt'>;
 
 const MOVER_FILE = path.join(__dirname, 'mover-process.js');
+/**
+ * V8 without helper threads: the mover's garbage collection and optimizing compiles run on its
+ * one thread. SCHED_IDLE does not keep an idle-class thread from holding a core while a normal
+ * one waits: the kernel's scheduler (EEVDF) picks it over a woken thread that has had more than
+ * its share of late, and nothing takes the core back before the next tick (4 ms here). With
+ * helpers, the mover could hold both cores that way (its helpers ran 1-3.8 ms bursts, 99 of
+ * them in one add-shard plan); with one thread, one at most. Client p99 during an add-shard plan
+ * was 5-12% lower, in 17 of 19 alternating runs (docs/resharding-latency.md).
+ */
+const MOVER_NODE_FLAGS = ['--single-threaded'];
 /** How long a slot change waits for others to share its snapshot. */
 const COMMIT_GATHER_MS = 10;
 /**
@@ -271,7 +281,7 @@ export class SlotMigrator {
   #moverProcess(): ChildProcess {
     if (this.#child !== null) return this.#child;
     const isNormalPriority = this.#wantsNormalPriority;
-    const command = backgroundCommand(process.execPath, [MOVER_FILE], isNormalPriority ? 'normal' : 'idle');
+    const command = backgroundCommand(process.execPath, [...MOVER_NODE_FLAGS, MOVER_FILE], isNormalPriority ? 'normal' : 'idle');
     // Its log lines go where the proxy's go.
     const child = spawn(command.file, command.args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     // Neither the process nor its channel keeps the proxy alive: close() ends it.

@@ -18,7 +18,8 @@ import { findExecutable } from './find-executable';
  * Why a process, not a worker thread: a worker shares V8's helper threads (compiler, GC) with
  * the data path. The mover's code keeps them busy (~165 optimizing compilations in a plan), and
  * they cannot be made idle without starving the data path's own parallel GC under load. A
- * process of its own has helpers of its own, idle like its main thread.
+ * process of its own has helpers of its own, idle like its main thread, or none (the mover runs
+ * with `--single-threaded`: slot-migrator.ts says why).
  *
  * Both come from util-linux (`setpriv` 2.33 or later for --pdeathsig, `chrt`), on every current
  * Debian. Best effort: without them (not Linux, an older setpriv) the process has no parent-death
